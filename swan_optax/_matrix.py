@@ -1,0 +1,176 @@
+"""Matrix views of parameter leaves: dimension numbers, reshapes and resolution.
+
+Every operator in this package acts on a batch of matrices ``X[b]`` of shape
+``(fan_in, fan_out)``. ``MatrixDimensionNumbers`` says which axes of a leaf are
+fan_in (reduction) and fan_out (output); all other axes are batch axes. The
+semantics are those of ``optax.contrib.MuonDimensionNumbers``.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Axes = int | Sequence[int]
+
+
+class MatrixDimensionNumbers(NamedTuple):
+  """Which axes of a leaf are the matrix's fan_in and fan_out.
+
+  A Flax ``(in, out)`` kernel is ``MatrixDimensionNumbers(0, 1)`` (the default).
+  A scanned stack ``(layers, in, out)`` is ``MatrixDimensionNumbers(1, 2)``; an
+  attention query kernel ``(d_model, heads, head_dim)`` is
+  ``MatrixDimensionNumbers(0, (1, 2))``. Axes not named are batch axes: each
+  batch entry is an independent matrix.
+  """
+
+  reduction_axes: Axes = 0
+  output_axes: Axes = 1
+
+
+DimensionNumbersTree = Any
+DimensionNumbersSpec = (
+    MatrixDimensionNumbers | DimensionNumbersTree | Callable[[Any], DimensionNumbersTree] | None
+)
+
+
+def is_dimension_numbers(x: Any) -> bool:
+  return isinstance(x, MatrixDimensionNumbers)
+
+
+def _axes_tuple(axes: Axes, ndim: int) -> tuple[int, ...]:
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  bad = [ax for ax in axes if not -ndim <= ax < ndim]
+  if bad:
+    raise ValueError(f"axes {bad} out of range for a leaf of rank {ndim}")
+  return tuple(ax % ndim for ax in axes)
+
+
+class MatrixView(NamedTuple):
+  """How to go from a leaf to its ``(batch, fan_in, fan_out)`` view and back."""
+
+  transpose: tuple[int, ...]
+  flat_shape: tuple[int, int, int]
+  unflat_shape: tuple[int, ...]
+
+  @property
+  def fan_in(self) -> int:
+    return self.flat_shape[1]
+
+  @property
+  def fan_out(self) -> int:
+    return self.flat_shape[2]
+
+  def to_matrices(self, x: jax.Array) -> jax.Array:
+    return jnp.transpose(x, self.transpose).reshape(self.flat_shape)
+
+  def from_matrices(self, x: jax.Array) -> jax.Array:
+    inverse = tuple(sorted(range(len(self.transpose)), key=self.transpose.__getitem__))
+    return jnp.transpose(x.reshape(self.unflat_shape), inverse)
+
+
+def matrix_view(shape: Sequence[int], dims: MatrixDimensionNumbers) -> MatrixView:
+  """The batch-of-matrices view of a leaf of ``shape`` under ``dims``."""
+  ndim = len(shape)
+  if ndim < 2:
+    raise ValueError(f"a matrix leaf needs rank >= 2, got shape {tuple(shape)}")
+  reduction = _axes_tuple(dims.reduction_axes, ndim)
+  output = _axes_tuple(dims.output_axes, ndim)
+  if not reduction or not output:
+    raise ValueError(f"{dims} names no reduction or no output axis")
+  if len(set(reduction + output)) != len(reduction) + len(output):
+    raise ValueError(f"{dims} names an axis twice (shape {tuple(shape)})")
+  batch = tuple(ax for ax in range(ndim) if ax not in reduction + output)
+  transpose = batch + reduction + output
+  sizes = lambda axes: tuple(shape[ax] for ax in axes)
+  flat = (math.prod(sizes(batch)), math.prod(sizes(reduction)), math.prod(sizes(output)))
+  return MatrixView(transpose, flat, sizes(transpose))
+
+
+def map_matrices(
+    fn: Callable[[jax.Array], jax.Array], x: jax.Array, dims: MatrixDimensionNumbers
+) -> jax.Array:
+  """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``x``, in float32.
+
+  The result is cast back to ``x.dtype`` and reshaped to ``x.shape``.
+  """
+  view = matrix_view(x.shape, dims)
+  matrices = view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32))
+  return view.from_matrices(jax.vmap(fn)(matrices)).astype(x.dtype)
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _lookup_by_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
+  is_leaf = lambda x: x is None or is_dimension_numbers(x)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return {_path_str(path): dims for path, dims in flat}
+
+
+def resolve_dimension_numbers(
+    updates: Any, spec: DimensionNumbersSpec, *, name: str
+) -> DimensionNumbersTree:
+  """A tree like ``updates`` with a ``MatrixDimensionNumbers`` at every leaf.
+
+  ``spec`` is ``None`` (every leaf must be 2-D, viewed as ``(fan_in, fan_out)``),
+  one ``MatrixDimensionNumbers`` for all leaves, a tree of them (``None`` marks a
+  leaf that is not a matrix), or a callable returning such a tree from
+  ``updates``. Leaves are matched by key path, so the tree may hold
+  ``optax.MaskedNode`` entries where ``optax.partition`` masked leaves out.
+
+  Raises:
+    ValueError: naming the leaf's path and shape, if a leaf has no dimension
+      numbers or they do not fit its shape.
+  """
+  if callable(spec) and not is_dimension_numbers(spec):
+    spec = spec(updates)
+  by_path = None if spec is None or is_dimension_numbers(spec) else _lookup_by_path(spec)
+
+  def resolve(path, leaf):
+    where = f"{name}: leaf '{_path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
+    if by_path is None:
+      dims = spec if spec is not None else MatrixDimensionNumbers()
+      if spec is None and jnp.ndim(leaf) != 2:
+        raise ValueError(
+            f"{where} is not a 2-D matrix. Pass dimension_numbers for it "
+            "(e.g. MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack) "
+            "or route it to another transform with optax.partition."
+        )
+    else:
+      dims = by_path.get(_path_str(path))
+      if dims is None:
+        raise ValueError(
+            f"{where} has no MatrixDimensionNumbers in dimension_numbers; "
+            "give it some or route it to another transform with optax.partition."
+        )
+    try:
+      matrix_view(jnp.shape(leaf), dims)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    return dims
+
+  return jax.tree_util.tree_map_with_path(resolve, updates)
+
+
+def stateless_matrix_transform(
+    operator: Callable[[jax.Array], jax.Array],
+    dimension_numbers: DimensionNumbersSpec,
+    *,
+    name: str,
+) -> optax.GradientTransformation:
+  """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    dims = resolve_dimension_numbers(updates, dimension_numbers, name=name)
+    updates = jax.tree.map(
+        lambda g, d: map_matrices(operator, g, d), updates, dims, is_leaf=is_dimension_numbers
+    )
+    return updates, state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
