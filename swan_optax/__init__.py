@@ -1,7 +1,23 @@
 """swan-optax: stateless LLM optimizers (SWAN, SinkGD) as Optax transforms."""
 
+from swan_optax._alias import sinkgd
+from swan_optax._alias import swan
+from swan_optax._gradnorm import gradnorm
+from swan_optax._labels import DEFAULT_ADAM_PATTERN
+from swan_optax._labels import param_labels
+from swan_optax._labels import routing_table
 from swan_optax._matrix import MatrixDimensionNumbers
+from swan_optax._sinkhorn import sinkhorn
+from swan_optax._whiten import whiten
 
 __all__ = [
+    "DEFAULT_ADAM_PATTERN",
     "MatrixDimensionNumbers",
+    "gradnorm",
+    "param_labels",
+    "routing_table",
+    "sinkgd",
+    "sinkhorn",
+    "swan",
+    "whiten",
 ]

@@ -95,21 +95,31 @@ def map_matrices(
 ) -> jax.Array:
   """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``x``, in float32.
 
-  The result is cast back to ``x.dtype`` and reshaped to ``x.shape``.
+  Each matrix is first divided by its largest absolute entry. Every operator
+  here is invariant to a positive scale of the matrix, and this keeps their
+  squares and Gram matrices finite for gradients of any finite magnitude. The
+  result is cast back to ``x.dtype`` and reshaped to ``x.shape``.
   """
   view = matrix_view(x.shape, dims)
   matrices = view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32))
-  return view.from_matrices(jax.vmap(fn)(matrices)).astype(x.dtype)
+  return view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices)).astype(
+      x.dtype
+  )
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
+def _divide_by_max_abs(x: jax.Array) -> jax.Array:
+  max_abs = jnp.max(jnp.abs(x))
+  return x / jnp.where(max_abs > 0, max_abs, 1)
+
+
+def path_str(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def _lookup_by_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
+def lookup_by_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
   is_leaf = lambda x: x is None or is_dimension_numbers(x)
   flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-  return {_path_str(path): dims for path, dims in flat}
+  return {path_str(path): dims for path, dims in flat}
 
 
 def resolve_dimension_numbers(
@@ -129,10 +139,10 @@ def resolve_dimension_numbers(
   """
   if callable(spec) and not is_dimension_numbers(spec):
     spec = spec(updates)
-  by_path = None if spec is None or is_dimension_numbers(spec) else _lookup_by_path(spec)
+  by_path = None if spec is None or is_dimension_numbers(spec) else lookup_by_path(spec)
 
   def resolve(path, leaf):
-    where = f"{name}: leaf '{_path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
+    where = f"{name}: leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
     if by_path is None:
       dims = spec if spec is not None else MatrixDimensionNumbers()
       if spec is None and jnp.ndim(leaf) != 2:
@@ -142,7 +152,7 @@ def resolve_dimension_numbers(
             "or route it to another transform with optax.partition."
         )
     else:
-      dims = by_path.get(_path_str(path))
+      dims = by_path.get(path_str(path))
       if dims is None:
         raise ValueError(
             f"{where} has no MatrixDimensionNumbers in dimension_numbers; "
