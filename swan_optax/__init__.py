@@ -11,13 +11,13 @@ from swan_optax._sinkhorn import sinkhorn
 from swan_optax._whiten import whiten
 
 __all__ = [
-    "DEFAULT_ADAM_PATTERN",
-    "MatrixDimensionNumbers",
-    "gradnorm",
-    "param_labels",
-    "routing_table",
-    "sinkgd",
-    "sinkhorn",
-    "swan",
-    "whiten",
+  "DEFAULT_ADAM_PATTERN",
+  "MatrixDimensionNumbers",
+  "gradnorm",
+  "param_labels",
+  "routing_table",
+  "sinkgd",
+  "sinkhorn",
+  "swan",
+  "whiten",
 ]

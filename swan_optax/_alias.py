@@ -5,40 +5,44 @@ from typing import Any
 import jax
 import optax
 
-from swan_optax import _gradnorm, _labels, _matrix, _sinkhorn, _whiten
+from swan_optax import _gradnorm
+from swan_optax import _labels
+from swan_optax import _matrix
+from swan_optax import _sinkhorn
+from swan_optax import _whiten
 
 
 def _stateless_partition(
-    matrix_operator: optax.GradientTransformation,
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    adam_learning_rate: optax.ScalarOrSchedule | None,
-    dimension_numbers: _matrix.DimensionNumbersSpec,
-    param_labels: _labels.LabelsSpec,
-    adam_pattern: str,
-    weight_decay: jax.typing.ArrayLike,
-    weight_decay_mask: Any,
-    adam_b1: jax.typing.ArrayLike,
-    adam_b2: jax.typing.ArrayLike,
-    adam_eps: jax.typing.ArrayLike,
-    adam_weight_decay: jax.typing.ArrayLike,
-    max_grad_norm: jax.typing.ArrayLike | None,
+  matrix_operator: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  adam_learning_rate: optax.ScalarOrSchedule | None,
+  dimension_numbers: _matrix.DimensionNumbersSpec,
+  param_labels: _labels.LabelsSpec,
+  adam_pattern: str,
+  weight_decay: jax.typing.ArrayLike,
+  weight_decay_mask: Any,
+  adam_b1: jax.typing.ArrayLike,
+  adam_b2: jax.typing.ArrayLike,
+  adam_eps: jax.typing.ArrayLike,
+  adam_weight_decay: jax.typing.ArrayLike,
+  max_grad_norm: jax.typing.ArrayLike | None,
 ) -> optax.GradientTransformation:
   """``optax.partition`` of a stateless ``'matrix'`` group and an ``'adam'`` group."""
   matrix = optax.chain(
-      matrix_operator,
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
-      optax.scale_by_learning_rate(learning_rate),
+    matrix_operator,
+    optax.add_decayed_weights(weight_decay, weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
   adam = optax.adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1,
-      b2=adam_b2,
-      eps=adam_eps,
-      weight_decay=adam_weight_decay,
+    learning_rate if adam_learning_rate is None else adam_learning_rate,
+    b1=adam_b1,
+    b2=adam_b2,
+    eps=adam_eps,
+    weight_decay=adam_weight_decay,
   )
   labels = lambda params: _labels.resolve_labels(
-      params, param_labels, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
+    params, param_labels, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
   )
   tx = optax.partition({_labels.MATRIX: matrix, _labels.ADAM: adam}, labels)
   if max_grad_norm is None:
@@ -46,7 +50,9 @@ def _stateless_partition(
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
 
 
-_COMMON_ARGS = """    adam_learning_rate: learning rate of the Adam group (default: ``learning_rate``).
+_COMMON_ARGS = """\
+    adam_learning_rate: learning rate of the Adam group (default:
+      ``learning_rate``).
     dimension_numbers: matrix views of the stateless leaves: ``None`` (2-D
       kernels; a non-Adam leaf of rank >= 3 raises), one
       :class:`MatrixDimensionNumbers`, a tree of them (``None`` = Adam), or a
@@ -72,23 +78,23 @@ def _with_common_args(fn):
 
 @_with_common_args
 def swan(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    method: _whiten.WhiteningMethod = "newton_schulz",
-    ns_steps: jax.typing.ArrayLike | None = None,
-    ns_beta: jax.typing.ArrayLike = 0.5,
-    eps: jax.typing.ArrayLike = 1e-8,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
-    param_labels: _labels.LabelsSpec = None,
-    adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    weight_decay_mask: Any = None,
-    adam_b1: jax.typing.ArrayLike = 0.9,
-    adam_b2: jax.typing.ArrayLike = 0.999,
-    adam_eps: jax.typing.ArrayLike = 1e-8,
-    adam_weight_decay: jax.typing.ArrayLike = 0.0,
-    max_grad_norm: jax.typing.ArrayLike | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  method: _whiten.WhiteningMethod = "newton_schulz",
+  ns_steps: jax.typing.ArrayLike | None = None,
+  ns_beta: jax.typing.ArrayLike = 0.5,
+  eps: jax.typing.ArrayLike = 1e-8,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  param_labels: _labels.LabelsSpec = None,
+  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  weight_decay_mask: Any = None,
+  adam_b1: jax.typing.ArrayLike = 0.9,
+  adam_b2: jax.typing.ArrayLike = 0.999,
+  adam_eps: jax.typing.ArrayLike = 1e-8,
+  adam_weight_decay: jax.typing.ArrayLike = 0.0,
+  max_grad_norm: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformation:
   r"""SWAN: SGD with GradNorm and GradWhitening; stateless on matrices.
 
@@ -111,39 +117,50 @@ def swan(
     Training <https://arxiv.org/abs/2412.13148>`_, 2024.
   """
   operator = optax.chain(
-      _gradnorm.gradnorm(eps=eps, dimension_numbers=dimension_numbers),
-      _whiten.whiten(
-          method=method, ns_steps=ns_steps, ns_beta=ns_beta, eps=eps,
-          dimension_numbers=dimension_numbers,
-      ),
+    _gradnorm.gradnorm(eps=eps, dimension_numbers=dimension_numbers),
+    _whiten.whiten(
+      method=method,
+      ns_steps=ns_steps,
+      ns_beta=ns_beta,
+      eps=eps,
+      dimension_numbers=dimension_numbers,
+    ),
   )
   return _stateless_partition(
-      operator, learning_rate, adam_learning_rate=adam_learning_rate,
-      dimension_numbers=dimension_numbers, param_labels=param_labels,
-      adam_pattern=adam_pattern, weight_decay=weight_decay,
-      weight_decay_mask=weight_decay_mask, adam_b1=adam_b1, adam_b2=adam_b2,
-      adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, max_grad_norm=max_grad_norm,
+    operator,
+    learning_rate,
+    adam_learning_rate=adam_learning_rate,
+    dimension_numbers=dimension_numbers,
+    param_labels=param_labels,
+    adam_pattern=adam_pattern,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    max_grad_norm=max_grad_norm,
   )
 
 
 @_with_common_args
 def sinkgd(
-    learning_rate: optax.ScalarOrSchedule = 0.02,
-    *,
-    matrix_scale: jax.typing.ArrayLike = 0.05,
-    num_iters: jax.typing.ArrayLike = 5,
-    eps: jax.typing.ArrayLike = 1e-8,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
-    param_labels: _labels.LabelsSpec = None,
-    adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    weight_decay_mask: Any = None,
-    adam_b1: jax.typing.ArrayLike = 0.9,
-    adam_b2: jax.typing.ArrayLike = 0.999,
-    adam_eps: jax.typing.ArrayLike = 1e-8,
-    adam_weight_decay: jax.typing.ArrayLike = 0.0,
-    max_grad_norm: jax.typing.ArrayLike | None = None,
+  learning_rate: optax.ScalarOrSchedule = 0.02,
+  *,
+  matrix_scale: jax.typing.ArrayLike = 0.05,
+  num_iters: jax.typing.ArrayLike = 5,
+  eps: jax.typing.ArrayLike = 1e-8,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  param_labels: _labels.LabelsSpec = None,
+  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  weight_decay_mask: Any = None,
+  adam_b1: jax.typing.ArrayLike = 0.9,
+  adam_b2: jax.typing.ArrayLike = 0.999,
+  adam_eps: jax.typing.ArrayLike = 1e-8,
+  adam_weight_decay: jax.typing.ArrayLike = 0.0,
+  max_grad_norm: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformation:
   r"""SinkGD: SGD on SR-Sinkhorn-normalized gradients; stateless on matrices.
 
@@ -166,13 +183,21 @@ def sinkgd(
     <https://arxiv.org/abs/2502.06742>`_, 2025.
   """
   operator = optax.chain(
-      _sinkhorn.sinkhorn(num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers),
-      optax.scale(matrix_scale),
+    _sinkhorn.sinkhorn(num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers),
+    optax.scale(matrix_scale),
   )
   return _stateless_partition(
-      operator, learning_rate, adam_learning_rate=adam_learning_rate,
-      dimension_numbers=dimension_numbers, param_labels=param_labels,
-      adam_pattern=adam_pattern, weight_decay=weight_decay,
-      weight_decay_mask=weight_decay_mask, adam_b1=adam_b1, adam_b2=adam_b2,
-      adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, max_grad_norm=max_grad_norm,
+    operator,
+    learning_rate,
+    adam_learning_rate=adam_learning_rate,
+    dimension_numbers=dimension_numbers,
+    param_labels=param_labels,
+    adam_pattern=adam_pattern,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    max_grad_norm=max_grad_norm,
   )

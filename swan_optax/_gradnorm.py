@@ -29,9 +29,9 @@ def standardize(x: jax.Array, eps: jax.typing.ArrayLike = 1e-8) -> jax.Array:
 
 
 def gradnorm(
-    *,
-    eps: jax.typing.ArrayLike = 1e-8,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  *,
+  eps: jax.typing.ArrayLike = 1e-8,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""GradNorm: standardize every gradient matrix along its longer side.
 
@@ -56,5 +56,5 @@ def gradnorm(
     Training <https://arxiv.org/abs/2412.13148>`_, 2024 (Algorithm 3).
   """
   return _matrix.stateless_matrix_transform(
-      lambda x: standardize(x, eps), dimension_numbers, name="gradnorm"
+    lambda x: standardize(x, eps), dimension_numbers, name="gradnorm"
   )

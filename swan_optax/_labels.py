@@ -18,10 +18,10 @@ LabelsSpec = Any | Callable[[Any], Any] | None
 
 
 def param_labels(
-    params: Any,
-    *,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
-    adam_pattern: str = DEFAULT_ADAM_PATTERN,
+  params: Any,
+  *,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  adam_pattern: str = DEFAULT_ADAM_PATTERN,
 ) -> Any:
   """Labels every leaf ``'matrix'`` (stateless group) or ``'adam'``.
 
@@ -48,9 +48,9 @@ def param_labels(
     if np.ndim(leaf) == 2:
       return MATRIX
     raise ValueError(
-        f"leaf '{key}' with shape {np.shape(leaf)} has rank {np.ndim(leaf)} and no "
-        "dimension numbers: pass dimension_numbers (e.g. MatrixDimensionNumbers(1, 2) for a "
-        "(layers, in, out) stack) or route it with param_labels / adam_pattern."
+      f"leaf '{key}' with shape {np.shape(leaf)} has rank {np.ndim(leaf)} and no "
+      "dimension numbers: pass dimension_numbers (e.g. MatrixDimensionNumbers(1, 2) for a "
+      "(layers, in, out) stack) or route it with param_labels / adam_pattern."
     )
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -74,11 +74,11 @@ def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:
 
 
 def routing_table(
-    params: Any,
-    labels: LabelsSpec = None,
-    *,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
-    adam_pattern: str = DEFAULT_ADAM_PATTERN,
+  params: Any,
+  labels: LabelsSpec = None,
+  *,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  adam_pattern: str = DEFAULT_ADAM_PATTERN,
 ) -> str:
   """A printable table of every leaf: path, shape, group and matrix view.
 
@@ -87,7 +87,7 @@ def routing_table(
     print(swan_optax.routing_table(params))
   """
   label_tree = resolve_labels(
-      params, labels, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
+    params, labels, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
   )
   explicit = _explicit_dimension_numbers(params, dimension_numbers)
   rows = [("path", "shape", "group", "matrices (batch x fan_in x fan_out)")]
@@ -99,12 +99,13 @@ def routing_table(
       default = _matrix.MatrixDimensionNumbers() if np.ndim(leaf) == 2 else None
       dims = explicit(key) if explicit is not None else default
       view = (
-          "{} x {} x {}".format(*_matrix.matrix_view(np.shape(leaf), dims).flat_shape)
-          if dims is not None
-          else "needs dimension_numbers"
+        "{} x {} x {}".format(*_matrix.matrix_view(np.shape(leaf), dims).flat_shape)
+        if dims is not None
+        else "needs dimension_numbers"
       )
     rows.append((key, str(tuple(np.shape(leaf))), str(label), view))
   widths = [max(len(row[i]) for row in rows) for i in range(4)]
-  lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
+  pad = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+  lines = [pad(row).rstrip() for row in rows]
+  lines.insert(1, pad(["-" * w for w in widths]))
   return "\n".join(lines)

@@ -7,8 +7,10 @@ semantics are those of ``optax.contrib.MuonDimensionNumbers``.
 """
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,7 @@ class MatrixDimensionNumbers(NamedTuple):
 
 DimensionNumbersTree = Any
 DimensionNumbersSpec = (
-    MatrixDimensionNumbers | DimensionNumbersTree | Callable[[Any], DimensionNumbersTree] | None
+  MatrixDimensionNumbers | DimensionNumbersTree | Callable[[Any], DimensionNumbersTree] | None
 )
 
 
@@ -91,7 +93,7 @@ def matrix_view(shape: Sequence[int], dims: MatrixDimensionNumbers) -> MatrixVie
 
 
 def map_matrices(
-    fn: Callable[[jax.Array], jax.Array], x: jax.Array, dims: MatrixDimensionNumbers
+  fn: Callable[[jax.Array], jax.Array], x: jax.Array, dims: MatrixDimensionNumbers
 ) -> jax.Array:
   """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``x``, in float32.
 
@@ -102,9 +104,7 @@ def map_matrices(
   """
   view = matrix_view(x.shape, dims)
   matrices = view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32))
-  return view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices)).astype(
-      x.dtype
-  )
+  return view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices)).astype(x.dtype)
 
 
 def _divide_by_max_abs(x: jax.Array) -> jax.Array:
@@ -123,7 +123,7 @@ def lookup_by_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbe
 
 
 def resolve_dimension_numbers(
-    updates: Any, spec: DimensionNumbersSpec, *, name: str
+  updates: Any, spec: DimensionNumbersSpec, *, name: str
 ) -> DimensionNumbersTree:
   """A tree like ``updates`` with a ``MatrixDimensionNumbers`` at every leaf.
 
@@ -147,16 +147,16 @@ def resolve_dimension_numbers(
       dims = spec if spec is not None else MatrixDimensionNumbers()
       if spec is None and jnp.ndim(leaf) != 2:
         raise ValueError(
-            f"{where} is not a 2-D matrix. Pass dimension_numbers for it "
-            "(e.g. MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack) "
-            "or route it to another transform with optax.partition."
+          f"{where} is not a 2-D matrix. Pass dimension_numbers for it "
+          "(e.g. MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack) "
+          "or route it to another transform with optax.partition."
         )
     else:
       dims = by_path.get(path_str(path))
       if dims is None:
         raise ValueError(
-            f"{where} has no MatrixDimensionNumbers in dimension_numbers; "
-            "give it some or route it to another transform with optax.partition."
+          f"{where} has no MatrixDimensionNumbers in dimension_numbers; "
+          "give it some or route it to another transform with optax.partition."
         )
     try:
       matrix_view(jnp.shape(leaf), dims)
@@ -168,10 +168,10 @@ def resolve_dimension_numbers(
 
 
 def stateless_matrix_transform(
-    operator: Callable[[jax.Array], jax.Array],
-    dimension_numbers: DimensionNumbersSpec,
-    *,
-    name: str,
+  operator: Callable[[jax.Array], jax.Array],
+  dimension_numbers: DimensionNumbersSpec,
+  *,
+  name: str,
 ) -> optax.GradientTransformation:
   """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix."""
 
@@ -179,7 +179,7 @@ def stateless_matrix_transform(
     del params
     dims = resolve_dimension_numbers(updates, dimension_numbers, name=name)
     updates = jax.tree.map(
-        lambda g, d: map_matrices(operator, g, d), updates, dims, is_leaf=is_dimension_numbers
+      lambda g, d: map_matrices(operator, g, d), updates, dims, is_leaf=is_dimension_numbers
     )
     return updates, state
 

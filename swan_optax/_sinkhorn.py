@@ -14,7 +14,7 @@ def _rescaled(scale: jax.Array, norm_without_scale: jax.Array, target, eps) -> j
 
 
 def sr_sinkhorn(
-    x: jax.Array, num_iters: jax.typing.ArrayLike = 5, eps: jax.typing.ArrayLike = 1e-8
+  x: jax.Array, num_iters: jax.typing.ArrayLike = 5, eps: jax.typing.ArrayLike = 1e-8
 ) -> jax.Array:
   r"""SR-Sinkhorn on one ``(fan_in, fan_out)`` matrix.
 
@@ -44,10 +44,10 @@ def sr_sinkhorn(
 
 
 def sinkhorn(
-    *,
-    num_iters: jax.typing.ArrayLike = 5,
-    eps: jax.typing.ArrayLike = 1e-8,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  *,
+  num_iters: jax.typing.ArrayLike = 5,
+  eps: jax.typing.ArrayLike = 1e-8,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn normalization of every gradient matrix (SinkGD).
 
@@ -72,5 +72,5 @@ def sinkhorn(
     <https://arxiv.org/abs/2502.06742>`_, 2025 (Algorithm 3).
   """
   return _matrix.stateless_matrix_transform(
-      lambda x: sr_sinkhorn(x, num_iters, eps), dimension_numbers, name="sinkhorn"
+    lambda x: sr_sinkhorn(x, num_iters, eps), dimension_numbers, name="sinkhorn"
   )

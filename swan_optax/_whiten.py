@@ -17,14 +17,14 @@ DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quint
 # Amsel et al. 2025, Polar Express degree-5 coefficients (SPEC 3.1); every
 # triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
 _POLAR_EXPRESS_COEFFS = (
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
+  (8.28721201814563, -23.595886519098837, 17.300387312530933),
+  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+  (1.875, -1.25, 0.375),
 )
 _POLAR_EXPRESS_SAFETY = 1.01
 # Muon's fixed quintic (optax.contrib.muon default); not convergent to U V^T.
@@ -93,17 +93,17 @@ def _eigh_polar(x, matmul):
 def _check_method(method: str) -> None:
   if method not in typing.get_args(WhiteningMethod):
     raise ValueError(
-        f"unknown whitening method {method!r}; choose one of {typing.get_args(WhiteningMethod)}"
+      f"unknown whitening method {method!r}; choose one of {typing.get_args(WhiteningMethod)}"
     )
 
 
 def whiten_matrix(
-    x: jax.Array,
-    method: WhiteningMethod = "newton_schulz",
-    ns_steps: jax.typing.ArrayLike | None = None,
-    ns_beta: jax.typing.ArrayLike = 0.5,
-    eps: jax.typing.ArrayLike = 1e-8,
-    precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  x: jax.Array,
+  method: WhiteningMethod = "newton_schulz",
+  ns_steps: jax.typing.ArrayLike | None = None,
+  ns_beta: jax.typing.ArrayLike = 0.5,
+  eps: jax.typing.ArrayLike = 1e-8,
+  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
 ) -> jax.Array:
   r"""Whitens one ``(fan_in, fan_out)`` matrix to its rescaled polar factor.
 
@@ -128,13 +128,13 @@ def whiten_matrix(
 
 
 def whiten(
-    *,
-    method: WhiteningMethod = "newton_schulz",
-    ns_steps: jax.typing.ArrayLike | None = None,
-    ns_beta: jax.typing.ArrayLike = 0.5,
-    eps: jax.typing.ArrayLike = 1e-8,
-    precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
-    dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  *,
+  method: WhiteningMethod = "newton_schulz",
+  ns_steps: jax.typing.ArrayLike | None = None,
+  ns_beta: jax.typing.ArrayLike = 0.5,
+  eps: jax.typing.ArrayLike = 1e-8,
+  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -174,7 +174,11 @@ def whiten(
   """
   _check_method(method)
   operator = functools.partial(
-      whiten_matrix, method=method, ns_steps=ns_steps, ns_beta=ns_beta, eps=eps,
-      precision=precision,
+    whiten_matrix,
+    method=method,
+    ns_steps=ns_steps,
+    ns_beta=ns_beta,
+    eps=eps,
+    precision=precision,
   )
   return _matrix.stateless_matrix_transform(operator, dimension_numbers, name="whiten")

@@ -1,7 +1,6 @@
 """The three operators against exact float64 numpy math (SPEC section 8)."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -111,7 +110,7 @@ def test_whiten_matches_polar_factor_on_rectangular(shape, method):
 def test_exact_methods_match_reference_within_1e_4(method):
   x = _gaussian((96, 160))
   np.testing.assert_allclose(
-      _apply(swan_optax.whiten(method=method), x), _pseudo_polar(x), atol=1e-4
+    _apply(swan_optax.whiten(method=method), x), _pseudo_polar(x), atol=1e-4
   )
 
 
@@ -191,9 +190,7 @@ def test_sinkhorn_limit_is_invariant_to_diagonal_rescaling():
   rng = np.random.default_rng(3)
   d1, d2 = np.exp(rng.uniform(-2, 2, (64, 1))), np.exp(rng.uniform(-2, 2, (1, 96)))
   tx = swan_optax.sinkhorn(num_iters=50)
-  np.testing.assert_allclose(
-      _apply(tx, (d1 * x * d2).astype(np.float32)), _apply(tx, x), atol=1e-4
-  )
+  np.testing.assert_allclose(_apply(tx, (d1 * x * d2).astype(np.float32)), _apply(tx, x), atol=1e-4)
 
 
 def test_sinkhorn_keeps_zero_rows_and_columns_zero():
@@ -209,9 +206,9 @@ def test_sinkhorn_keeps_zero_rows_and_columns_zero():
 # Shared: dtypes, batched leaves, scale range.
 
 OPERATORS = {
-    "gradnorm": swan_optax.gradnorm,
-    "whiten": swan_optax.whiten,
-    "sinkhorn": swan_optax.sinkhorn,
+  "gradnorm": swan_optax.gradnorm,
+  "whiten": swan_optax.whiten,
+  "sinkhorn": swan_optax.sinkhorn,
 }
 
 
@@ -229,13 +226,13 @@ def test_low_precision_input_matches_float32_path(name, dtype):
 
 @pytest.mark.parametrize("name", OPERATORS)
 @pytest.mark.parametrize(
-    ("shape", "dims", "as_matrices"),
-    [
-        ((3, 64, 96), MatrixDimensionNumbers(1, 2), lambda x: list(x)),
-        ((32, 4, 8), MatrixDimensionNumbers(0, (1, 2)), lambda x: [x.reshape(32, 32)]),
-        ((4, 8, 32), MatrixDimensionNumbers((0, 1), 2), lambda x: [x.reshape(32, 32)]),
-        ((96, 3, 64), MatrixDimensionNumbers(-1, 0), lambda x: [m.T for m in x.transpose(1, 0, 2)]),
-    ],
+  ("shape", "dims", "as_matrices"),
+  [
+    ((3, 64, 96), MatrixDimensionNumbers(1, 2), lambda x: list(x)),
+    ((32, 4, 8), MatrixDimensionNumbers(0, (1, 2)), lambda x: [x.reshape(32, 32)]),
+    ((4, 8, 32), MatrixDimensionNumbers((0, 1), 2), lambda x: [x.reshape(32, 32)]),
+    ((96, 3, 64), MatrixDimensionNumbers(-1, 0), lambda x: [m.T for m in x.transpose(1, 0, 2)]),
+  ],
 )
 def test_batched_leaf_matches_separate_matrices(name, shape, dims, as_matrices):
   x = _gaussian(shape)
