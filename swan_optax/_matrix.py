@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 Axes = int | Sequence[int]
 
@@ -104,7 +105,10 @@ def map_matrices(
   """
   view = matrix_view(x.shape, dims)
   matrices = view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32))
-  return view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices)).astype(x.dtype)
+  result = view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices))
+  # Under GSPMD the reshapes and matmuls may leave another layout; keep the leaf's.
+  _, result = shard_alike(x, result.astype(x.dtype))
+  return result
 
 
 def _divide_by_max_abs(x: jax.Array) -> jax.Array:
