@@ -1,0 +1,205 @@
+"""The swan() and sinkgd() optimizers: routing, statelessness, updates and convergence."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import swan_optax
+from swan_optax import MatrixDimensionNumbers
+
+OPTIMIZERS = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}
+
+
+def _params():
+  """A small transformer-like tree: a scanned (layers, in, out) stack and Adam leaves."""
+  keys = jax.random.split(jax.random.key(0), 6)
+  return {
+    "embed": {"embedding": jax.random.normal(keys[0], (50, 16))},
+    "layers": {
+      "attn_norm": {"scale": jnp.ones((2, 16))},
+      "mlp": {"up": {"kernel": jax.random.normal(keys[1], (2, 16, 40))}},
+    },
+    "proj": {"kernel": jax.random.normal(keys[2], (16, 24)), "bias": jnp.zeros(24)},
+    "lm_head": {"kernel": jax.random.normal(keys[3], (16, 50))},
+  }
+
+
+def _stack_dims(params):
+  """Dimension numbers for ``_params``: the scanned stack has a leading layer axis."""
+  by_rank = {2: MatrixDimensionNumbers(0, 1), 3: MatrixDimensionNumbers(1, 2)}
+  return jax.tree.map(lambda p: by_rank.get(p.ndim), params)
+
+
+def _state_bytes(state) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def test_default_routing_by_path_and_shape():
+  labels = swan_optax.param_labels(_params(), dimension_numbers=_stack_dims)
+  assert labels == {
+    "embed": {"embedding": "adam"},
+    "layers": {"attn_norm": {"scale": "adam"}, "mlp": {"up": {"kernel": "matrix"}}},
+    "proj": {"kernel": "matrix", "bias": "adam"},
+    "lm_head": {"kernel": "adam"},
+  }
+
+
+def test_rank_3_leaf_without_dimension_numbers_raises_naming_it():
+  with pytest.raises(ValueError, match=r"'layers/mlp/up/kernel' with shape \(2, 16, 40\)"):
+    swan_optax.param_labels(_params())
+  with pytest.raises(ValueError, match=r"'layers/mlp/up/kernel'"):
+    swan_optax.swan(1e-3).init(_params())
+
+
+def test_routing_overrides():
+  params = _params()
+  # A label tree (here: everything to Adam but proj).
+  labels = jax.tree.map(lambda _: "adam", params)
+  labels["proj"]["kernel"] = "matrix"
+  tx = swan_optax.swan(1e-3, param_labels=labels)
+  state = tx.init(params)
+  assert jax.tree.leaves(state.inner_states["matrix"]) == []
+  # A custom pattern sends the stack to Adam too.
+  assert swan_optax.param_labels(params, adam_pattern=r"embed|lm_head|norm|bias|layers") == {
+    **labels,
+    "proj": {"kernel": "matrix", "bias": "adam"},
+  }
+
+
+def test_routing_table_lists_every_leaf():
+  table = swan_optax.routing_table(_params(), dimension_numbers=_stack_dims)
+  print(table)
+  lines = table.splitlines()
+  assert len(lines) == 2 + len(jax.tree.leaves(_params()))
+  assert any(
+    "layers/mlp/up/kernel" in ln and "matrix" in ln and "2 x 16 x 40" in ln for ln in lines
+  )
+  assert any("lm_head/kernel" in ln and "adam" in ln for ln in lines)
+  # Abstract params work too: no allocation needed for big models.
+  abstract = jax.eval_shape(_params)
+  assert swan_optax.routing_table(abstract, dimension_numbers=_stack_dims) == table
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_matrix_group_is_stateless_and_state_bytes_are_adams_for_adam_leaves(name):
+  params = _params()
+  tx = OPTIMIZERS[name](1e-3, dimension_numbers=_stack_dims)
+  state = tx.init(params)
+  assert jax.tree.leaves(state.inner_states["matrix"]) == []
+  labels = swan_optax.param_labels(params, dimension_numbers=_stack_dims)
+  adam_params = sum(
+    p.size
+    for p, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels), strict=True)
+    if label == "adam"
+  )
+  adam_state = optax.adam(1e-3).init(params)
+  # mu and nu in float32 for the Adam leaves, plus Adam's int32 step counter.
+  assert _state_bytes(state) == 8 * adam_params + 4
+  assert _state_bytes(state) < _state_bytes(adam_state)
+
+
+@pytest.mark.parametrize(("name", "matrix_lr"), [("swan", 1e-3), ("sinkgd", 0.05 * 1e-3)])
+def test_one_step_moves_matrix_leaves_by_rms_lr(name, matrix_lr):
+  params = _params()
+  tx = OPTIMIZERS[name](1e-3, dimension_numbers=_stack_dims)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for u in (updates["proj"]["kernel"], updates["layers"]["mlp"]["up"]["kernel"]):
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(u))), matrix_lr, rtol=1e-4)
+  # Adam's first step is lr * sign(g) elementwise.
+  np.testing.assert_allclose(jnp.abs(updates["embed"]["embedding"]), 1e-3, rtol=1e-4)
+
+
+def test_swan_matrix_update_is_whitened_gradnorm():
+  params = {"w": jax.random.normal(jax.random.key(1), (32, 16))}
+  grads = {"w": jax.random.normal(jax.random.key(2), (32, 16))}
+  tx = swan_optax.swan(0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  reference = optax.chain(swan_optax.gradnorm(), swan_optax.whiten(), optax.scale(-0.5))
+  expected, _ = reference.update(grads, reference.init(params))
+  chex.assert_trees_all_close(updates, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_schedules_weight_decay_and_clipping(name):
+  params = {"w": jnp.ones((8, 8)), "b": jnp.ones(8)}
+  grads = {"w": jax.random.normal(jax.random.key(3), (8, 8)), "b": 100.0 * jnp.ones(8)}
+  schedule = optax.linear_schedule(0.0, 1.0, 10)
+  tx = OPTIMIZERS[name](
+    schedule, weight_decay=0.5, weight_decay_mask={"w": True, "b": False}, max_grad_norm=1.0
+  )
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)  # step 0: lr 0
+  chex.assert_trees_all_close(updates, jax.tree.map(jnp.zeros_like, updates))
+  updates, state = tx.update(jax.tree.map(jnp.zeros_like, grads), state, params)
+  # Zero gradient: the matrix update is only the decay, -lr * wd * w.
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * params["w"], rtol=1e-5)
+
+
+def test_inject_hyperparams_changes_learning_rate():
+  params = {"w": jnp.ones((8, 8))}
+  grads = {"w": jax.random.normal(jax.random.key(4), (8, 8))}
+  tx = optax.inject_hyperparams(swan_optax.swan)(learning_rate=1e-3)
+  state = tx.init(params)
+  state.hyperparams["learning_rate"] = jnp.asarray(2e-3)
+  updates, _ = jax.jit(tx.update)(grads, state, params)
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(updates["w"] ** 2)), 2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_non_finite_gradient_is_never_hidden(name):
+  """A NaN gradient gives a NaN update for its matrix, so apply_if_finite can skip it."""
+  params = {"w": jnp.ones((8, 8)), "v": jnp.ones((8, 8))}
+  grads = {"w": jnp.ones((8, 8)).at[0, 0].set(jnp.nan), "v": jnp.eye(8)}
+  tx = OPTIMIZERS[name](1e-3)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not jnp.isfinite(updates["w"]).all()
+  assert jnp.isfinite(updates["v"]).all()
+  safe = optax.apply_if_finite(OPTIMIZERS[name](1e-3), max_consecutive_errors=3)
+  updates, state = safe.update(grads, safe.init(params), params)
+  chex.assert_trees_all_close(updates, jax.tree.map(jnp.zeros_like, params))
+  assert int(state.notfinite_count) == 1
+
+
+def _mlp_loss(params, x, y):
+  h = jax.nn.gelu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+  return jnp.mean((h @ params["out"]["kernel"] - y) ** 2)
+
+
+def _train(tx, steps=150):
+  keys = jax.random.split(jax.random.key(0), 5)
+  x = jax.random.normal(keys[0], (256, 32))
+  teacher = jax.random.normal(keys[1], (32, 8)) / jnp.sqrt(32)
+  y = jnp.tanh(x @ teacher)
+  params = {
+    "hidden": {"kernel": jax.random.normal(keys[2], (32, 64)) / 6, "bias": jnp.zeros(64)},
+    "out": {"kernel": jax.random.normal(keys[3], (64, 8)) / 8},
+  }
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    loss, grads = jax.value_and_grad(_mlp_loss)(params, x, y)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  losses = []
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  return losses
+
+
+def test_convergence_comparable_to_adam():
+  schedule = lambda peak: optax.warmup_cosine_decay_schedule(0.0, peak, 15, 150, 0.1 * peak)
+  adam = _train(optax.adam(schedule(1e-2)))
+  swan = _train(swan_optax.swan(schedule(1e-2)))
+  sinkgd = _train(swan_optax.sinkgd(schedule(0.2)))
+  print(f"final loss adam {adam[-1]:.4f} swan {swan[-1]:.4f} sinkgd {sinkgd[-1]:.4f}")
+  for losses in (adam, swan, sinkgd):
+    assert losses[-1] < 0.2 * losses[0]
+  assert swan[-1] < 3 * adam[-1]
+  assert sinkgd[-1] < 3 * adam[-1]
