@@ -1,0 +1,67 @@
+"""Orbax checkpoints of the train state and the data-iterator position."""
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def manager(directory: pathlib.Path, keep: int = 3) -> ocp.CheckpointManager:
+  """A manager keeping the last ``keep`` checkpoints under ``directory``.
+
+  Orbax writes each step to a temporary directory and renames it when the
+  save is complete, so a crash mid-save never touches the previous checkpoint.
+  """
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=True,
+  )
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
+  mngr.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+    force=True,
+  )
+  mngr.wait_until_finished()
+
+
+def restore_latest(
+  mngr: ocp.CheckpointManager, abstract_state: Any
+) -> tuple[int, Any, dict] | None:
+  """Restores the newest readable checkpoint into ``abstract_state``'s shardings.
+
+  A checkpoint that fails to restore (corrupted, partial) is skipped with a
+  warning naming it, falling back to the one before. Returns ``None`` only if
+  there is no checkpoint at all; raises if checkpoints exist but none restores.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+      log.warning("skipping unreadable checkpoint %s: %s", mngr.directory / str(step), e)
+      continue
+    return step, restored.state, restored.data
+  if steps:
+    raise ValueError(
+      f"--resume: no checkpoint under {mngr.directory} could be restored (tried steps {steps})"
+    )
+  return None
+
+
+def abstract_like(state: Any) -> Any:
+  """``jax.ShapeDtypeStruct``s with the shardings of ``state``: the restore target."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

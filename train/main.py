@@ -1,0 +1,294 @@
+"""Pretrain a Flax LLaMA with SWAN, SinkGD or Adam on a device mesh.
+
+``python -m train --config tiny --optimizer swan`` trains the tiny model on the
+shipped Shakespeare corpus; ``python -m train --help`` lists every flag.
+"""
+
+import argparse
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from models import configs
+from models import llama
+from models import sharding
+from train import checkpoint
+from train import data
+from train import mesh as mesh_lib
+from train import metrics
+from train import step as step_lib
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    prog="python -m train",
+    description=__doc__.splitlines()[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument("--config", default="tiny", choices=sorted(configs.CONFIGS), help="model size")
+  p.add_argument("--optimizer", default="swan", choices=["swan", "sinkgd", "adam", "adamw"])
+  p.add_argument("--steps", type=int, default=600, help="optimizer steps")
+  p.add_argument("--batch-size", type=int, default=16, help="global batch, in sequences")
+  p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+  p.add_argument(
+    "--lr", type=float, default=None, help=f"peak learning rate (default {step_lib.DEFAULT_LR})"
+  )
+  p.add_argument("--warmup", type=float, default=0.1, help="linear warmup, fraction of --steps")
+  p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay")
+  p.add_argument("--max-grad-norm", type=float, default=None, help="global gradient clipping")
+  p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+  p.add_argument("--bf16", action="store_true", help="bfloat16 activations (params stay float32)")
+  p.add_argument("--eval-every", type=int, default=100, help="steps between validation runs")
+  p.add_argument("--eval-batches", type=int, default=8, help="validation batches per run")
+  p.add_argument("--log-every", type=int, default=10, help="steps between train-metric records")
+  p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+  p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept")
+  p.add_argument("--out", type=pathlib.Path, default=None, help="run folder (runs/CONFIG-OPT)")
+  p.add_argument(
+    "--data", default=str(data.DEFAULT_CORPUS), help="text files / globs, or hf:NAME[:CONFIG]"
+  )
+  p.add_argument("--tokenizer", default=None, help="tokenizer.json or sentencepiece .model")
+  p.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=2,tensor=2 (default: all data)")
+  p.add_argument("--seed", type=int, default=0, help="init and data-order seed")
+  p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+  p.add_argument(
+    "--on-nonfinite",
+    choices=["skip", "stop"],
+    default="skip",
+    help="a NaN/Inf loss or gradient: skip that update, or stop (last checkpoint kept)",
+  )
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
+  p.add_argument("--num-processes", type=int, default=None, help="processes (multi-process)")
+  p.add_argument("--process-id", type=int, default=None, help="this process (multi-process)")
+  args = p.parse_args(argv)
+  positive = ["steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+              "log_every", "checkpoint_every", "keep_checkpoints"]  # fmt: skip
+  for name in positive:
+    if getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+    p.error(f"--lr must be a positive number, got {args.lr}")
+  if not 0 <= args.warmup < 1:
+    p.error(f"--warmup must be in [0, 1), got {args.warmup}")
+  if args.out is None:
+    args.out = pathlib.Path("runs") / f"{args.config}-{args.optimizer}"
+  return args
+
+
+def _check_batch(args: argparse.Namespace, mesh: jax.sharding.Mesh) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  per_step = args.batch_size // args.grad_accum
+  if args.batch_size % args.grad_accum or per_step % shards:
+    raise ValueError(
+      f"--batch-size {args.batch_size} must split into --grad-accum {args.grad_accum} "
+      f"micro-batches each divisible by the {shards} data-parallel shards (data x fsdp) of the "
+      f"mesh: use a multiple of {args.grad_accum * shards}"
+    )
+
+
+def _place_batch(batch: dict, batch_sharding: NamedSharding) -> dict:
+  """This process's rows of a global batch -> one global array per field."""
+  return {
+    k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+    for k, v in batch.items()
+  }
+
+
+def evaluate(eval_step, params, batches, batch_sharding) -> dict:
+  """Mean token loss and perplexity (exp of the mean) over the validation batches."""
+  total, count = 0.0, 0.0
+  for batch in batches:
+    loss_sum, n = eval_step(params, _place_batch(batch, batch_sharding))
+    total, count = total + float(loss_sum), count + float(n)
+  mean = total / count
+  return {"val_loss": mean, "val_ppl": math.exp(mean)}
+
+
+class _StopRequested:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint and stopping", flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Trains as ``args`` say; returns the final metrics."""
+  if args.coordinator or args.num_processes:
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  mesh = mesh_lib.make_mesh(args.mesh)
+  _check_batch(args, mesh)
+  model_config = configs.get_config(
+    args.config, max_seq_len=args.seq_len, dtype="bfloat16" if args.bf16 else "float32"
+  )
+  corpus = data.load_corpus(
+    data.DataConfig(
+      data=args.data,
+      tokenizer=args.tokenizer,
+      vocab_size=model_config.vocab_size,
+      seq_len=args.seq_len,
+      seed=args.seed,
+    )
+  )
+  if corpus.tokenizer.get_vocab_size() > model_config.vocab_size:
+    raise ValueError(
+      f"the tokenizer has {corpus.tokenizer.get_vocab_size()} tokens but --config "
+      f"{args.config} has vocab_size {model_config.vocab_size}: use a smaller tokenizer"
+    )
+
+  graphdef, params = llama.init_params(model_config, mesh, args.seed)
+  apply_fn = lambda p, tokens: llama.apply(graphdef, p, tokens)
+  tx = step_lib.make_optimizer(
+    step_lib.OptimizerConfig(
+      name=args.optimizer,
+      lr=args.lr,
+      steps=args.steps,
+      warmup_fraction=args.warmup,
+      weight_decay=args.weight_decay,
+      max_grad_norm=args.max_grad_norm,
+    )
+  )
+  replicated = NamedSharding(mesh, P())
+  abstract = jax.eval_shape(step_lib.init_state, params, tx)
+  shardings = step_lib.state_shardings(abstract, params, replicated)
+  state = jax.jit(step_lib.init_state, static_argnums=1, out_shardings=shardings)(params, tx)
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec())
+
+  train_step = jax.jit(
+    step_lib.make_train_step(apply_fn, tx, grad_accum=args.grad_accum),
+    in_shardings=(shardings, batch_sharding),
+    out_shardings=(shardings, replicated),
+    donate_argnums=0,
+  )
+  eval_step = jax.jit(step_lib.make_eval_step(apply_fn), out_shardings=replicated)
+
+  batches = data.train_batches(
+    corpus,
+    batch_size=args.batch_size,
+    seq_len=args.seq_len,
+    seed=args.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  val_batches = data.eval_batches(
+    corpus,
+    batch_size=args.batch_size,
+    seq_len=args.seq_len,
+    max_batches=args.eval_batches,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  args.out.mkdir(parents=True, exist_ok=True)
+  ckpt = checkpoint.manager(args.out / "checkpoints", keep=args.keep_checkpoints)
+  if args.resume:
+    restored = checkpoint.restore_latest(ckpt, checkpoint.abstract_like(state))
+    if restored is None:
+      print(f"--resume: no checkpoint in {args.out / 'checkpoints'} yet, starting from step 0")
+    else:
+      start, state, data_state = restored
+      batches.set_state(data_state)
+      print(f"resumed from step {start}")
+
+  is_main = jax.process_index() == 0
+  writer = metrics.MetricsWriter(args.out / "metrics.jsonl") if is_main else None
+  opt_bytes = step_lib.state_bytes(state.opt_state)
+  param_bytes = step_lib.state_bytes(state.params)
+  tokens_per_step = args.batch_size * args.seq_len
+  header = {
+    "kind": "run",
+    "args": {k: str(v) for k, v in vars(args).items()},
+    "params": sum(x.size for x in jax.tree.leaves(state.params)),
+    "param_bytes": param_bytes,
+    "optimizer_state_bytes": opt_bytes,
+    "mesh": dict(mesh.shape),
+    "devices": jax.device_count(),
+    "processes": jax.process_count(),
+  }
+  if writer:
+    writer.write(header)
+    print(
+      f"{args.config} LLaMA, {header['params']:,} params, optimizer {args.optimizer}: "
+      f"state {opt_bytes / 2**20:.1f} MiB (params {param_bytes / 2**20:.1f} MiB), "
+      f"mesh {dict(mesh.shape)}, {tokens_per_step:,} tokens/step"
+    )
+
+  stop = _StopRequested()
+  first = int(state.step)
+  last_eval: dict = {}
+  progress = tqdm(range(first, args.steps), initial=first, total=args.steps, disable=not is_main)
+  window_start, window_steps = time.perf_counter(), 0
+  for step in progress:
+    batch = _place_batch(next(batches), batch_sharding)
+    state, step_metrics = train_step(state, batch)
+    window_steps += 1
+    done = step + 1
+    if not bool(step_metrics["finite"]):
+      message = f"non-finite loss or gradient at step {done}"
+      if args.on_nonfinite == "stop":
+        raise FloatingPointError(
+          f"{message}; stopping (--on-nonfinite stop). The last good checkpoint is in "
+          f"{args.out / 'checkpoints'}."
+        )
+      progress.write(f"{message}: update skipped ({int(state.skipped)} so far)")
+    if done % args.log_every == 0 or done == args.steps:
+      loss = float(step_metrics["loss"])
+      elapsed = time.perf_counter() - window_start
+      record = {
+        "kind": "train",
+        "step": done,
+        "tokens": done * tokens_per_step,
+        "loss": loss,
+        "grad_norm": float(step_metrics["grad_norm"]),
+        "step_time_s": elapsed / window_steps,
+        "tokens_per_s": window_steps * tokens_per_step / elapsed,
+        "skipped": int(state.skipped),
+      }
+      window_start, window_steps = time.perf_counter(), 0
+      progress.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in last_eval.items()})
+      if writer:
+        writer.write(record)
+    if done % args.eval_every == 0 or done == args.steps:
+      last_eval = evaluate(eval_step, state.params, val_batches, batch_sharding)
+      progress.write(
+        f"step {done}: val loss {last_eval['val_loss']:.4f}, val ppl {last_eval['val_ppl']:.2f}"
+      )
+      if writer:
+        writer.write({"kind": "eval", "step": done, "tokens": done * tokens_per_step, **last_eval})
+    if done % args.checkpoint_every == 0 or done == args.steps or stop.requested:
+      checkpoint.save(ckpt, done, state, batches.get_state())
+    if stop.requested:
+      break
+  ckpt.close()
+  if writer:
+    writer.close()
+    records = metrics.read_jsonl(args.out / "metrics.jsonl")
+    metrics.plot_losses(records, args.out / "loss.png", f"{args.config} LLaMA, {args.optimizer}")
+    summary = {"step": int(state.step), "skipped": int(state.skipped), **last_eval}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"done: {summary}; metrics, loss.png and checkpoints in {args.out}")
+  return {"step": int(state.step), **last_eval}
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  try:
+    run(args)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

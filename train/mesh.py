@@ -1,0 +1,39 @@
+"""The device mesh: named axes ``data``, ``fsdp`` and ``tensor`` over all devices."""
+
+import math
+
+import jax
+from jax.sharding import Mesh
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
+  """``'data=2,fsdp=2,tensor=2'`` -> axis sizes; missing axes are 1, ``None``: all on data."""
+  if not spec:
+    return {"data": num_devices, "fsdp": 1, "tensor": 1}
+  sizes = dict.fromkeys(AXES, 1)
+  for part in spec.split(","):
+    name, sep, value = part.partition("=")
+    name = name.strip()
+    if not sep or name not in AXES or not value.strip().isdigit() or int(value) < 1:
+      raise ValueError(
+        f"--mesh {spec!r}: expected comma-separated AXIS=SIZE with AXIS in {AXES} and SIZE >= 1, "
+        "e.g. --mesh data=2,fsdp=2,tensor=2"
+      )
+    sizes[name] = int(value)
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(
+      f"--mesh {spec!r} has {math.prod(sizes.values())} devices but {num_devices} are available: "
+      "make the sizes multiply to the device count"
+    )
+  return sizes
+
+
+def make_mesh(spec: str | None = None) -> Mesh:
+  """A mesh over all devices (all processes) with the classic GSPMD (auto) axis types."""
+  sizes = parse_mesh(spec, jax.device_count())
+  # make_mesh orders devices by the hardware topology (ICI/NVLink first).
+  return jax.make_mesh(
+    tuple(sizes[a] for a in AXES), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES)
+  )

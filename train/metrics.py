@@ -1,0 +1,52 @@
+"""Run outputs: metrics appended to a JSONL file and a loss-curve PNG."""
+
+import json
+import pathlib
+from collections.abc import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to ``path``; each record is flushed at once."""
+
+  def __init__(self, path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self.path = path
+    self._file = path.open("a")
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(records: Iterable[dict], path: pathlib.Path, title: str) -> None:
+  """Training loss and validation loss/perplexity against tokens seen."""
+  records = list(records)
+  train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train"]
+  val = [(r["tokens"], r["val_loss"], r["val_ppl"]) for r in records if r.get("kind") == "eval"]
+  fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    ax_loss.plot(*zip(*train, strict=True), label="train", alpha=0.6)
+  if val:
+    tokens, val_loss, val_ppl = zip(*val, strict=True)
+    ax_loss.plot(tokens, val_loss, "o-", label="validation")
+    ax_ppl.plot(tokens, val_ppl, "o-", color="C1")
+  ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", title=title)
+  ax_loss.legend()
+  ax_ppl.set(xlabel="tokens", ylabel="validation perplexity", yscale="log", title="perplexity")
+  for ax in (ax_loss, ax_ppl):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,181 @@
+"""Optimizers, the train state and the pure, jitted train and eval steps."""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import swan_optax
+from models import llama
+
+OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
+# Peak learning rates of the benchmark protocol (SPEC 5 and 7.2).
+DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: OptimizerName = "swan"
+  lr: float | None = None  # None: DEFAULT_LR[name]
+  steps: int = 1000
+  warmup_fraction: float = 0.1
+  final_lr_fraction: float = 0.1
+  weight_decay: float = 0.0
+  max_grad_norm: float | None = None
+
+  @property
+  def peak_lr(self) -> float:
+    return DEFAULT_LR[self.name] if self.lr is None else self.lr
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+  """The named optimizer with linear warmup and cosine decay to ``final_lr_fraction``."""
+  peak = config.peak_lr
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0,
+    peak,
+    max(1, int(config.warmup_fraction * config.steps)),
+    max(config.steps, 2),
+    config.final_lr_fraction * peak,
+  )
+  if config.name == "swan":
+    tx = swan_optax.swan(
+      schedule,
+      dimension_numbers=llama.dimension_numbers,
+      weight_decay=config.weight_decay,
+      adam_weight_decay=config.weight_decay,
+    )
+  elif config.name == "sinkgd":
+    tx = swan_optax.sinkgd(
+      schedule,
+      dimension_numbers=llama.dimension_numbers,
+      weight_decay=config.weight_decay,
+      adam_weight_decay=config.weight_decay,
+    )
+  elif config.name == "adam":
+    tx = optax.adam(schedule)
+  elif config.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+  else:
+    raise ValueError(f"unknown optimizer {config.name!r}; choose swan, sinkgd, adam or adamw")
+  if config.max_grad_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
+  return tx
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  skipped: jax.Array  # int32 scalar: updates skipped for non-finite loss or gradients
+
+
+def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(zero, params, tx.init(params), zero)
+
+
+def next_token_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """Mean next-token cross entropy, in float32."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+    logits_BxLxV.astype(jnp.float32), targets_BxL
+  )
+  return jnp.mean(losses)
+
+
+def make_train_step(
+  apply_fn: Callable[[Any, jax.Array], jax.Array],
+  tx: optax.GradientTransformation,
+  *,
+  grad_accum: int = 1,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """``train_step(state, batch) -> (state, metrics)``.
+
+  ``apply_fn(params, tokens_BxL) -> logits_BxLxV``. The batch is split into
+  ``grad_accum`` micro-batches whose gradients are averaged (a ``lax.scan``, so
+  activations of one micro-batch at a time). A step whose loss or gradients are
+  not finite leaves params and optimizer state unchanged and counts it in
+  ``skipped``; ``metrics['finite']`` tells the caller, whose policy decides
+  whether to stop.
+  """
+
+  def loss_fn(params, batch):
+    return next_token_loss(apply_fn(params, batch["inputs"]), batch["targets"])
+
+  def micro_batches(batch):
+    return jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+
+  def accumulate(params, batch):
+    def body(acc, micro):
+      loss, grads = jax.value_and_grad(loss_fn)(params, micro)
+      return jax.tree.map(jnp.add, acc, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(body, zeros, micro_batches(batch))
+    return jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    if grad_accum == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    else:
+      loss, grads = accumulate(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
+  """``eval_step(params, batch) -> (summed token loss, token count)``."""
+
+  def eval_step(params, batch):
+    logits = apply_fn(params, batch["inputs"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch["targets"]
+    )
+    return jnp.sum(losses), jnp.asarray(losses.size, jnp.float32)
+
+  return eval_step
+
+
+def state_bytes(tree: Any) -> int:
+  """Bytes held by the arrays of a (possibly abstract) tree."""
+  return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def state_shardings(abstract_state: Any, params: Any, replicated: jax.sharding.Sharding) -> Any:
+  """Shardings for a state tree: each leaf shaped like a parameter shares its sharding.
+
+  Optimizer moments sit at paths ending in their parameter's path (e.g.
+  ``...mu['layers']['attn']['q']['kernel']``); everything else (counters,
+  scalars) is replicated.
+  """
+  by_path = [
+    (jax.tree_util.keystr(path), p.shape, p.sharding)
+    for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
+  ]
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for param_key, shape, sharding in by_path:
+      if key.endswith(param_key) and leaf.shape == shape:
+        return sharding
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_state)
