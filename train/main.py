@@ -5,6 +5,7 @@ shipped Shakespeare corpus; ``python -m train --help`` lists every flag.
 """
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -146,9 +147,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       seed=args.seed,
     )
   )
-  if corpus.tokenizer.get_vocab_size() > model_config.vocab_size:
+  if corpus.vocab_size > model_config.vocab_size:
     raise ValueError(
-      f"the tokenizer has {corpus.tokenizer.get_vocab_size()} tokens but --config "
+      f"the tokenizer has {corpus.vocab_size} tokens but --config "
       f"{args.config} has vocab_size {model_config.vocab_size}: use a smaller tokenizer"
     )
 
@@ -165,9 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
   )
   replicated = NamedSharding(mesh, P())
-  abstract = jax.eval_shape(step_lib.init_state, params, tx)
-  shardings = step_lib.state_shardings(abstract, params, replicated)
-  state = jax.jit(step_lib.init_state, static_argnums=1, out_shardings=shardings)(params, tx)
+  init_state = functools.partial(step_lib.init_state, tx=tx)
+  shardings = step_lib.state_shardings(jax.eval_shape(init_state, params), params, replicated)
+  state = jax.jit(init_state, out_shardings=shardings)(params)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())
 
   train_step = jax.jit(

@@ -1,0 +1,1 @@
+"""A Flax NNX LLaMA with scanned layers and logical sharding annotations."""

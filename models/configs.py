@@ -1,0 +1,55 @@
+"""LLaMA model configurations: frozen dataclasses with named presets."""
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Shape and numerics of a LLaMA (RMSNorm, RoPE, SwiGLU, untied lm_head)."""
+
+  vocab_size: int
+  dim: int
+  ffn_dim: int
+  num_layers: int
+  num_heads: int
+  head_dim: int = 64
+  max_seq_len: int = 256
+  norm_eps: float = 1e-6
+  rope_theta: float = 10_000.0
+  init_std: float = 0.02
+  dtype: Literal["float32", "bfloat16"] = "float32"  # activations; params stay float32
+
+  def __post_init__(self):
+    sizes = {k: getattr(self, k) for k in ("vocab_size", "dim", "ffn_dim", "num_layers",
+                                           "num_heads", "head_dim", "max_seq_len")}  # fmt: skip
+    bad = {k: v for k, v in sizes.items() if not (isinstance(v, int) and v >= 1)}
+    if bad:
+      raise ValueError(f"LlamaConfig sizes must be positive integers, got {bad}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+  @property
+  def num_params(self) -> int:
+    """Parameter count: untied embedding and head, 4 d^2 attention, 3 d f MLP, 2 norms a layer."""
+    per_layer = 4 * self.dim * self.num_heads * self.head_dim + 3 * self.dim * self.ffn_dim
+    return 2 * self.vocab_size * self.dim + self.num_layers * (per_layer + 2 * self.dim) + self.dim
+
+
+# The GaLore benchmark sizes (SPEC 7.2; head_dim 64) and a tiny model for CPUs.
+CONFIGS: dict[str, LlamaConfig] = {
+  "tiny": LlamaConfig(vocab_size=2048, dim=128, ffn_dim=344, num_layers=4, num_heads=4, head_dim=32),
+  "60m": LlamaConfig(vocab_size=32000, dim=512, ffn_dim=1376, num_layers=8, num_heads=8),
+  "130m": LlamaConfig(vocab_size=32000, dim=768, ffn_dim=2048, num_layers=12, num_heads=12),
+  "350m": LlamaConfig(vocab_size=32000, dim=1024, ffn_dim=2736, num_layers=24, num_heads=16),
+  "1b": LlamaConfig(vocab_size=32000, dim=2048, ffn_dim=5461, num_layers=24, num_heads=32),
+}
+
+
+def get_config(name: str, **overrides) -> LlamaConfig:
+  """The preset ``name`` with some fields replaced, e.g. ``get_config('60m', max_seq_len=512)``."""
+  if name not in CONFIGS:
+    raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")
+  return dataclasses.replace(CONFIGS[name], **overrides)

@@ -1,0 +1,232 @@
+"""A LLaMA in Flax NNX: pre-norm blocks of causal RoPE attention and a SwiGLU MLP.
+
+Layers are stacked (one parameter array per weight, layer axis first) and run
+with ``nnx.scan``, so compile time does not grow with depth. Every parameter
+carries logical axis names (``out_sharding`` metadata) that
+``models/sharding.py`` maps to mesh axes.
+
+Training code uses the pure-function view: ``init_params`` returns the graph
+definition and a plain dict of (sharded) arrays, and ``apply(graphdef, params,
+tokens)`` computes logits, so optax sees an ordinary pytree.
+"""
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+
+import swan_optax
+from models import sharding
+from models.configs import LlamaConfig
+
+
+def _init(config: LlamaConfig, *logical_axes: str | None) -> nnx.Initializer:
+  """Normal(0, init_std) initializer annotated with logical axis names."""
+  return nnx.with_partitioning(nnx.initializers.normal(config.init_std), logical_axes)
+
+
+def rope(x_BxLxHxK: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (LLaMA's half-split pairing), in float32.
+
+  Pairs ``(x_i, x_{i+K/2})`` are rotated by angle ``p * theta^{-2i/K}`` at
+  position ``p``, so ``<rope(q)_p, rope(k)_s>`` depends on ``p - s`` only.
+  """
+  length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
+  freqs_K2 = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles_LxK2 = jnp.arange(length, dtype=jnp.float32)[:, None] * freqs_K2[None, :]
+  cos, sin = jnp.cos(angles_LxK2)[:, None, :], jnp.sin(angles_LxK2)[:, None, :]
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return rotated.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head self-attention with rotary embeddings."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, h, k = config.dim, config.num_heads, config.head_dim
+    dtype = jnp.dtype(config.dtype)
+    qkv = functools.partial(
+      nnx.Einsum, "BLD,DHK->BLHK", (d, h, k), dtype=dtype, rngs=rngs,
+      kernel_init=_init(config, "embed", "heads", "head_dim"),
+    )  # fmt: skip
+    self.q, self.k, self.v = qkv(), qkv(), qkv()
+    self.o = nnx.Einsum(
+      "BLHK,HKD->BLD", (h, k, d), dtype=dtype, rngs=rngs,
+      kernel_init=_init(config, "heads", "head_dim", "embed"),
+    )  # fmt: skip
+    self.rope_theta = config.rope_theta
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    q_BxLxHxK = rope(self.q(x_BxLxD), self.rope_theta)
+    k_BxLxHxK = rope(self.k(x_BxLxD), self.rope_theta)
+    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, self.v(x_BxLxD), is_causal=True)
+    return self.o(out_BxLxHxK)
+
+
+class Mlp(nnx.Module):
+  """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, f = config.dim, config.ffn_dim
+    linear = functools.partial(nnx.Linear, use_bias=False, dtype=jnp.dtype(config.dtype), rngs=rngs)
+    self.gate = linear(d, f, kernel_init=_init(config, "embed", "mlp"))
+    self.up = linear(d, f, kernel_init=_init(config, "embed", "mlp"))
+    self.down = linear(f, d, kernel_init=_init(config, "mlp", "embed"))
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    return self.down(nnx.silu(self.gate(x_BxLxD)) * self.up(x_BxLxD))
+
+
+def _rms_norm(config: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  return nnx.RMSNorm(
+    config.dim,
+    epsilon=config.norm_eps,
+    dtype=jnp.dtype(config.dtype),
+    scale_init=nnx.with_partitioning(nnx.initializers.ones, ("norm",)),
+    rngs=rngs,
+  )
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = _rms_norm(config, rngs)
+    self.attn = Attention(config, rngs=rngs)
+    self.mlp_norm = _rms_norm(config, rngs)
+    self.mlp = Mlp(config, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD))
+    return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+
+
+_STACKED = {nnx.PARTITION_NAME: "layers"}
+
+
+class Llama(nnx.Module):
+  """Token embedding, ``num_layers`` scanned blocks, final RMSNorm, untied lm_head."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    dtype = jnp.dtype(config.dtype)
+    self.embed = nnx.Embed(
+      config.vocab_size, config.dim, dtype=dtype, rngs=rngs,
+      embedding_init=_init(config, "vocab", "embed"),
+    )  # fmt: skip
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_STACKED)
+    def stacked_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(config, rngs=rngs)
+
+    self.layers = stacked_blocks(rngs)
+    self.final_norm = _rms_norm(config, rngs)
+    self.lm_head = nnx.Linear(
+      config.dim, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs,
+      kernel_init=_init(config, "embed", "vocab"),
+    )  # fmt: skip
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    """Logits ``(batch, length, vocab)`` for int tokens ``(batch, length)``."""
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_STACKED)
+    def run_layers(x_BxLxD, block: Block):
+      return block(x_BxLxD)
+
+    x_BxLxD = run_layers(self.embed(tokens_BxL), self.layers)
+    return self.lm_head(self.final_norm(x_BxLxD))
+
+
+def _build(config: LlamaConfig, seed: int) -> Llama:
+  # Placement comes from jit's out_shardings, not from a mesh in context.
+  with nnx.use_eager_sharding(False):
+    return Llama(config, rngs=nnx.Rngs(seed))
+
+
+def param_specs(config: LlamaConfig) -> Any:
+  """Mesh ``PartitionSpec`` of every parameter (a dict like the params), without allocating."""
+  abstract = nnx.eval_shape(lambda: _build(config, 0))
+  with nnx.logical_axis_rules(sharding.RULES):
+    specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param))
+  return nnx.to_pure_dict(specs)
+
+
+def init_params(config: LlamaConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.GraphDef, Any]:
+  """Initializes the model directly into its shardings on ``mesh``.
+
+  Returns:
+    ``(graphdef, params)``: the static graph definition for :func:`apply` and a
+    plain nested dict of ``jax.Array`` placed with ``NamedSharding``.
+  """
+  abstract = nnx.eval_shape(lambda: _build(config, 0))
+  specs = param_specs(config)
+  _check_divisible(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), specs, mesh, config)
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
+
+  @functools.partial(jax.jit, out_shardings=shardings)
+  def init():
+    return nnx.to_pure_dict(nnx.state(_build(config, seed), nnx.Param))
+
+  return nnx.graphdef(abstract), init()
+
+
+def _check_divisible(abstract_params: Any, specs: Any, mesh: Mesh, config: LlamaConfig) -> None:
+  """Raises a ValueError naming the parameter if a sharded dimension does not divide."""
+
+  def check(path, leaf, spec):
+    for size, axes in zip(leaf.shape, spec, strict=False):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      shards = math.prod(mesh.shape[a] for a in axes)
+      if size % shards:
+        raise ValueError(
+          f"parameter '{jax.tree_util.keystr(path, simple=True, separator='/')}' of shape "
+          f"{leaf.shape} ({config.dim=}, {config.num_heads=}, {config.ffn_dim=}, "
+          f"{config.vocab_size=}) has a dimension of {size} that does not split over mesh axes "
+          f"{axes} of size {shards} (mesh {dict(mesh.shape)}): choose a mesh whose fsdp and "
+          "tensor sizes divide the model's dimensions"
+        )
+
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  jax.tree_util.tree_map_with_path(check, abstract_params, specs, is_leaf=is_spec)
+
+
+def apply(graphdef: nnx.GraphDef, params: Any, tokens_BxL: jax.Array) -> jax.Array:
+  """Logits of the model ``graphdef`` with parameters ``params`` (a plain dict)."""
+  return nnx.merge(graphdef, nnx.State(params))(tokens_BxL)
+
+
+# Matrix views of the stacked kernels (SPEC 5): the layer axis is a batch axis
+# and attention heads merge into fan_in (o) or fan_out (q, k, v).
+_KERNEL_DIMS = {
+  ("attn", "q"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
+  ("attn", "k"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
+  ("attn", "v"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
+  ("attn", "o"): swan_optax.MatrixDimensionNumbers((1, 2), 3),
+  ("mlp", "gate"): swan_optax.MatrixDimensionNumbers(1, 2),
+  ("mlp", "up"): swan_optax.MatrixDimensionNumbers(1, 2),
+  ("mlp", "down"): swan_optax.MatrixDimensionNumbers(1, 2),
+}
+
+
+def dimension_numbers(params: Any) -> Any:
+  """``swan_optax`` dimension numbers for the LLaMA's params (``None``: not a stateless matrix).
+
+  Pass as ``swan_optax.swan(..., dimension_numbers=llama.dimension_numbers)``;
+  the stacked attention and MLP kernels become per-layer matrices, everything
+  else (embedding, lm_head, norms) is left to Adam.
+  """
+
+  def dims(path, leaf):
+    del leaf
+    keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+    if len(keys) == 4 and keys[0] == "layers" and keys[3] == "kernel":
+      return _KERNEL_DIMS.get(keys[1:3])
+    return None
+
+  return jax.tree_util.tree_map_with_path(dims, params)
