@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from train import mesh as mesh_lib
 from train import step as step_lib
 
-VOCAB, DIM = 11, 8
+VOCAB, DIM = 12, 8
 
 
 def _toy_params():
@@ -82,12 +82,11 @@ def test_state_shardings_follow_params():
   }
   params = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
   tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name="adam"))
-  abstract = jax.eval_shape(step_lib.init_state, params, tx)
-  shardings = step_lib.state_shardings(abstract, params, NamedSharding(mesh, P()))
-  mu = shardings.opt_state[0].mu
-  assert mu["embed"]["embedding"].spec == P("tensor", "fsdp")
-  assert mu["layers"]["mlp"]["up"]["kernel"].spec == P(None, "fsdp", "tensor")
-  assert shardings.step.spec == P()
+  state, shardings = step_lib.create_state(params, tx, mesh)
+  mu = state.opt_state[0].mu
+  assert mu["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
+  assert mu["layers"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert state.step.sharding.spec == P() and shardings.step.spec == P()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ shipped Shakespeare corpus; ``python -m train --help`` lists every flag.
 """
 
 import argparse
-import functools
 import json
 import math
 import pathlib
@@ -165,19 +164,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       max_grad_norm=args.max_grad_norm,
     )
   )
-  replicated = NamedSharding(mesh, P())
-  init_state = functools.partial(step_lib.init_state, tx=tx)
-  shardings = step_lib.state_shardings(jax.eval_shape(init_state, params), params, replicated)
-  state = jax.jit(init_state, out_shardings=shardings)(params)
+  state, shardings = step_lib.create_state(params, tx, mesh)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())
-
-  train_step = jax.jit(
-    step_lib.make_train_step(apply_fn, tx, grad_accum=args.grad_accum),
-    in_shardings=(shardings, batch_sharding),
-    out_shardings=(shardings, replicated),
-    donate_argnums=0,
+  train_step = step_lib.jit_train_step(
+    apply_fn, tx, shardings, batch_sharding, grad_accum=args.grad_accum
   )
-  eval_step = jax.jit(step_lib.make_eval_step(apply_fn), out_shardings=replicated)
+  eval_step = jax.jit(step_lib.make_eval_step(apply_fn))
 
   batches = data.train_batches(
     corpus,

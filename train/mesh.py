@@ -1,6 +1,7 @@
 """The device mesh: named axes ``data``, ``fsdp`` and ``tensor`` over all devices."""
 
 import math
+from collections.abc import Sequence
 
 import jax
 from jax.sharding import Mesh
@@ -30,10 +31,14 @@ def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def make_mesh(spec: str | None = None) -> Mesh:
-  """A mesh over all devices (all processes) with the classic GSPMD (auto) axis types."""
-  sizes = parse_mesh(spec, jax.device_count())
+def make_mesh(spec: str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over ``devices`` (default: all devices of all processes), GSPMD (auto) axis types."""
+  devices = jax.devices() if devices is None else devices
+  sizes = parse_mesh(spec, len(devices))
   # make_mesh orders devices by the hardware topology (ICI/NVLink first).
   return jax.make_mesh(
-    tuple(sizes[a] for a in AXES), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES)
+    tuple(sizes[a] for a in AXES),
+    AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
+    devices=devices,
   )

@@ -1,6 +1,7 @@
 """Optimizers, the train state and the pure, jitted train and eval steps."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 from typing import Literal
@@ -139,6 +140,34 @@ def make_train_step(
     return new_state, metrics
 
   return train_step
+
+
+def create_state(
+  params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, Any]:
+  """The initial train state placed on ``mesh``, and its shardings (moments follow their params)."""
+  init = functools.partial(init_state, tx=tx)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  shardings = state_shardings(jax.eval_shape(init, params), params, replicated)
+  return jax.jit(init, out_shardings=shardings)(params), shardings
+
+
+def jit_train_step(
+  apply_fn: Callable[[Any, jax.Array], jax.Array],
+  tx: optax.GradientTransformation,
+  state_sharding: Any,
+  batch_sharding: jax.sharding.NamedSharding,
+  *,
+  grad_accum: int = 1,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The train step compiled with explicit shardings; the old state's buffers are donated."""
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(
+    make_train_step(apply_fn, tx, grad_accum=grad_accum),
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=0,
+  )
 
 
 def make_eval_step(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
