@@ -65,7 +65,9 @@ class Attention(nnx.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     q_BxLxHxK = rope(self.q(x_BxLxD), self.rope_theta)
     k_BxLxHxK = rope(self.k(x_BxLxD), self.rope_theta)
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, self.v(x_BxLxD), is_causal=True)
+    out_BxLxHxK = jax.nn.dot_product_attention(
+      q_BxLxHxK, k_BxLxHxK, self.v(x_BxLxD), is_causal=True
+    )
     return self.o(out_BxLxHxK)
 
 

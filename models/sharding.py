@@ -1,4 +1,4 @@
-"""Logical axis names of every parameter and activation, and the one table mapping them to mesh axes.
+"""Logical axis names and the one table that maps them to mesh axes.
 
 Nothing else in the code names mesh axes: models annotate logical axes, and
 these rules place them on the ``('data', 'fsdp', 'tensor')`` mesh of

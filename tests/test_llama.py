@@ -34,7 +34,9 @@ def tiny():
 def test_galore_configs_have_the_spec_parameter_counts(name):
   config = configs.get_config(name)
   params = _abstract_params(config)
-  assert sum(x.size for x in jax.tree.leaves(params)) == SPEC_PARAM_COUNTS[name] == config.num_params
+  assert (
+    sum(x.size for x in jax.tree.leaves(params)) == SPEC_PARAM_COUNTS[name] == config.num_params
+  )
 
 
 def test_shapes_and_dtypes(tiny):
@@ -87,7 +89,9 @@ def test_rope_is_a_rotation_depending_on_relative_position():
   # <rope(q)_p, rope(k)_s> depends only on p - s.
   scores = jnp.einsum("bphk,bshk->ps", rq, rk)
   for offset in (0, 3, 7):
-    np.testing.assert_allclose(jnp.diagonal(scores, offset), scores[0, offset], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+      jnp.diagonal(scores, offset), scores[0, offset], rtol=1e-4, atol=1e-4
+    )
   assert not np.allclose(scores[0, 1], scores[0, 0])
 
 
@@ -112,7 +116,9 @@ def test_parameters_are_sharded_by_the_logical_rules():
   mesh = mesh_lib.make_mesh("data=2,fsdp=2,tensor=2")
   _, params = llama.init_params(configs.get_config("tiny"), mesh, seed=0)
   spec = lambda *path: params_at(params, path).sharding.spec
-  params_at = lambda tree, path: tree[path[0]] if len(path) == 1 else params_at(tree[path[0]], path[1:])
+  params_at = lambda tree, path: (
+    tree[path[0]] if len(path) == 1 else params_at(tree[path[0]], path[1:])
+  )
   assert spec("layers", "attn", "q", "kernel") == P(None, "fsdp", "tensor", None)
   assert spec("layers", "attn", "o", "kernel") == P(None, "tensor", None, "fsdp")
   assert spec("layers", "mlp", "down", "kernel") == P(None, "tensor", "fsdp")
@@ -127,7 +133,9 @@ def test_same_seed_same_params_on_any_mesh(tiny):
 
 
 def test_a_config_that_does_not_divide_over_the_mesh_is_named():
-  with pytest.raises(ValueError, match=r"layers/attn/.*does not split over mesh axes \('tensor',\)"):
+  with pytest.raises(
+    ValueError, match=r"layers/attn/.*does not split over mesh axes \('tensor',\)"
+  ):
     llama.init_params(configs.get_config("tiny"), mesh_lib.make_mesh("tensor=8"), seed=0)
 
 

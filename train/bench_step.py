@@ -53,8 +53,8 @@ def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[di
     {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32)},
     batch_sharding,
   )
-  grads = jax.jit(jax.grad(lambda p: step_lib.next_token_loss(apply_fn(p, batch["inputs"]),
-                                                              batch["targets"])))(params)  # fmt: skip
+  loss_fn = lambda p: step_lib.next_token_loss(apply_fn(p, batch["inputs"]), batch["targets"])
+  grads = jax.jit(jax.grad(loss_fn))(params)
 
   runs = {}
   for opt in OPTIMIZERS:
