@@ -151,6 +151,11 @@ def _build(config: LlamaConfig, seed: int) -> Llama:
     return Llama(config, rngs=nnx.Rngs(seed))
 
 
+def abstract_params(config: LlamaConfig) -> Any:
+  """The params as ``jax.ShapeDtypeStruct`` (a dict like ``init_params``'), allocating nothing."""
+  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: _build(config, 0)), nnx.Param))
+
+
 def param_specs(config: LlamaConfig) -> Any:
   """Mesh ``PartitionSpec`` of every parameter (a dict like the params), without allocating."""
   abstract = nnx.eval_shape(lambda: _build(config, 0))
@@ -166,16 +171,15 @@ def init_params(config: LlamaConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.Gra
     ``(graphdef, params)``: the static graph definition for :func:`apply` and a
     plain nested dict of ``jax.Array`` placed with ``NamedSharding``.
   """
-  abstract = nnx.eval_shape(lambda: _build(config, 0))
   specs = param_specs(config)
-  _check_divisible(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), specs, mesh, config)
+  _check_divisible(abstract_params(config), specs, mesh, config)
   shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
   @functools.partial(jax.jit, out_shardings=shardings)
   def init():
     return nnx.to_pure_dict(nnx.state(_build(config, seed), nnx.Param))
 
-  return nnx.graphdef(abstract), init()
+  return nnx.graphdef(nnx.eval_shape(lambda: _build(config, 0))), init()
 
 
 def _check_divisible(abstract_params: Any, specs: Any, mesh: Mesh, config: LlamaConfig) -> None:

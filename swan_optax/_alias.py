@@ -27,6 +27,7 @@ def _stateless_partition(
   adam_eps: jax.typing.ArrayLike,
   adam_weight_decay: jax.typing.ArrayLike,
   max_grad_norm: jax.typing.ArrayLike | None,
+  non_matrix_optimizer: optax.GradientTransformation | None,
 ) -> optax.GradientTransformation:
   """``optax.partition`` of a stateless ``'matrix'`` group and an ``'adam'`` group."""
   matrix = optax.chain(
@@ -34,7 +35,7 @@ def _stateless_partition(
     optax.add_decayed_weights(weight_decay, weight_decay_mask),
     optax.scale_by_learning_rate(learning_rate),
   )
-  adam = optax.adamw(
+  adam = non_matrix_optimizer or optax.adamw(
     learning_rate if adam_learning_rate is None else adam_learning_rate,
     b1=adam_b1,
     b2=adam_b2,
@@ -67,6 +68,9 @@ _COMMON_ARGS = """\
     adam_weight_decay: AdamW weight decay of the Adam group.
     max_grad_norm: if set, clip the global gradient norm first (only changes the
       Adam group: the matrix operators are scale invariant).
+    non_matrix_optimizer: replaces AdamW (and the ``adam_*`` options) on the
+      non-matrix leaves, e.g. ``optax.adafactor(lr)`` (factored second
+      moments) for a nearly stateless optimizer.
 """
 
 
@@ -95,6 +99,7 @@ def swan(
   adam_eps: jax.typing.ArrayLike = 1e-8,
   adam_weight_decay: jax.typing.ArrayLike = 0.0,
   max_grad_norm: jax.typing.ArrayLike | None = None,
+  non_matrix_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   r"""SWAN: SGD with GradNorm and GradWhitening; stateless on matrices.
 
@@ -140,6 +145,7 @@ def swan(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     max_grad_norm=max_grad_norm,
+    non_matrix_optimizer=non_matrix_optimizer,
   )
 
 
@@ -161,6 +167,7 @@ def sinkgd(
   adam_eps: jax.typing.ArrayLike = 1e-8,
   adam_weight_decay: jax.typing.ArrayLike = 0.0,
   max_grad_norm: jax.typing.ArrayLike | None = None,
+  non_matrix_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   r"""SinkGD: SGD on SR-Sinkhorn-normalized gradients; stateless on matrices.
 
@@ -200,4 +207,5 @@ def sinkgd(
     adam_eps=adam_eps,
     adam_weight_decay=adam_weight_decay,
     max_grad_norm=max_grad_norm,
+    non_matrix_optimizer=non_matrix_optimizer,
   )

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import swan_optax
@@ -18,11 +17,6 @@ SPEC_PARAM_COUNTS = {"60m": 58_073_600, "130m": 134_105_856, "350m": 367_969_280
                      "1b": 1_339_082_752}  # fmt: skip
 
 
-def _abstract_params(config):
-  model = nnx.eval_shape(lambda: llama._build(config, 0))
-  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
 @pytest.fixture(scope="module")
 def tiny():
   config = configs.get_config("tiny", max_seq_len=32)
@@ -33,7 +27,7 @@ def tiny():
 @pytest.mark.parametrize("name", sorted(SPEC_PARAM_COUNTS))
 def test_galore_configs_have_the_spec_parameter_counts(name):
   config = configs.get_config(name)
-  params = _abstract_params(config)
+  params = llama.abstract_params(config)
   assert (
     sum(x.size for x in jax.tree.leaves(params)) == SPEC_PARAM_COUNTS[name] == config.num_params
   )
@@ -96,7 +90,7 @@ def test_rope_is_a_rotation_depending_on_relative_position():
 
 
 def test_routing_of_the_60m_config_stacked_kernels():
-  params = _abstract_params(configs.get_config("60m"))
+  params = llama.abstract_params(configs.get_config("60m"))
   table = swan_optax.routing_table(params, dimension_numbers=llama.dimension_numbers)
   print(table)
   labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers)

@@ -101,6 +101,25 @@ def test_matrix_group_is_stateless_and_state_bytes_are_adams_for_adam_leaves(nam
   assert _state_bytes(state) < _state_bytes(adam_state)
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_adafactor_on_non_matrix_leaves_is_nearly_stateless(name):
+  params = _params()
+  adafactor = optax.adafactor(1e-3, min_dim_size_to_factor=8)
+  tx = OPTIMIZERS[name](1e-3, dimension_numbers=_stack_dims, non_matrix_optimizer=adafactor)
+  state = tx.init(params)
+  # Factored second moments: a row and a column vector per (50, 16) matrix, not 50 x 16.
+  assert _state_bytes(state) < 0.2 * 8 * (50 * 16 * 2)
+  assert jax.tree.leaves(state.inner_states["matrix"]) == []
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, state, params)
+  expected, _ = optax.adafactor(1e-3).update(
+    {"e": grads["embed"]["embedding"]},
+    optax.adafactor(1e-3).init({"e": params["embed"]["embedding"]}),
+    {"e": params["embed"]["embedding"]},
+  )
+  np.testing.assert_allclose(updates["embed"]["embedding"], expected["e"], rtol=1e-6)
+
+
 @pytest.mark.parametrize(("name", "matrix_lr"), [("swan", 1e-3), ("sinkgd", 0.05 * 1e-3)])
 def test_one_step_moves_matrix_leaves_by_rms_lr(name, matrix_lr):
   params = _params()

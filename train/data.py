@@ -59,8 +59,6 @@ class DataConfig:
       ``.model``; ``None`` trains a byte-level BPE on the training split.
     vocab_size: size of that BPE (unused with ``tokenizer``).
     seq_len: tokens per sequence; each split must hold one window of ``seq_len + 1``.
-    seed: the run's seed. Unused on purpose: the split and the tokenizer must
-      be the same for every seed (``train_batches`` takes the shuffling seed).
     val_fraction: share of the text held out for validation (unused for a
       ``hf:`` dataset that has a validation split).
     max_documents: documents read from a ``hf:`` dataset's train split; a
@@ -71,7 +69,6 @@ class DataConfig:
   tokenizer: str | None = None
   vocab_size: int = 4096
   seq_len: int = 256
-  seed: int = 0
   val_fraction: float = 0.05
   max_documents: int = 20_000
 

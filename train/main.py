@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--config", default="tiny", choices=sorted(configs.CONFIGS), help="model size")
   p.add_argument("--optimizer", default="swan", choices=["swan", "sinkgd", "adam", "adamw"])
+  p.add_argument(
+    "--non-matrix",
+    default="adam",
+    choices=["adam", "adafactor"],
+    help="swan/sinkgd: optimizer of embeddings, lm_head and norms (adafactor: nearly stateless)",
+  )
   p.add_argument("--steps", type=int, default=600, help="optimizer steps")
   p.add_argument("--batch-size", type=int, default=16, help="global batch, in sequences")
   p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
@@ -142,7 +148,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       tokenizer=args.tokenizer,
       vocab_size=model_config.vocab_size,
       seq_len=args.seq_len,
-      seed=args.seed,
     )
   )
   if corpus.vocab_size > model_config.vocab_size:
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       warmup_fraction=args.warmup,
       weight_decay=args.weight_decay,
       max_grad_norm=args.max_grad_norm,
+      non_matrix=args.non_matrix,
     )
   )
   state, shardings = step_lib.create_state(params, tx, mesh)

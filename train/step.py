@@ -28,6 +28,8 @@ class OptimizerConfig:
   final_lr_fraction: float = 0.1
   weight_decay: float = 0.0
   max_grad_norm: float | None = None
+  # swan/sinkgd: the non-matrix leaves' optimizer; "adafactor" makes the whole state tiny.
+  non_matrix: Literal["adam", "adafactor"] = "adam"
 
   @property
   def peak_lr(self) -> float:
@@ -44,19 +46,17 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     max(config.steps, 2),
     config.final_lr_fraction * peak,
   )
-  if config.name == "swan":
-    tx = swan_optax.swan(
+  if config.name in ("swan", "sinkgd"):
+    stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
+    non_matrix = None
+    if config.non_matrix == "adafactor":
+      non_matrix = optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None)
+    tx = stateless(
       schedule,
       dimension_numbers=llama.dimension_numbers,
       weight_decay=config.weight_decay,
       adam_weight_decay=config.weight_decay,
-    )
-  elif config.name == "sinkgd":
-    tx = swan_optax.sinkgd(
-      schedule,
-      dimension_numbers=llama.dimension_numbers,
-      weight_decay=config.weight_decay,
-      adam_weight_decay=config.weight_decay,
+      non_matrix_optimizer=non_matrix,
     )
   elif config.name == "adam":
     tx = optax.adam(schedule)

@@ -1,0 +1,157 @@
+"""Convergence benchmark: Adam vs SWAN vs SinkGD on the shipped corpus, same data and token budget.
+
+Run: ``python -m train.bench_convergence``. Every optimizer trains the same
+LLaMA config on the same batches (same data seed and order) for the same number
+of steps, at each learning rate of a small sweep (seed 0); the best learning
+rate by final validation loss is then re-run with a second seed. Reported:
+validation perplexity against tokens (one PNG, mean of the seeds with their
+range shaded), final perplexity, the sweep, and the papers' headline figure:
+the fraction of Adam's tokens each optimizer needs to reach Adam's final
+validation loss. Writes ``train/results/convergence.{md,png,json}``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+
+import jax
+import numpy as np
+
+from train import main as main_lib
+from train import metrics
+from train.bench_ops import RESULTS
+
+SWEEP = {
+  "adam": (1e-3, 3e-3, 1e-2),
+  "swan": (1e-3, 3e-3, 1e-2),
+  "sinkgd": (0.02, 0.05, 0.1),  # global lr; the matrix group steps 0.05x this
+}
+
+
+def train_run(optimizer: str, lr: float, seed: int, args: argparse.Namespace) -> list[dict]:
+  """One training run through the CLI; returns its eval records."""
+  out = args.work / f"{optimizer}-lr{lr:g}-seed{seed}"
+  if not (out / "summary.json").exists():
+    flags = [
+      "--config", args.config, "--optimizer", optimizer, "--lr", str(lr), "--seed", str(seed),
+      "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", "256",
+      "--eval-every", str(args.eval_every), "--eval-batches", str(args.eval_batches),
+      "--checkpoint-every", str(args.steps), "--keep-checkpoints", "1", "--out", str(out),
+    ]  # fmt: skip
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    main_lib.run(main_lib.parse_args(flags))
+  return [r for r in metrics.read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
+
+
+def tokens_to_reach(evals: list[dict], target_loss: float) -> float | None:
+  """Tokens at which the validation loss first reaches ``target_loss`` (linear interpolation)."""
+  previous = (0, float("inf"))
+  for r in evals:
+    if r["val_loss"] <= target_loss:
+      t0, l0 = previous
+      if not np.isfinite(l0):
+        return float(r["tokens"])
+      return t0 + (r["tokens"] - t0) * (l0 - target_loss) / (l0 - r["val_loss"])
+    previous = (r["tokens"], r["val_loss"])
+  return None
+
+
+def plot(curves: dict[str, list[list[dict]]], path: pathlib.Path, title: str) -> None:
+  import matplotlib.pyplot as plt  # noqa: PLC0415 - train.metrics has set the Agg backend
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for optimizer, runs in curves.items():
+    tokens = np.array([r["tokens"] for r in runs[0]])
+    ppl = np.array([[r["val_ppl"] for r in run] for run in runs])
+    ax.plot(tokens, ppl.mean(0), "o-", ms=3, label=f"{optimizer} ({len(runs)} seeds)")
+    ax.fill_between(tokens, ppl.min(0), ppl.max(0), alpha=0.25)
+  ax.set(xlabel="training tokens", ylabel="validation perplexity", yscale="log", title=title)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="tiny")
+  parser.add_argument("--steps", type=int, default=240)
+  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--eval-every", type=int, default=20)
+  parser.add_argument("--eval-batches", type=int, default=8)
+  parser.add_argument("--seeds", type=int, default=2, help="seeds of the best learning rate")
+  parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/convergence"))
+  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  args = parser.parse_args()
+
+  sweep = {
+    opt: {lr: train_run(opt, lr, 0, args)[-1]["val_loss"] for lr in lrs}
+    for opt, lrs in SWEEP.items()
+  }
+  best = {opt: min(losses, key=losses.get) for opt, losses in sweep.items()}
+  curves = {
+    opt: [train_run(opt, best[opt], seed, args) for seed in range(args.seeds)] for opt in SWEEP
+  }
+  adam_final = np.mean([run[-1]["val_loss"] for run in curves["adam"]])
+  adam_tokens = curves["adam"][0][-1]["tokens"]
+  rows = []
+  for opt, runs in curves.items():
+    reach = [tokens_to_reach(run, adam_final) for run in runs]
+    rows.append({
+      "optimizer": opt,
+      "lr": best[opt],
+      "final_val_loss": [run[-1]["val_loss"] for run in runs],
+      "final_val_ppl": [run[-1]["val_ppl"] for run in runs],
+      "fraction_of_adam_tokens": [None if t is None else t / adam_tokens for t in reach],
+    })  # fmt: skip
+
+  args.out.mkdir(parents=True, exist_ok=True)
+  title = f"{args.config} LLaMA on Shakespeare, {args.batch_size}x256 tokens/step"
+  plot(curves, args.out / "convergence.png", title)
+  (args.out / "convergence.json").write_text(
+    json.dumps(
+      {"sweep": {o: {str(k): v for k, v in s.items()} for o, s in sweep.items()}, "rows": rows},
+      indent=2,
+    )
+  )
+  table = to_markdown(rows, sweep, args, adam_tokens)
+  (args.out / "convergence.md").write_text(table)
+  print(table)
+
+
+def _spread(values: list[float | None], fmt: str) -> str:
+  if any(v is None for v in values):
+    return "not reached" if all(v is None for v in values) else "reached by some seeds only"
+  return f"{np.mean(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def to_markdown(rows: list[dict], sweep: dict, args: argparse.Namespace, adam_tokens: int) -> str:
+  machine = f"{jax.device_count()} {jax.devices()[0].platform} device(s), {platform.machine()}, "
+  lines = [
+    f"`python -m train.bench_convergence` — {args.config} LLaMA, shipped Shakespeare corpus, "
+    f"{args.steps} steps x {args.batch_size} x 256 tokens ({adam_tokens:,} tokens), warmup 10% + "
+    f"cosine to 10%, same data order for every run; {machine}{os.cpu_count()} cores. Mean over "
+    f"{args.seeds} seeds (range in parentheses) at the best learning rate of the sweep.",
+    "",
+    "| optimizer | best lr | final val loss | final val ppl | fraction of Adam's tokens to "
+    "reach Adam's final val loss |",
+    "|---|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {r['optimizer']} | {r['lr']:g} | {_spread(r['final_val_loss'], '.4f')} | "
+      f"{_spread(r['final_val_ppl'], '.2f')} | {_spread(r['fraction_of_adam_tokens'], '.2f')} |"
+    )
+  lines += ["", "Learning-rate sweep (seed 0, final validation loss):", "",
+            "| optimizer | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " |",
+            "|---|---:|---:|---:|"]  # fmt: skip
+  for opt, losses in sweep.items():
+    lines.append(f"| {opt} | " + " | ".join(f"{lr:g}: {v:.4f}" for lr, v in losses.items()) + " |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()
