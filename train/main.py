@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     choices=["adam", "adafactor"],
     help="swan/sinkgd: optimizer of embeddings, lm_head and norms (adafactor: nearly stateless)",
   )
-  p.add_argument("--steps", type=int, default=600, help="optimizer steps")
+  p.add_argument("--steps", type=int, default=300, help="optimizer steps")
   p.add_argument("--batch-size", type=int, default=16, help="global batch, in sequences")
   p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
   p.add_argument(
@@ -53,10 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--max-grad-norm", type=float, default=None, help="global gradient clipping")
   p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
   p.add_argument("--bf16", action="store_true", help="bfloat16 activations (params stay float32)")
-  p.add_argument("--eval-every", type=int, default=100, help="steps between validation runs")
+  p.add_argument("--eval-every", type=int, default=50, help="steps between validation runs")
   p.add_argument("--eval-batches", type=int, default=8, help="validation batches per run")
   p.add_argument("--log-every", type=int, default=10, help="steps between train-metric records")
-  p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+  p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
   p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept")
   p.add_argument("--out", type=pathlib.Path, default=None, help="run folder (runs/CONFIG-OPT)")
   p.add_argument(
