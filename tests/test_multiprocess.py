@@ -54,8 +54,11 @@ def _records(out) -> list[dict]:
 def test_two_processes_match_one_process(tmp_path):
   port = _free_port()
   multi = [
-    _launch(tmp_path / "multi", 4, ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                    "--process-id", str(i)])  # fmt: skip
+    _launch(
+      tmp_path / "multi",
+      4,
+      ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+    )  # fmt: skip
     for i in range(2)
   ]
   single = _launch(tmp_path / "single", 8, [])

@@ -30,12 +30,20 @@ SWEEP = {
 }
 
 
+# The nearly stateless mode: SWAN with Adafactor (factored second moments)
+# instead of Adam on the embedding, lm_head and norms, at SWAN's best lr.
+STATELESS = "swan+adafactor"
+
+
 def train_run(optimizer: str, lr: float, seed: int, args: argparse.Namespace) -> list[dict]:
   """One training run through the CLI; returns its eval records."""
   out = args.work / f"{optimizer}-lr{lr:g}-seed{seed}"
-  if not (out / "summary.json").exists():
+  summary = out / "summary.json"
+  if not (summary.exists() and json.loads(summary.read_text())["completed"]):
+    base, _, non_matrix = optimizer.partition("+")
     flags = [
-      "--config", args.config, "--optimizer", optimizer, "--lr", str(lr), "--seed", str(seed),
+      "--config", args.config, "--optimizer", base, "--non-matrix", non_matrix or "adam",
+      "--lr", str(lr), "--seed", str(seed),
       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", "256",
       "--eval-every", str(args.eval_every), "--eval-batches", str(args.eval_batches),
       "--checkpoint-every", str(args.steps), "--keep-checkpoints", "1", "--out", str(out),
@@ -92,8 +100,9 @@ def main() -> None:
     for opt, lrs in SWEEP.items()
   }
   best = {opt: min(losses, key=losses.get) for opt, losses in sweep.items()}
+  best[STATELESS] = best["swan"]
   curves = {
-    opt: [train_run(opt, best[opt], seed, args) for seed in range(args.seeds)] for opt in SWEEP
+    opt: [train_run(opt, lr, seed, args) for seed in range(args.seeds)] for opt, lr in best.items()
   }
   adam_final = np.mean([run[-1]["val_loss"] for run in curves["adam"]])
   adam_tokens = curves["adam"][0][-1]["tokens"]
@@ -134,7 +143,9 @@ def to_markdown(rows: list[dict], sweep: dict, args: argparse.Namespace, adam_to
     f"`python -m train.bench_convergence` — {args.config} LLaMA, shipped Shakespeare corpus, "
     f"{args.steps} steps x {args.batch_size} x 256 tokens ({adam_tokens:,} tokens), warmup 10% + "
     f"cosine to 10%, same data order for every run; {machine}{os.cpu_count()} cores. Mean over "
-    f"{args.seeds} seeds (range in parentheses) at the best learning rate of the sweep.",
+    f"{args.seeds} seeds (range in parentheses) at the best learning rate of the sweep. "
+    f"`{STATELESS}` is the nearly stateless mode (`--non-matrix adafactor`: factored second "
+    "moments instead of Adam on the embedding, lm_head and norms) at SWAN's best lr.",
     "",
     "| optimizer | best lr | final val loss | final val ppl | fraction of Adam's tokens to "
     "reach Adam's final val loss |",

@@ -2,10 +2,12 @@
 
 import logging
 import pathlib
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,12 @@ def restore_latest(
   """Restores the newest readable checkpoint into ``abstract_state``'s shardings.
 
   A checkpoint that fails to restore (corrupted, partial) is skipped with a
-  warning naming it, falling back to the one before. Returns ``None`` only if
-  there is no checkpoint at all; raises if checkpoints exist but none restores.
+  warning naming it and set aside as ``STEP.unreadable`` (kept for inspection,
+  out of the way of the step that will be saved again), falling back to the
+  one before. Returns ``None`` only if the directory never held a checkpoint;
+  raises if none restores.
   """
+  directory = pathlib.Path(mngr.directory)
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
@@ -52,14 +57,29 @@ def restore_latest(
         ),
       )
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
-      log.warning("skipping unreadable checkpoint %s: %s", mngr.directory / str(step), e)
+      log.warning("skipping unreadable checkpoint %s: %s", directory / str(step), e)
+      _set_aside(directory / str(step))
       continue
+    mngr.reload()
     return step, restored.state, restored.data
-  if steps:
+  mngr.reload()
+  unreadable = sorted(p.name for p in directory.glob(f"*{UNREADABLE}-*"))
+  if unreadable:
     raise ValueError(
-      f"--resume: no checkpoint under {mngr.directory} could be restored (tried steps {steps})"
+      f"--resume: no checkpoint under {directory} could be restored (unreadable, set aside: "
+      f"{', '.join(unreadable)}); remove them, or train from scratch without --resume"
     )
   return None
+
+
+UNREADABLE = ".unreadable"
+
+
+def _set_aside(step_dir: pathlib.Path) -> None:
+  """Renames an unreadable checkpoint (on process 0, then every process waits for it)."""
+  if jax.process_index() == 0:
+    step_dir.rename(step_dir.with_name(f"{step_dir.name}{UNREADABLE}-{time.time_ns()}"))
+  multihost_utils.sync_global_devices(f"set aside {step_dir}")
 
 
 def abstract_like(state: Any) -> Any:

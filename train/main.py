@@ -5,12 +5,14 @@ shipped Shakespeare corpus; ``python -m train --help`` lists every flag.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
 import signal
 import sys
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -119,18 +121,49 @@ def evaluate(eval_step, params, batches, batch_sharding) -> dict:
   return {"val_loss": mean, "val_ppl": math.exp(mean)}
 
 
-class _StopRequested:
-  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
+class _StopRequested(contextlib.AbstractContextManager):
+  """While active, SIGTERM/SIGINT set a flag: the loop saves a checkpoint and exits cleanly."""
 
-  def __init__(self):
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self):
     self.requested = False
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc_info):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
   def _handle(self, signum, frame):
     del frame
     self.requested = True
     print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint and stopping", flush=True)
+
+
+class StartupError(RuntimeError):
+  """The model, optimizer state or train step could not be built on the mesh."""
+
+
+@contextlib.contextmanager
+def _naming_config_and_mesh(args: argparse.Namespace, mesh: jax.sharding.Mesh):
+  """Re-raises XLA errors at start-up (out of memory, shapes) naming the config and mesh."""
+  try:
+    yield
+  except (jax.errors.JaxRuntimeError, TypeError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise StartupError(
+      f"building --config {args.config} (batch {args.batch_size}x{args.seq_len}, "
+      f"--optimizer {args.optimizer}) on mesh {dict(mesh.shape)} over {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s) failed: {reason}. A smaller --config, "
+      "--batch-size or --seq-len, more --grad-accum, or more fsdp/tensor sharding in --mesh "
+      "may fit."
+    ) from e
+
+
+def _batch_fingerprint(batch: dict) -> int:
+  """CRC32 of this process's input tokens: logged to audit the data order across restarts."""
+  return zlib.crc32(np.ascontiguousarray(batch["inputs"]).tobytes())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,8 +189,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       f"{args.config} has vocab_size {model_config.vocab_size}: use a smaller tokenizer"
     )
 
-  graphdef, params = llama.init_params(model_config, mesh, args.seed)
-  apply_fn = lambda p, tokens: llama.apply(graphdef, p, tokens)
   tx = step_lib.make_optimizer(
     step_lib.OptimizerConfig(
       name=args.optimizer,
@@ -169,11 +200,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       non_matrix=args.non_matrix,
     )
   )
-  state, shardings = step_lib.create_state(params, tx, mesh)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())
-  train_step = step_lib.jit_train_step(
-    apply_fn, tx, shardings, batch_sharding, grad_accum=args.grad_accum
-  )
+  with _naming_config_and_mesh(args, mesh):
+    graphdef, params = llama.init_params(model_config, mesh, args.seed)
+    apply_fn = lambda p, tokens: llama.apply(graphdef, p, tokens)
+    state, shardings = step_lib.create_state(params, tx, mesh)
+    tokens_spec = jax.ShapeDtypeStruct((args.batch_size, args.seq_len), np.int32,
+                                       sharding=batch_sharding)  # fmt: skip
+    train_step = (
+      step_lib.jit_train_step(apply_fn, tx, shardings, batch_sharding, grad_accum=args.grad_accum)
+      .lower(state, {"inputs": tokens_spec, "targets": tokens_spec})
+      .compile()
+    )
   eval_step = jax.jit(step_lib.make_eval_step(apply_fn))
 
   batches = data.train_batches(
@@ -201,6 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
       start, state, data_state = restored
       batches.set_state(data_state)
+      if jax.process_index() == 0:
+        metrics.drop_records_after(args.out / "metrics.jsonl", start)
       print(f"resumed from step {start}")
 
   is_main = jax.process_index() == 0
@@ -226,58 +266,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       f"mesh {dict(mesh.shape)}, {tokens_per_step:,} tokens/step"
     )
 
-  stop = _StopRequested()
-  first = int(state.step)
-  last_eval: dict = {}
-  progress = tqdm(range(first, args.steps), initial=first, total=args.steps, disable=not is_main)
-  window_start, window_steps = time.perf_counter(), 0
-  for step in progress:
-    batch = _place_batch(next(batches), batch_sharding)
-    state, step_metrics = train_step(state, batch)
-    window_steps += 1
-    done = step + 1
-    if not bool(step_metrics["finite"]):
-      message = f"non-finite loss or gradient at step {done}"
-      if args.on_nonfinite == "stop":
-        raise FloatingPointError(
-          f"{message}; stopping (--on-nonfinite stop). The last good checkpoint is in "
-          f"{args.out / 'checkpoints'}."
+  with _StopRequested() as stop:
+    first = int(state.step)
+    last_eval: dict = {}
+    progress = tqdm(range(first, args.steps), initial=first, total=args.steps, disable=not is_main)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in progress:
+      local_batch = next(batches)
+      batch = _place_batch(local_batch, batch_sharding)
+      state, step_metrics = train_step(state, batch)
+      window_steps += 1
+      done = step + 1
+      if not bool(step_metrics["finite"]):
+        message = f"non-finite loss or gradient at step {done}"
+        if args.on_nonfinite == "stop":
+          raise FloatingPointError(
+            f"{message}; stopping (--on-nonfinite stop). The last good checkpoint is in "
+            f"{args.out / 'checkpoints'}."
+          )
+        progress.write(f"{message}: update skipped ({int(state.skipped)} so far)")
+      if done % args.log_every == 0 or done == args.steps:
+        loss = float(step_metrics["loss"])
+        elapsed = time.perf_counter() - window_start
+        record = {
+          "kind": "train",
+          "step": done,
+          "tokens": done * tokens_per_step,
+          "loss": loss,
+          "grad_norm": float(step_metrics["grad_norm"]),
+          "step_time_s": elapsed / window_steps,
+          "tokens_per_s": window_steps * tokens_per_step / elapsed,
+          "skipped": int(state.skipped),
+          "batch_crc32": _batch_fingerprint(local_batch),
+        }
+        window_start, window_steps = time.perf_counter(), 0
+        progress.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in last_eval.items()})
+        if writer:
+          writer.write(record)
+      if done % args.eval_every == 0 or done == args.steps:
+        last_eval = evaluate(eval_step, state.params, val_batches, batch_sharding)
+        progress.write(
+          f"step {done}: val loss {last_eval['val_loss']:.4f}, val ppl {last_eval['val_ppl']:.2f}"
         )
-      progress.write(f"{message}: update skipped ({int(state.skipped)} so far)")
-    if done % args.log_every == 0 or done == args.steps:
-      loss = float(step_metrics["loss"])
-      elapsed = time.perf_counter() - window_start
-      record = {
-        "kind": "train",
-        "step": done,
-        "tokens": done * tokens_per_step,
-        "loss": loss,
-        "grad_norm": float(step_metrics["grad_norm"]),
-        "step_time_s": elapsed / window_steps,
-        "tokens_per_s": window_steps * tokens_per_step / elapsed,
-        "skipped": int(state.skipped),
-      }
-      window_start, window_steps = time.perf_counter(), 0
-      progress.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in last_eval.items()})
-      if writer:
-        writer.write(record)
-    if done % args.eval_every == 0 or done == args.steps:
-      last_eval = evaluate(eval_step, state.params, val_batches, batch_sharding)
-      progress.write(
-        f"step {done}: val loss {last_eval['val_loss']:.4f}, val ppl {last_eval['val_ppl']:.2f}"
-      )
-      if writer:
-        writer.write({"kind": "eval", "step": done, "tokens": done * tokens_per_step, **last_eval})
-    if done % args.checkpoint_every == 0 or done == args.steps or stop.requested:
-      checkpoint.save(ckpt, done, state, batches.get_state())
-    if stop.requested:
-      break
+        if writer:
+          tokens = done * tokens_per_step
+          writer.write({"kind": "eval", "step": done, "tokens": tokens, **last_eval})
+      if done % args.checkpoint_every == 0 or done == args.steps or stop.requested:
+        checkpoint.save(ckpt, done, state, batches.get_state())
+      if stop.requested:
+        break
   ckpt.close()
   if writer:
     writer.close()
     records = metrics.read_jsonl(args.out / "metrics.jsonl")
     metrics.plot_losses(records, args.out / "loss.png", f"{args.config} LLaMA, {args.optimizer}")
-    summary = {"step": int(state.step), "skipped": int(state.skipped), **last_eval}
+    summary = {
+      "step": int(state.step),
+      "completed": int(state.step) == args.steps,
+      "skipped": int(state.skipped),
+      **last_eval,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done: {summary}; metrics, loss.png and checkpoints in {args.out}")
   return {"step": int(state.step), **last_eval}
@@ -287,6 +335,6 @@ def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   try:
     run(args)
-  except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, ImportError, FloatingPointError, StartupError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

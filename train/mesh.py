@@ -13,15 +13,17 @@ def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
   """``'data=2,fsdp=2,tensor=2'`` -> axis sizes; missing axes are 1, ``None``: all on data."""
   if not spec:
     return {"data": num_devices, "fsdp": 1, "tensor": 1}
-  sizes = dict.fromkeys(AXES, 1)
+  sizes, seen = dict.fromkeys(AXES, 1), set()
   for part in spec.split(","):
     name, sep, value = part.partition("=")
     name = name.strip()
-    if not sep or name not in AXES or not value.strip().isdigit() or int(value) < 1:
+    valid = sep and name in AXES and value.strip().isdecimal() and int(value) >= 1
+    if not valid or name in seen:
       raise ValueError(
-        f"--mesh {spec!r}: expected comma-separated AXIS=SIZE with AXIS in {AXES} and SIZE >= 1, "
-        "e.g. --mesh data=2,fsdp=2,tensor=2"
+        f"--mesh {spec!r}: expected comma-separated AXIS=SIZE, each AXIS of {AXES} at most once "
+        "and SIZE >= 1, e.g. --mesh data=2,fsdp=2,tensor=2"
       )
+    seen.add(name)
     sizes[name] = int(value)
   if math.prod(sizes.values()) != num_devices:
     raise ValueError(

@@ -27,7 +27,21 @@ class MetricsWriter:
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  """The records of ``path``; a cut-off last line (a process killed mid-write) is ignored."""
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  try:
+    records += [json.loads(lines[-1])] if lines else []
+  except json.JSONDecodeError:
+    pass  # only the last line can be partial: every record is flushed whole
+  return records
+
+
+def drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Removes step records past ``step`` (written after the checkpoint a run resumes from)."""
+  if path.exists():
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_losses(records: Iterable[dict], path: pathlib.Path, title: str) -> None:
