@@ -1,6 +1,7 @@
 """LLaMA model configurations: frozen dataclasses with named presets."""
 
 import dataclasses
+import math
 from typing import Literal
 
 
@@ -23,9 +24,13 @@ class LlamaConfig:
   def __post_init__(self):
     sizes = {k: getattr(self, k) for k in ("vocab_size", "dim", "ffn_dim", "num_layers",
                                            "num_heads", "head_dim", "max_seq_len")}  # fmt: skip
-    bad = {k: v for k, v in sizes.items() if not (isinstance(v, int) and v >= 1)}
+    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
       raise ValueError(f"LlamaConfig sizes must be positive integers, got {bad}")
+    scales = {k: getattr(self, k) for k in ("norm_eps", "rope_theta", "init_std")}
+    bad = {k: v for k, v in scales.items() if not (isinstance(v, int | float) and 0 < v < math.inf)}
+    if bad:
+      raise ValueError(f"LlamaConfig norm_eps, rope_theta, init_std must be positive, got {bad}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
     if self.dtype not in ("float32", "bfloat16"):
@@ -54,4 +59,7 @@ def get_config(name: str, **overrides) -> LlamaConfig:
   """The preset ``name`` with some fields replaced, e.g. ``get_config('60m', max_seq_len=512)``."""
   if name not in CONFIGS:
     raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(LlamaConfig)}
+  if unknown:
+    raise ValueError(f"unknown LlamaConfig fields {sorted(unknown)}")
   return dataclasses.replace(CONFIGS[name], **overrides)

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -74,9 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default="skip",
     help="a NaN/Inf loss or gradient: skip that update, or stop (last checkpoint kept)",
   )
-  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
-  p.add_argument("--num-processes", type=int, default=None, help="processes (multi-process)")
-  p.add_argument("--process-id", type=int, default=None, help="this process (multi-process)")
+  p.add_argument(
+    "--coordinator",
+    default=None,
+    help="multi-process: HOST:PORT of process 0, or 'auto' to detect SLURM, Open MPI, "
+    "Kubernetes or Cloud TPU (also started when JAX_COORDINATOR_ADDRESS is set)",
+  )
+  p.add_argument("--num-processes", type=int, default=None, help="multi-process: processes")
+  p.add_argument("--process-id", type=int, default=None, help="multi-process: this process")
   args = p.parse_args(argv)
   positive = ["steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
               "log_every", "checkpoint_every", "keep_checkpoints"]  # fmt: skip
@@ -87,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.error(f"--lr must be a positive number, got {args.lr}")
   if not 0 <= args.warmup < 1:
     p.error(f"--warmup must be in [0, 1), got {args.warmup}")
+  if not 0 <= args.weight_decay < math.inf:
+    p.error(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+  if args.max_grad_norm is not None and not 0 < args.max_grad_norm < math.inf:
+    p.error(f"--max-grad-norm must be a positive number, got {args.max_grad_norm}")
   if args.out is None:
     args.out = pathlib.Path("runs") / f"{args.config}-{args.optimizer}"
   return args
@@ -166,10 +176,17 @@ def _batch_fingerprint(batch: dict) -> int:
   return zlib.crc32(np.ascontiguousarray(batch["inputs"]).tobytes())
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+  """Joins a multi-process run when flags, ``JAX_COORDINATOR_ADDRESS`` or ``auto`` say so."""
+  if args.coordinator == "auto":
+    jax.distributed.initialize()  # cluster auto-detection
+  elif args.coordinator or args.num_processes or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Trains as ``args`` say; returns the final metrics."""
-  if args.coordinator or args.num_processes:
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  _init_distributed(args)
   mesh = mesh_lib.make_mesh(args.mesh)
   _check_batch(args, mesh)
   model_config = configs.get_config(
