@@ -90,6 +90,7 @@ def swan(
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -110,8 +111,8 @@ def swan(
 
   Args:
     learning_rate: learning rate (or optax schedule) of the matrix group.
-    method, ns_steps, ns_beta, eps: whitening options, see :func:`whiten`; ``eps``
-      is also GradNorm's std clamp.
+    method, ns_steps, ns_beta, eps, whole_matrix_sharding: whitening options, see
+      :func:`whiten`; ``eps`` is also GradNorm's std clamp.
     COMMON_ARGS
 
   Returns:
@@ -129,6 +130,7 @@ def swan(
       ns_beta=ns_beta,
       eps=eps,
       dimension_numbers=dimension_numbers,
+      whole_matrix_sharding=whole_matrix_sharding,
     ),
   )
   return _stateless_partition(

@@ -135,6 +135,7 @@ def whiten(
   eps: jax.typing.ArrayLike = 1e-8,
   precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -164,6 +165,12 @@ def whiten(
     precision: matmul precision; ``HIGHEST`` keeps GPUs/TPUs from TF32/bf16 passes.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
+    whole_matrix_sharding: on a device mesh, e.g. ``NamedSharding(mesh,
+      P(('fsdp', 'data')))``: spread each leaf's batch of matrices (a scanned
+      layer stack) over these mesh axes, so every device whitens whole
+      matrices of its own layers. Without it, a matrix sharded over its rows or
+      columns is gathered, and whitened, on every device. Only the layout and
+      speed change, never the result.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -181,4 +188,6 @@ def whiten(
     eps=eps,
     precision=precision,
   )
-  return _matrix.stateless_matrix_transform(operator, dimension_numbers, name="whiten")
+  return _matrix.stateless_matrix_transform(
+    operator, dimension_numbers, name="whiten", whole_matrix_sharding=whole_matrix_sharding
+  )

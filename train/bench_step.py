@@ -58,7 +58,7 @@ def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[di
 
   runs = {}
   for opt in OPTIMIZERS:
-    tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name=opt, steps=1000))
+    tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name=opt, steps=1000), mesh)
     state, shardings = step_lib.create_state(params, tx, mesh)
     train_step = step_lib.jit_train_step(apply_fn, tx, shardings, batch_sharding)
     compiled = train_step.lower(state, batch).compile()

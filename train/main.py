@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     choices=["adam", "adafactor"],
     help="swan/sinkgd: optimizer of embeddings, lm_head and norms (adafactor: nearly stateless)",
   )
+  p.add_argument(
+    "--whiten-layout",
+    default="whole",
+    choices=["whole", "param"],
+    help="swan on a mesh: whiten whole matrices, layer stacks spread over the devices (whole), "
+    "or in each parameter's sharded layout, gathering it on every device (param)",
+  )
   p.add_argument("--steps", type=int, default=300, help="optimizer steps")
   p.add_argument("--batch-size", type=int, default=16, help="global batch, in sequences")
   p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
@@ -215,7 +222,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       weight_decay=args.weight_decay,
       max_grad_norm=args.max_grad_norm,
       non_matrix=args.non_matrix,
-    )
+      whiten_over=step_lib.WHOLE_MATRIX_AXES if args.whiten_layout == "whole" else (),
+    ),
+    mesh,
   )
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())
   with _naming_config_and_mesh(args, mesh):

@@ -17,6 +17,8 @@ from models import llama
 OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
 # Peak learning rates of the benchmark protocol (SPEC 5 and 7.2).
 DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# Mesh axes SWAN spreads layer stacks over to whiten whole matrices (longest dividing prefix).
+WHOLE_MATRIX_AXES = ("fsdp", "data", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +32,22 @@ class OptimizerConfig:
   max_grad_norm: float | None = None
   # swan/sinkgd: the non-matrix leaves' optimizer; "adafactor" makes the whole state tiny.
   non_matrix: Literal["adam", "adafactor"] = "adam"
+  # swan on a mesh: whiten whole matrices, the layer stacks spread over these mesh axes
+  # (() keeps each matrix in its parameter's layout: gathered where it is sharded).
+  whiten_over: tuple[str, ...] = WHOLE_MATRIX_AXES
 
   @property
   def peak_lr(self) -> float:
     return DEFAULT_LR[self.name] if self.lr is None else self.lr
 
 
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-  """The named optimizer with linear warmup and cosine decay to ``final_lr_fraction``."""
+def make_optimizer(
+  config: OptimizerConfig, mesh: jax.sharding.Mesh | None = None
+) -> optax.GradientTransformation:
+  """The named optimizer with linear warmup and cosine decay to ``final_lr_fraction``.
+
+  ``mesh``: the device mesh the params live on (for SWAN's whole-matrix layout).
+  """
   peak = config.peak_lr
   schedule = optax.warmup_cosine_decay_schedule(
     0.0,
@@ -48,15 +58,20 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   )
   if config.name in ("swan", "sinkgd"):
     stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
-    non_matrix = None
+    extra = {}
     if config.non_matrix == "adafactor":
-      non_matrix = optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None)
+      extra["non_matrix_optimizer"] = optax.adafactor(
+        schedule, weight_decay_rate=config.weight_decay or None
+      )
+    if config.name == "swan" and mesh is not None and config.whiten_over:
+      spec = jax.sharding.PartitionSpec(config.whiten_over)
+      extra["whole_matrix_sharding"] = jax.sharding.NamedSharding(mesh, spec)
     tx = stateless(
       schedule,
       dimension_numbers=llama.dimension_numbers,
       weight_decay=config.weight_decay,
       adam_weight_decay=config.weight_decay,
-      non_matrix_optimizer=non_matrix,
+      **extra,
     )
   elif config.name == "adam":
     tx = optax.adam(schedule)
