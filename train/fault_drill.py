@@ -350,7 +350,7 @@ def bad_inputs(work: pathlib.Path) -> list[Outcome]:
     lines = stderr.getvalue().strip().splitlines()
     if not lines or expected not in lines[-1] or "Traceback" in stderr.getvalue():
       raise DrillFailure(f"{what}: expected one line with {expected!r}, got {lines}")
-    message = lines[-1].replace("|", "\\|")
+    message = lines[-1].replace(str(work), "WORK").replace("`", "'").replace("|", "\\|")
     outcomes.append(Outcome(what, "refused before training", f"`{message}`"))
   return outcomes
 

@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   p.add_argument("--config", default="tiny", choices=sorted(configs.CONFIGS), help="model size")
-  p.add_argument("--optimizer", default="swan", choices=["swan", "sinkgd", "adam", "adamw"])
+  p.add_argument(
+    "--optimizer",
+    default="swan",
+    choices=["swan", "sinkgd", "adam", "adamw"],
+    help="swan/sinkgd: stateless on attention and MLP kernels, Adam on the rest",
+  )
   p.add_argument(
     "--non-matrix",
     default="adam",
@@ -56,7 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=16, help="global batch, in sequences")
   p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
   p.add_argument(
-    "--lr", type=float, default=None, help=f"peak learning rate (default {step_lib.DEFAULT_LR})"
+    "--lr",
+    type=float,
+    default=None,
+    help="peak learning rate; None: the optimizer's, "
+    + ", ".join(f"{k} {v:g}" for k, v in step_lib.DEFAULT_LR.items()),
   )
   p.add_argument("--warmup", type=float, default=0.1, help="linear warmup, fraction of --steps")
   p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay")
@@ -73,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "--data", default=str(data.DEFAULT_CORPUS), help="text files / globs, or hf:NAME[:CONFIG]"
   )
   p.add_argument("--tokenizer", default=None, help="tokenizer.json or sentencepiece .model")
-  p.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=2,tensor=2 (default: all data)")
+  p.add_argument(
+    "--mesh", default=None, help="e.g. data=2,fsdp=2,tensor=2; None: every device on data"
+  )
   p.add_argument("--seed", type=int, default=0, help="init and data-order seed")
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   p.add_argument(

@@ -60,8 +60,9 @@ def make_optimizer(
     stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
     extra = {}
     if config.non_matrix == "adafactor":
+      # Absolute step sizes, like Adam's (not relative to each parameter's RMS).
       extra["non_matrix_optimizer"] = optax.adafactor(
-        schedule, weight_decay_rate=config.weight_decay or None
+        schedule, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
       )
     if config.name == "swan" and mesh is not None and config.whiten_over:
       spec = jax.sharding.PartitionSpec(config.whiten_over)
