@@ -109,3 +109,11 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, flags, message):
   err = capsys.readouterr().err.strip().splitlines()
   assert message in err[-1], err
   assert "Traceback" not in "\n".join(err)
+
+
+def test_tensorboard_logging(tmp_path):
+  _run(tmp_path, "--steps", "4", "--log-every", "2", "--eval-every", "4", "--tensorboard")
+  (event_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  events = event_file.read_bytes()
+  for tag in (b"train/loss", b"train/grad_norm", b"eval/val_ppl"):
+    assert tag in events, tag

@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--eval-every", type=int, default=50, help="steps between validation runs")
   p.add_argument("--eval-batches", type=int, default=8, help="validation batches per run")
   p.add_argument("--log-every", type=int, default=10, help="steps between train-metric records")
+  p.add_argument(
+    "--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard (tensorboardX)"
+  )
   p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
   p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept")
   p.add_argument("--out", type=pathlib.Path, default=None, help="run folder (runs/CONFIG-OPT)")
@@ -281,7 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       print(f"resumed from step {start}")
 
   is_main = jax.process_index() == 0
-  writer = metrics.MetricsWriter(args.out / "metrics.jsonl") if is_main else None
+  tensorboard_dir = args.out / "tensorboard" if args.tensorboard else None
+  writer = metrics.MetricsWriter(args.out / "metrics.jsonl", tensorboard_dir) if is_main else None
   opt_bytes = step_lib.state_bytes(state.opt_state)
   param_bytes = step_lib.state_bytes(state.params)
   tokens_per_step = args.batch_size * args.seq_len

@@ -11,19 +11,39 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to ``path``; each record is flushed at once."""
+  """Appends one JSON object per line to ``path``; each record is flushed at once.
 
-  def __init__(self, path: pathlib.Path):
+  With ``tensorboard_dir``, the numbers of every record that has a ``step`` are
+  also written there as TensorBoard scalars named ``KIND/FIELD``.
+  """
+
+  def __init__(self, path: pathlib.Path, tensorboard_dir: pathlib.Path | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     self.path = path
     self._file = path.open("a")
+    self._tensorboard = None
+    if tensorboard_dir is not None:
+      try:
+        import tensorboardX  # noqa: PLC0415 - optional dependency
+      except ImportError:
+        raise ImportError(
+          "--tensorboard needs tensorboardX: pip install 'swan-optax[tensorboard]'"
+        ) from None
+      self._tensorboard = tensorboardX.SummaryWriter(str(tensorboard_dir))
 
   def write(self, record: dict) -> None:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    if self._tensorboard is not None and "step" in record:
+      for key, value in record.items():
+        if key not in ("kind", "step") and isinstance(value, int | float):
+          self._tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+      self._tensorboard.flush()
 
   def close(self) -> None:
     self._file.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
