@@ -3,6 +3,7 @@
 import re
 from collections.abc import Callable
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -11,10 +12,60 @@ from swan_optax import _matrix
 
 MATRIX = "matrix"
 ADAM = "adam"
-# Embeddings, the output head, norms and biases go to Adam (SPEC 5, after GaLore).
+# Embeddings, the output head, norms and biases go to Adam (docs/algorithms.md, section 5.3).
 DEFAULT_ADAM_PATTERN = r"embed|lm_head|norm|bias"
 
 LabelsSpec = Any | Callable[[Any], Any] | None
+
+
+class _Route(NamedTuple):
+  """Where one leaf goes: its group and matrix view, or why it cannot be routed."""
+
+  key: str
+  shape: tuple[int, ...]
+  group: str | None
+  dims: _matrix.MatrixDimensionNumbers | None
+  problem: _matrix.LayoutError | None
+
+
+def _routes(
+  params: Any,
+  dimension_numbers: _matrix.DimensionNumbersSpec,
+  adam_pattern: str,
+  labels: LabelsSpec = None,
+) -> list[_Route]:
+  """The route of every leaf of ``params``, in ``jax.tree.leaves`` order.
+
+  Groups come from ``labels`` when given, else from ``adam_pattern`` and the
+  leaf's rank and dimension numbers; every matrix leaf gets its dimension
+  numbers, or the reason it has none.
+  """
+  resolver = _matrix.dimension_numbers_resolver(params, dimension_numbers)
+  pattern = re.compile(adam_pattern)
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  given = [None] * len(flat) if labels is None else jax.tree.leaves(_label_tree(params, labels))
+
+  def route(path, leaf, label):
+    key, shape = _matrix.path_str(path), tuple(np.shape(leaf))
+    to_adam = pattern.search(key.lower()) or pattern.search(_matrix.unboxed_key(path).lower())
+    if label == ADAM or (label is None and (to_adam or len(shape) < 2)):
+      return _Route(key, shape, ADAM, None, None)
+    try:
+      dims = resolver(path, leaf)
+    except _matrix.LayoutError as e:
+      return _Route(key, shape, None, None, e)
+    if dims is None and label == MATRIX:
+      where = f"leaf '{key}' with shape {shape}"
+      return _Route(
+        key, shape, MATRIX, None, _matrix.LayoutError(where, "has None dimension numbers")
+      )
+    return _Route(key, shape, ADAM if dims is None else MATRIX, dims, None)
+
+  return [route(path, leaf, label) for (path, leaf), label in zip(flat, given, strict=True)]
+
+
+def _label_tree(params: Any, labels: LabelsSpec) -> Any:
+  return labels(params) if callable(labels) else labels
 
 
 def param_labels(
@@ -25,52 +76,52 @@ def param_labels(
 ) -> Any:
   """Labels every leaf ``'matrix'`` (stateless group) or ``'adam'``.
 
-  A leaf goes to Adam if its lower-cased key path matches ``adam_pattern`` or it
-  has fewer than 2 dimensions. Otherwise, with ``dimension_numbers=None``, a
-  2-D leaf is a matrix and a leaf of rank >= 3 is an error; with a tree (or a
-  callable returning one) of :class:`MatrixDimensionNumbers`, a leaf is a matrix
-  exactly when it has some (``None`` sends it to Adam); one
+  A leaf goes to Adam if its lower-cased key path matches ``adam_pattern``
+  (with or without Flax's trailing ``value`` box, so ``r'kernel$'`` matches
+  ``'dense/kernel/value'``) or it has fewer than 2 dimensions. Otherwise, with
+  ``dimension_numbers=None``, a 2-D leaf is a matrix and a leaf of rank >= 3 is
+  an error; with a tree (or a callable returning one) of
+  :class:`MatrixDimensionNumbers`, a leaf is a matrix when it has some, goes to
+  Adam when its entry is ``None``, and is an error when it has no entry; one
   ``MatrixDimensionNumbers`` applies to every leaf not sent to Adam.
 
   Raises:
-    ValueError: naming the path and shape of a leaf of rank >= 3 that has no
-      dimension numbers.
+    ValueError: naming the path and shape of every leaf of rank >= 2 that has
+      no dimension numbers (or ones that do not fit it).
   """
-  explicit = _explicit_dimension_numbers(params, dimension_numbers)
-  pattern = re.compile(adam_pattern)
-
-  def label(path, leaf):
-    key = _matrix.path_str(path)
-    if pattern.search(key.lower()) or np.ndim(leaf) < 2:
-      return ADAM
-    if explicit is not None:
-      return MATRIX if explicit(key) is not None else ADAM
-    if np.ndim(leaf) == 2:
-      return MATRIX
-    raise ValueError(
-      f"leaf '{key}' with shape {np.shape(leaf)} has rank {np.ndim(leaf)} and no "
-      "dimension numbers: pass dimension_numbers (e.g. MatrixDimensionNumbers(1, 2) for a "
-      "(layers, in, out) stack) or route it with param_labels / adam_pattern."
-    )
-
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def _explicit_dimension_numbers(params, spec) -> Callable[[str], Any] | None:
-  """Path -> dimension numbers lookup for a user spec, ``None`` for the 2-D default."""
-  if spec is None:
-    return None
-  if _matrix.is_dimension_numbers(spec):
-    return lambda key: spec
-  tree = spec(params) if callable(spec) else spec
-  return _matrix.lookup_by_path(tree).get
+  routes = _routes(params, dimension_numbers, adam_pattern)
+  problems = [r.problem for r in routes if r.problem is not None]
+  if problems:
+    others = f" ({len(problems) - 1} more leaves need one too)" if len(problems) > 1 else ""
+    raise ValueError(f"{problems[0]}{others}")
+  return jax.tree.unflatten(jax.tree.structure(params), [r.group for r in routes])
 
 
 def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:
-  """The label tree: ``labels`` (a tree or a callable of params) or the default routing."""
+  """The label tree of an optimizer: ``labels`` (a tree or a callable) or the default routing.
+
+  Raises:
+    ValueError: if a label is not ``'matrix'`` or ``'adam'``, or no leaf is a
+      matrix (every leaf would silently train with Adam).
+  """
   if labels is None:
-    return param_labels(params, **routing)
-  return labels(params) if callable(labels) else labels
+    tree = param_labels(params, **routing)
+  else:
+    tree = _label_tree(params, labels)
+  found = jax.tree.leaves(tree)
+  bad = sorted({repr(x) for x in found if x not in (MATRIX, ADAM)})
+  if bad:
+    raise ValueError(
+      f"param_labels holds {', '.join(bad)}; every label must be '{MATRIX}' or '{ADAM}' "
+      "(under optax.inject_hyperparams, a callable param_labels needs static_args='param_labels')"
+    )
+  if MATRIX not in found:
+    raise ValueError(
+      "no leaf is routed to the stateless matrix group, so every leaf would train with Adam: "
+      "check dimension_numbers, adam_pattern and param_labels against "
+      "print(swan_optax.routing_table(params, dimension_numbers=...))"
+    )
+  return tree
 
 
 def routing_table(
@@ -82,30 +133,43 @@ def routing_table(
 ) -> str:
   """A printable table of every leaf: path, shape, group and matrix view.
 
-  Works on concrete or abstract (``jax.eval_shape``) params. Example::
+  Never raises for a missing layout: such a leaf's group reads ``NEEDS
+  LAYOUT`` and a last line counts them. Works on concrete or abstract
+  (``jax.eval_shape``) params.
 
-    print(swan_optax.routing_table(params))
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import swan_optax
+    >>> params = {'w': jnp.ones((4, 3)), 'stack': jnp.ones((2, 4, 3)), 'b': jnp.ones(3)}
+    >>> print(swan_optax.routing_table(params))
+    path   shape      group         matrices (batch x fan_in x fan_out)
+    -----  ---------  ------------  -----------------------------------
+    b      (3,)       adam
+    stack  (2, 4, 3)  NEEDS LAYOUT  not a 2-D matrix: pass dimension_numbers
+    w      (4, 3)     matrix        1 x 4 x 3
+    1 leaf needs a layout: pass dimension_numbers for it (or send it to Adam).
   """
-  label_tree = resolve_labels(
-    params, labels, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
-  )
-  explicit = _explicit_dimension_numbers(params, dimension_numbers)
+  routes = _routes(params, dimension_numbers, adam_pattern, labels)
   rows = [("path", "shape", "group", "matrices (batch x fan_in x fan_out)")]
-  leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  for (path, leaf), label in zip(leaves, jax.tree.leaves(label_tree), strict=True):
-    key = _matrix.path_str(path)
-    view = ""
-    if label == MATRIX:
-      default = _matrix.MatrixDimensionNumbers() if np.ndim(leaf) == 2 else None
-      dims = explicit(key) if explicit is not None else default
-      view = (
-        "{} x {} x {}".format(*_matrix.matrix_view(np.shape(leaf), dims).flat_shape)
-        if dims is not None
-        else "needs dimension_numbers"
-      )
-    rows.append((key, str(tuple(np.shape(leaf))), str(label), view))
+  for r in routes:
+    rows.append((r.key, str(r.shape), r.group or "NEEDS LAYOUT", _view(r)))
   widths = [max(len(row[i]) for row in rows) for i in range(4)]
   pad = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
   lines = [pad(row).rstrip() for row in rows]
   lines.insert(1, pad(["-" * w for w in widths]))
+  missing = sum(r.problem is not None for r in routes)
+  if missing:
+    lines.append(
+      f"{missing} leaf needs a layout" if missing == 1 else f"{missing} leaves need a layout"
+    )
+    lines[-1] += ": pass dimension_numbers for it (or send it to Adam)."
   return "\n".join(lines)
+
+
+def _view(route: _Route) -> str:
+  """The ``batch x fan_in x fan_out`` cell of a routing-table row."""
+  if route.problem is not None:
+    return route.problem.reason
+  if route.group != MATRIX:
+    return ""
+  return "{} x {} x {}".format(*_matrix.matrix_view(route.shape, route.dims).flat_shape)

@@ -145,10 +145,92 @@ def path_str(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def lookup_by_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
+def unboxed_key(path: tuple[Any, ...]) -> str:
+  """The key path as ``'a/b/c'`` without Flax's trailing ``value`` box.
+
+  ``nn.Partitioned`` (linen) and ``nnx.Variable`` (in ``nnx.Optimizer``) leaves
+  add a trailing ``/value`` to a path; the unboxed path is the same with or
+  without them.
+  """
+  key = path_str(path)
+  return "" if key == "value" else key.removesuffix("/value")
+
+
+class LayoutError(ValueError):
+  """A leaf has no dimension numbers, or ones that do not fit its shape."""
+
+  def __init__(self, where: str, reason: str, advice: str = ""):
+    super().__init__(f"{where} {reason}{advice}")
+    self.reason = reason
+
+
+_LAYOUT_HINT = (
+  "swan_optax.dimension_numbers_from_model(model) for an NNX model, "
+  "swan_optax.dimension_numbers_from_einsum('BLD,DHK->BLHK') for an einsum kernel, "
+  "MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack, or None in the tree to train it "
+  "with Adam (under optax.inject_hyperparams, a callable dimension_numbers needs "
+  "static_args='dimension_numbers')"
+)
+
+
+def _by_unboxed_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
+  """``{unboxed key path: dimension numbers}`` of a user's tree; two paths may not collide."""
   is_leaf = lambda x: x is None or is_dimension_numbers(x)
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-  return {path_str(path): dims for path, dims in flat}
+  by_path = {}
+  for path, dims in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+    key = unboxed_key(path)
+    if key in by_path:
+      raise ValueError(
+        f"dimension_numbers names '{path_str(path)}' twice (with and without a trailing 'value')"
+      )
+    by_path[key] = dims
+  return by_path
+
+
+def dimension_numbers_resolver(
+  tree: Any, spec: DimensionNumbersSpec
+) -> Callable[[tuple[Any, ...], Any], MatrixDimensionNumbers | None]:
+  """The one reading of a ``dimension_numbers`` spec: ``(path, leaf) -> dims``.
+
+  ``spec`` is ``None`` (2-D leaves are ``(fan_in, fan_out)``), one
+  ``MatrixDimensionNumbers`` for every leaf, a tree of them (``None`` marks a
+  leaf that is not a matrix), or a callable returning such a tree from ``tree``.
+  Tree entries are matched to leaves by key path, with or without Flax's
+  trailing ``value`` box, so the tree may be built from unboxed params and may
+  hold ``optax.MaskedNode`` entries where ``optax.partition`` masked leaves out.
+
+  Returns:
+    A function of a leaf's key path and the leaf, returning its dimension
+    numbers, or ``None`` where the tree says the leaf is not a matrix.
+
+  Raises:
+    LayoutError: (from the returned function) naming the leaf's path and shape
+      when the spec gives it no dimension numbers (a leaf that is not 2-D under
+      ``None``, a leaf absent from the tree) or ones that do not fit its shape.
+  """
+  if callable(spec) and not is_dimension_numbers(spec):
+    spec = spec(tree)
+  by_path = None if spec is None or is_dimension_numbers(spec) else _by_unboxed_path(spec)
+
+  def resolve(path, leaf):
+    where = f"leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
+    if by_path is not None and unboxed_key(path) not in by_path:
+      raise LayoutError(where, "is missing from dimension_numbers", f": give it {_LAYOUT_HINT}.")
+    if by_path is not None:
+      dims = by_path[unboxed_key(path)]
+    elif spec is None and jnp.ndim(leaf) != 2:
+      reason = "is not a 2-D matrix and has no dimension numbers"
+      raise LayoutError(where, reason, f": pass {_LAYOUT_HINT}.")
+    else:
+      dims = spec if spec is not None else MatrixDimensionNumbers()
+    if dims is not None:
+      try:
+        matrix_view(jnp.shape(leaf), dims)
+      except ValueError as e:
+        raise LayoutError(where, f"does not fit its dimension numbers: {e}") from None
+    return dims
+
+  return resolve
 
 
 def resolve_dimension_numbers(
@@ -156,41 +238,26 @@ def resolve_dimension_numbers(
 ) -> DimensionNumbersTree:
   """A tree like ``updates`` with a ``MatrixDimensionNumbers`` at every leaf.
 
-  ``spec`` is ``None`` (every leaf must be 2-D, viewed as ``(fan_in, fan_out)``),
-  one ``MatrixDimensionNumbers`` for all leaves, a tree of them (``None`` marks a
-  leaf that is not a matrix), or a callable returning such a tree from
-  ``updates``. Leaves are matched by key path, so the tree may hold
-  ``optax.MaskedNode`` entries where ``optax.partition`` masked leaves out.
+  ``spec`` is read by :func:`dimension_numbers_resolver`; every leaf must be a
+  matrix.
 
   Raises:
-    ValueError: naming the leaf's path and shape, if a leaf has no dimension
-      numbers or they do not fit its shape.
+    ValueError: prefixed by ``name``, naming the leaf's path and shape, if a
+      leaf has no dimension numbers or they do not fit its shape.
   """
-  if callable(spec) and not is_dimension_numbers(spec):
-    spec = spec(updates)
-  by_path = None if spec is None or is_dimension_numbers(spec) else lookup_by_path(spec)
+  resolver = dimension_numbers_resolver(updates, spec)
 
   def resolve(path, leaf):
-    where = f"{name}: leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
-    if by_path is None:
-      dims = spec if spec is not None else MatrixDimensionNumbers()
-      if spec is None and jnp.ndim(leaf) != 2:
-        raise ValueError(
-          f"{where} is not a 2-D matrix. Pass dimension_numbers for it "
-          "(e.g. MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack) "
-          "or route it to another transform with optax.partition."
-        )
-    else:
-      dims = by_path.get(path_str(path))
-      if dims is None:
-        raise ValueError(
-          f"{where} has no MatrixDimensionNumbers in dimension_numbers; "
-          "give it some or route it to another transform with optax.partition."
-        )
     try:
-      matrix_view(jnp.shape(leaf), dims)
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from None
+      dims = resolver(path, leaf)
+    except LayoutError as e:
+      raise ValueError(f"{name}: {e}") from None
+    if dims is None:
+      raise ValueError(
+        f"{name}: leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))} has no "
+        "MatrixDimensionNumbers in dimension_numbers; give it some or route it to another "
+        "transform with optax.partition."
+      )
     return dims
 
   return jax.tree_util.tree_map_with_path(resolve, updates)
