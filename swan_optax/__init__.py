@@ -6,6 +6,8 @@ from swan_optax._gradnorm import gradnorm
 from swan_optax._labels import DEFAULT_ADAM_PATTERN
 from swan_optax._labels import param_labels
 from swan_optax._labels import routing_table
+from swan_optax._layouts import dimension_numbers_from_einsum
+from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._whiten import whiten
@@ -13,6 +15,8 @@ from swan_optax._whiten import whiten
 __all__ = [
   "DEFAULT_ADAM_PATTERN",
   "MatrixDimensionNumbers",
+  "dimension_numbers_from_einsum",
+  "dimension_numbers_from_model",
   "gradnorm",
   "param_labels",
   "routing_table",

@@ -143,9 +143,9 @@ def routing_table(
     >>> params = {'w': jnp.ones((4, 3)), 'stack': jnp.ones((2, 4, 3)), 'b': jnp.ones(3)}
     >>> print(swan_optax.routing_table(params))
     path   shape      group         matrices (batch x fan_in x fan_out)
-    -----  ---------  ------------  -----------------------------------
+    -----  ---------  ------------  ------------------------------------------------
     b      (3,)       adam
-    stack  (2, 4, 3)  NEEDS LAYOUT  not a 2-D matrix: pass dimension_numbers
+    stack  (2, 4, 3)  NEEDS LAYOUT  is not a 2-D matrix and has no dimension numbers
     w      (4, 3)     matrix        1 x 4 x 3
     1 leaf needs a layout: pass dimension_numbers for it (or send it to Adam).
   """
