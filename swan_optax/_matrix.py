@@ -164,12 +164,16 @@ class LayoutError(ValueError):
     self.reason = reason
 
 
+# optax.inject_hyperparams calls every callable argument with the step count.
+_INJECT_HINT = (
+  "under optax.inject_hyperparams, a callable dimension_numbers needs "
+  "static_args='dimension_numbers'"
+)
 _LAYOUT_HINT = (
   "swan_optax.dimension_numbers_from_model(model) for an NNX model, "
   "swan_optax.dimension_numbers_from_einsum('BLD,DHK->BLHK') for an einsum kernel, "
   "MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack, or None in the tree to train it "
-  "with Adam (under optax.inject_hyperparams, a callable dimension_numbers needs "
-  "static_args='dimension_numbers')"
+  f"with Adam ({_INJECT_HINT})"
 )
 
 
@@ -227,7 +231,8 @@ def dimension_numbers_resolver(
       try:
         matrix_view(jnp.shape(leaf), dims)
       except ValueError as e:
-        raise LayoutError(where, f"does not fit its dimension numbers: {e}") from None
+        advice = f" ({_INJECT_HINT})"
+        raise LayoutError(where, f"does not fit its dimension numbers: {e}", advice) from None
     return dims
 
   return resolve
