@@ -47,8 +47,8 @@ def dimension_numbers_from_einsum(
   fused axis. With ``fused='batch'`` (default) it is a batch axis, so q, k and v
   are whitened or normalized as separate matrices, exactly as the same model
   with three unfused kernels (and as microsoft/dion splits them): each
-  projection keeps its own scale, and one projection's large gradient cannot
-  flatten the others' update. ``fused='fan_out'`` makes it part of fan_out (one
+  projection keeps its own unit-RMS step instead of sharing one polar factor
+  and one rescale with the others. ``fused='fan_out'`` makes it part of fan_out (one
   matrix ``(D, 3 * N * H)``, as a single fused ``nn.Linear`` would be treated).
 
   Args:
