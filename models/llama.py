@@ -220,7 +220,7 @@ def apply(graphdef: nnx.GraphDef, params: Any, tokens_BxL: jax.Array) -> jax.Arr
   return nnx.merge(graphdef, nnx.State(params))(tokens_BxL)
 
 
-# Matrix views of the stacked kernels (SPEC 5): the layer axis is a batch axis
+# Matrix views of the stacked kernels, one matrix per layer: the layer axis is a batch axis
 # and attention heads merge into fan_in (o) or fan_out (q, k, v).
 _KERNEL_DIMS = {
   ("attn", "q"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
