@@ -11,11 +11,13 @@ import os
 import pathlib
 import sys
 from typing import NamedTuple
+from typing import get_args
 
 import jax
 
 from models import configs
 from train import build
+from train import config as config_lib
 from train import loop
 from train.config import DEFAULT_LR
 from train.config import OptimizerConfig
@@ -45,19 +47,19 @@ def _parser() -> argparse.ArgumentParser:
   add(
     "--optimizer",
     default=_OPT.name,
-    choices=["swan", "sinkgd", "adam", "adamw"],
+    choices=get_args(config_lib.OptimizerName),
     help="swan/sinkgd: stateless on attention and MLP kernels, Adam on the rest",
   )
   add(
     "--non-matrix",
     default=_OPT.non_matrix,
-    choices=["adam", "adafactor"],
+    choices=get_args(config_lib.NonMatrix),
     help="swan/sinkgd: optimizer of embeddings, lm_head and norms (adafactor: nearly stateless)",
   )
   add(
     "--whiten-layout",
     default=_OPT.whiten_layout,
-    choices=["whole", "param"],
+    choices=get_args(config_lib.WhitenLayout),
     help="swan on a mesh: whiten whole matrices, layer stacks spread over the devices (whole), "
     "or in each parameter's sharded layout, gathering it on every device (param)",
   )
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
   add("--resume", action="store_true", help="continue from the last checkpoint")
   add(
     "--on-nonfinite",
-    choices=["skip", "stop"],
+    choices=get_args(config_lib.OnNonFinite),
     default=_RUN.on_nonfinite,
     help="a NaN/Inf loss or gradient: skip that update, or stop (last checkpoint kept)",
   )

@@ -170,6 +170,13 @@ def _assert_identical(out: pathlib.Path, reference: Trace, steps: range | None =
 IDENTICAL = f"steps 1-{STEPS}: every loss and batch CRC32 equal to the uninterrupted run"
 
 
+def _resumed_identical(out: pathlib.Path, reference: Trace, fault: str, recovery: str) -> Outcome:
+  """Resumes the run in ``out`` to the end; it must then equal the reference step for step."""
+  _train(out, "--resume")
+  _assert_identical(out, reference)
+  return Outcome(fault, recovery, IDENTICAL)
+
+
 def reference_run(work: pathlib.Path) -> Trace:
   """The uninterrupted run every scenario is compared with."""
   out = work / "reference"
@@ -180,14 +187,10 @@ def reference_run(work: pathlib.Path) -> Trace:
 def kill_during_step(work: pathlib.Path, reference: Trace) -> Outcome:
   out = work / "sigkill-step"
   killed_at = _signal_after(out, signal.SIGKILL, 15, expect_code=-signal.SIGKILL)
-  kept = _checkpoints(out)
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
-    f"SIGKILL while training (after step {killed_at} was logged)",
-    f"`--resume` from checkpoint {max(kept)}; steps {max(kept) + 1}-{killed_at} re-run",
-    IDENTICAL,
-  )
+  start = max(_checkpoints(out))
+  fault = f"SIGKILL while training (after step {killed_at} was logged)"
+  recovery = f"`--resume` from checkpoint {start}; steps {start + 1}-{killed_at} re-run"
+  return _resumed_identical(out, reference, fault, recovery)
 
 
 def kill_during_save(work: pathlib.Path, reference: Trace) -> Outcome:
@@ -198,12 +201,11 @@ def kill_during_save(work: pathlib.Path, reference: Trace) -> Outcome:
   if _checkpoints(out) != [CHECKPOINT_EVERY] or not leftovers:
     found = sorted(p.name for p in (out / "checkpoints").iterdir())
     raise DrillFailure(f"{out.name}: expected {CHECKPOINT_EVERY} and a partial one, found {found}")
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
+  return _resumed_identical(
+    out,
+    reference,
     f"SIGKILL while checkpoint {step} was being committed",
     f"partial `{leftovers[0]}` ignored; `--resume` from checkpoint {CHECKPOINT_EVERY}",
-    IDENTICAL,
   )
 
 
@@ -213,12 +215,11 @@ def terminate(work: pathlib.Path, reference: Trace, sig: signal.Signals) -> Outc
   summary = json.loads((out / "summary.json").read_text())
   if max(_checkpoints(out)) != stopped_at or summary["completed"]:
     raise DrillFailure(f"{out.name}: no checkpoint at step {stopped_at}, or marked completed")
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
+  return _resumed_identical(
+    out,
+    reference,
     f"{sig.name} (after step {stopped_at} was logged)",
     f"clean exit with checkpoint {stopped_at}; `--resume` from it",
-    IDENTICAL,
   )
 
 
@@ -270,12 +271,12 @@ def nan_batch_stops(work: pathlib.Path, reference: Trace) -> Outcome:
     raise DrillFailure(f"{out.name}: unclear message {message!r}")
   if _checkpoints(out) != [CHECKPOINT_EVERY]:
     raise DrillFailure(f"{out.name}: checkpoints {_checkpoints(out)}")
-  _train(out, "--resume")  # the data is fixed: resume from the last good checkpoint
-  _assert_identical(out, reference)
-  return Outcome(
+  # The data is fixed: resume from the last good checkpoint.
+  return _resumed_identical(
+    out,
+    reference,
     f"NaN loss from a corrupt batch at step {step}, `--on-nonfinite stop`",
     f"exit 2 with `{message[:60]}...`; checkpoint {CHECKPOINT_EVERY} intact; `--resume`",
-    IDENTICAL,
   )
 
 

@@ -10,6 +10,7 @@ from ``memory_analysis``), and the optimizer-state bytes against Adam's. Writes
 ``train/bench/results/step.md``.
 """
 
+import argparse
 import dataclasses
 import functools
 
@@ -98,12 +99,13 @@ def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[di
   return rows
 
 
-def to_markdown(rows: list[dict], reps: int, seq_len: int) -> str:
+def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+  """The table, after a header saying how it was measured (``args``: the command line)."""
   header = (
-    f"Median of {reps} interleaved rounds, one process, {harness.machine()}; float32, sequence "
-    f"length {seq_len}, random tokens. 'optimizer share' = jitted update + apply_updates time / "
-    "full step time; 'step peak' = XLA's planned memory of the compiled step (arguments + "
-    "outputs + temporaries - donated).\n\n"
+    f"Median of {args.reps} interleaved rounds, one process, {harness.machine()}; float32, "
+    f"sequence length {args.seq_len}, random tokens. 'optimizer share' = jitted update + "
+    "apply_updates time / full step time; 'step peak' = XLA's planned memory of the compiled "
+    "step (arguments + outputs + temporaries - donated).\n\n"
   )
   cells = [
     [r["config"], f"{r['params']:,}", f"{r['tokens']:,}", r["optimizer"], f"{r['step_ms']:.1f}",
@@ -126,7 +128,7 @@ def main() -> None:
   for name in args.configs.split(","):
     print(f"benchmarking {name} ...", flush=True)
     rows += bench_config(name, DEFAULT_BATCH.get(name, 2), args.seq_len, args.reps)
-  harness.save(to_markdown(rows, args.reps, args.seq_len), args.out)
+  harness.save(to_markdown(rows, args), args.out)
 
 
 if __name__ == "__main__":
