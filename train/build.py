@@ -118,9 +118,17 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh, *, abstract: bool = Fals
       donate_argnums=0,
     )
     experiment = Experiment(
-      config, model_config, mesh, graphdef, tx, state, state_sharding, batch_sharding,
-      train_step, jax.jit(step_lib.make_eval_step(apply_fn)),
-    )  # fmt: skip
+      config=config,
+      model_config=model_config,
+      mesh=mesh,
+      graphdef=graphdef,
+      tx=tx,
+      state=state,
+      state_sharding=state_sharding,
+      batch_sharding=batch_sharding,
+      train_step=train_step,
+      eval_step=jax.jit(step_lib.make_eval_step(apply_fn)),
+    )
     if abstract:
       return experiment
     compiled = train_step.lower(state, experiment.batch_spec()).compile()

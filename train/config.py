@@ -136,7 +136,8 @@ class TrainConfig:
     if self.data.seq_len < 1:
       raise ValueError(f"--seq-len must be >= 1, got {self.data.seq_len}")
     _check_choice("--on-nonfinite", self.on_nonfinite, OnNonFinite)
-    self.model_config  # noqa: B018 - an unknown --config fails here, not mid-build
+    if self.model not in configs.CONFIGS:
+      raise ValueError(f"--config must be one of {sorted(configs.CONFIGS)}, got {self.model!r}")
 
   @property
   def model_config(self) -> configs.LlamaConfig:

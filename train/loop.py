@@ -64,7 +64,7 @@ class _StopRequested(contextlib.AbstractContextManager):
 def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
   """Trains as ``config`` says on every device of every process; returns the final metrics."""
   mesh = mesh_lib.make_mesh(config.mesh)
-  build_lib.check_batch(config, mesh)
+  build_lib.check_batch(config, mesh)  # before the corpus is read and tokenized
   corpus = data.load_corpus(config.data)
   if corpus.vocab_size > config.model_config.vocab_size:
     raise ValueError(

@@ -356,7 +356,7 @@ def to_markdown(outcomes: list[Outcome]) -> str:
   header = (
     f"`python -m train.bench.fault_drill` — tiny LLaMA, SWAN, {STEPS} steps, checkpoint every "
     f"{CHECKPOINT_EVERY}, each run a separate `python -m train` process; faults injected "
-    f"from outside (signals) or through the trainer's fault hooks in the child. "
+    f"from outside (signals) or by a hook in the child. "
     f"{len(outcomes)} scenarios, all recovered: nothing lost, skipped or repeated.\n\n"
   )
   cells = [[o.fault, o.recovery, o.verified] for o in outcomes]

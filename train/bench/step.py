@@ -47,8 +47,7 @@ class _Runner:
       functools.partial(step_lib.apply_optimizer, exp.tx), donate_argnums=(1, 2)
     )
     self.state, _ = exp.train_step(exp.state, batch)  # warm up
-    fresh = jax.tree.map(lambda x: x.copy(), self.state.params)
-    jax.block_until_ready(self.update(grads, exp.tx.init(fresh), fresh))  # compile
+    jax.block_until_ready(self.setup_update()())  # compile, on inputs like the timed ones
 
   def step(self):
     """Times one train step; the new state replaces the donated one."""
