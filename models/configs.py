@@ -43,7 +43,8 @@ class LlamaConfig:
     return 2 * self.vocab_size * self.dim + self.num_layers * (per_layer + 2 * self.dim) + self.dim
 
 
-# The GaLore benchmark sizes (SPEC 7.2; head_dim 64) and a tiny model for CPUs.
+# The LLaMA sizes of the GaLore benchmark, on which the SWAN and SinkGD papers report
+# (head_dim 64), and a tiny model for CPUs.
 CONFIGS: dict[str, LlamaConfig] = {
   "tiny": LlamaConfig(
     vocab_size=2048, dim=128, ffn_dim=344, num_layers=4, num_heads=4, head_dim=32

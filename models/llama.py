@@ -182,6 +182,19 @@ def init_params(config: LlamaConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.Gra
   return nnx.graphdef(nnx.eval_shape(lambda: _build(config, 0))), init()
 
 
+def abstract_init(config: LlamaConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
+  """Like :func:`init_params`, allocating nothing: ``jax.ShapeDtypeStruct`` params, sharded."""
+  specs = param_specs(config)
+  abstract = abstract_params(config)
+  _check_divisible(abstract, specs, mesh, config)
+  params = jax.tree.map(
+    lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec)),
+    abstract,
+    specs,
+  )
+  return nnx.graphdef(nnx.eval_shape(lambda: _build(config, 0))), params
+
+
 def _check_divisible(abstract_params: Any, specs: Any, mesh: Mesh, config: LlamaConfig) -> None:
   """Raises a ValueError naming the parameter if a sharded dimension does not divide."""
 
@@ -207,7 +220,7 @@ def apply(graphdef: nnx.GraphDef, params: Any, tokens_BxL: jax.Array) -> jax.Arr
   return nnx.merge(graphdef, nnx.State(params))(tokens_BxL)
 
 
-# Matrix views of the stacked kernels (SPEC 5): the layer axis is a batch axis
+# Matrix views of the stacked kernels, one matrix per layer: the layer axis is a batch axis
 # and attention heads merge into fan_in (o) or fan_out (q, k, v).
 _KERNEL_DIMS = {
   ("attn", "q"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),

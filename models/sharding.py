@@ -1,4 +1,4 @@
-"""Logical axis names and the one table that maps them to mesh axes.
+"""Mesh axis names, logical axis names, and the one table that maps the second to the first.
 
 Nothing else in the code names mesh axes: models annotate logical axes, and
 these rules place them on the ``('data', 'fsdp', 'tensor')`` mesh of
@@ -7,7 +7,13 @@ these rules place them on the ``('data', 'fsdp', 'tensor')`` mesh of
 ``data x fsdp``.
 """
 
+import math
+
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec
+
+# The mesh axes, in mesh order; a mesh given no sizes puts every device on the first.
+MESH_AXES = ("data", "fsdp", "tensor")
 
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("batch", ("data", "fsdp")),
@@ -20,6 +26,9 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("norm", None),
   ("length", None),
 )
+
+# Mesh axes SWAN spreads layer stacks over to whiten whole matrices (longest dividing prefix).
+WHOLE_MATRIX_AXES = ("fsdp", "data", "tensor")
 
 
 def logical_to_mesh(logical_axes: tuple[str | None, ...]) -> PartitionSpec:
@@ -34,3 +43,9 @@ def logical_to_mesh(logical_axes: tuple[str | None, ...]) -> PartitionSpec:
 def batch_spec() -> PartitionSpec:
   """Token batches ``(batch, length)``: rows split over the data-parallel axes."""
   return logical_to_mesh(("batch", "length"))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """Number of data-parallel shards a batch's rows are split into on ``mesh``."""
+  (axes, _) = batch_spec()
+  return math.prod(mesh.shape[a] for a in axes)

@@ -1,6 +1,7 @@
 """Fuzzing the CLI, mesh and config parsing: invalid values give a clear error, no traceback."""
 
 import contextlib
+import functools
 import io
 import math
 
@@ -10,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from models import configs
-from train import main as main_lib
+from train import cli
 from train import mesh as mesh_lib
 
 INT_FLAGS = [
@@ -19,6 +20,17 @@ INT_FLAGS = [
 ]  # fmt: skip
 FLOAT_FLAGS = ["--lr", "--warmup", "--weight-decay", "--max-grad-norm"]
 CHOICE_FLAGS = ["--config", "--optimizer", "--non-matrix", "--on-nonfinite"]
+# Where each flag lands in the TrainConfig (default: the field named like the flag).
+FIELDS_OF_FLAGS = {
+  "--seq-len": "data.seq_len",
+  "--lr": "optimizer.lr",
+  "--warmup": "optimizer.warmup_fraction",
+  "--weight-decay": "optimizer.weight_decay",
+  "--max-grad-norm": "optimizer.max_grad_norm",
+  "--config": "model",
+  "--optimizer": "optimizer.name",
+  "--non-matrix": "optimizer.non_matrix",
+}
 values = st.one_of(
   st.text(max_size=12),
   st.integers(-(10**6), 10**6).map(str),
@@ -32,14 +44,14 @@ def test_parse_args_accepts_or_exits_with_a_message(flag, value):
   stderr = io.StringIO()
   with contextlib.redirect_stderr(stderr):
     try:
-      args = main_lib.parse_args([f"{flag}={value}"])
+      config, _ = cli.parse_args([f"{flag}={value}"])
     except SystemExit as e:
       assert e.code == 2
       last = stderr.getvalue().strip().splitlines()[-1]
       assert last.startswith("python -m train: error:") and flag.lstrip("-")[:4] in last, last
       return
-  name = flag.lstrip("-").replace("-", "_")
-  parsed = getattr(args, name)
+  field = FIELDS_OF_FLAGS.get(flag, flag.lstrip("-").replace("-", "_"))
+  parsed = functools.reduce(getattr, field.split("."), config)
   if flag in INT_FLAGS:
     assert parsed >= 1
   if flag == "--lr":
@@ -106,7 +118,7 @@ def test_startup_xla_errors_name_the_config_and_mesh(tmp_path, monkeypatch, caps
 
   monkeypatch.setattr(llama, "init_params", out_of_memory)
   with pytest.raises(SystemExit):
-    main_lib.main(["--config", "1b", "--seq-len", "64", "--batch-size", "8",
+    cli.main(["--config", "1b", "--seq-len", "64", "--batch-size", "8",
                    "--mesh", "data=2,fsdp=4", "--out", str(tmp_path)])  # fmt: skip
   line = capsys.readouterr().err.strip().splitlines()[-1]
   assert "--config 1b" in line and "{'data': 2, 'fsdp': 4, 'tensor': 1}" in line, line

@@ -13,6 +13,7 @@ import pytest
 import tokenizers
 
 from train import data
+from train import tokenizer
 
 SEQ_LEN = 32
 _WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron".split()
@@ -148,7 +149,9 @@ def test_eval_batches_are_the_first_windows_in_order(corpus):
 
 def test_trained_tokenizer_is_cached(corpus, corpus_dir, monkeypatch):
   assert len(list(corpus_dir.glob("tokenizer-*.json"))) == 1
-  monkeypatch.setattr(data, "_train_bpe", lambda *_: pytest.fail("the tokenizer was retrained"))
+  monkeypatch.setattr(
+    tokenizer, "_train_bpe", lambda *_: pytest.fail("the tokenizer was retrained")
+  )
   again = data.load_corpus(_config(corpus_dir / "lines.txt"))
   assert again.vocab_size == corpus.vocab_size <= 512
   np.testing.assert_array_equal(again.train_tokens, corpus.train_tokens)

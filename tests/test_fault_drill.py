@@ -1,6 +1,6 @@
 """Faults injected into real training processes: every recovery loses, skips and repeats nothing.
 
-Each scenario of ``train.fault_drill`` raises ``DrillFailure`` unless its run,
+Each scenario of ``train.bench.fault_drill`` raises ``DrillFailure`` unless its run,
 after the fault and ``--resume``, matches an uninterrupted reference run step
 for step (loss and batch CRC32), so these tests fail on any lost, skipped or
 repeated update or sample.
@@ -11,8 +11,8 @@ import signal
 
 import pytest
 
-from train import fault_drill
 from train import metrics
+from train.bench import fault_drill
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from train import mesh as mesh_lib
+from train import optimizer
 from train import step as step_lib
+from train.config import OptimizerConfig
 
 VOCAB, DIM = 12, 8
 
@@ -37,7 +40,7 @@ def _batch(seed=0, rows=8, length=6):
 @pytest.mark.parametrize("name", ["swan", "sinkgd", "adam", "adamw"])
 def test_loss_decreases_with_every_optimizer(name):
   # The toy stack has the LLaMA MLP path, so llama.dimension_numbers routes it.
-  tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name=name, lr=0.05, steps=40))
+  tx = optimizer.make_optimizer(OptimizerConfig(name=name, lr=0.05), 40)
   state = step_lib.init_state(_toy_params(), tx)
   train_step = jax.jit(step_lib.make_train_step(_toy_apply, tx))
   batch = _batch()
@@ -50,7 +53,7 @@ def test_loss_decreases_with_every_optimizer(name):
 
 
 def test_gradient_accumulation_matches_full_batch():
-  tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name="swan", lr=0.01, steps=10))
+  tx = optimizer.make_optimizer(OptimizerConfig(name="swan", lr=0.01), 10)
   state = step_lib.init_state(_toy_params(), tx)
   full, m_full = step_lib.make_train_step(_toy_apply, tx)(state, _batch())
   accum, m_accum = step_lib.make_train_step(_toy_apply, tx, grad_accum=4)(state, _batch())
@@ -59,7 +62,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 def test_non_finite_step_is_skipped_and_counted():
-  tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name="swan", lr=0.01, steps=10))
+  tx = optimizer.make_optimizer(OptimizerConfig(name="swan", lr=0.01), 10)
   params = _toy_params()
   state = step_lib.init_state(params, tx)
   bad = jax.tree.map(lambda x: x, params)
@@ -72,21 +75,47 @@ def test_non_finite_step_is_skipped_and_counted():
   chex.assert_trees_all_equal(new_state.opt_state, state.opt_state)
 
 
-def test_state_shardings_follow_params():
+def _sharded(params, specs, mesh):
+  return jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+
+
+@pytest.mark.parametrize("name", ["adam", "swan", "sinkgd"])
+def test_state_shardings_follow_params(name):
   mesh = mesh_lib.make_mesh("data=2,fsdp=2,tensor=2")
-  params = _toy_params()
   specs = {
     "embed": {"embedding": P("tensor", "fsdp")},
     "layers": {"mlp": {"up": {"kernel": P(None, "fsdp", "tensor")}}},
     "lm_head": {"kernel": P("fsdp", "tensor")},
   }
-  params = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-  tx = step_lib.make_optimizer(step_lib.OptimizerConfig(name="adam"))
-  state, shardings = step_lib.create_state(params, tx, mesh)
-  mu = state.opt_state[0].mu
+  params = _sharded(_toy_params(), specs, mesh)
+  tx = optimizer.make_optimizer(OptimizerConfig(name=name), 10, mesh)
+  replicated = NamedSharding(mesh, P())
+  shardings = step_lib.state_shardings(tx, params, replicated)
+  state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=shardings)(params)
+  (mu,) = [x.mu for x in jax.tree.leaves(state.opt_state, is_leaf=_is_adam) if _is_adam(x)]
   assert mu["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
-  assert mu["layers"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert mu["lm_head"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  if name == "adam":  # swan and sinkgd keep no moments for the stacked matrices
+    assert mu["layers"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
   assert state.step.sharding.spec == P() and shardings.step.spec == P()
+
+
+def _is_adam(x):
+  return isinstance(x, optax.ScaleByAdamState)
+
+
+def test_state_shardings_pair_moments_with_their_own_param():
+  """A parameter path that is a suffix of another's (``a/kernel``, ``b/a/kernel``) is no match."""
+  mesh = mesh_lib.make_mesh("data=2,fsdp=2,tensor=2")
+  ones = jnp.ones((8, 8))
+  specs = {"a": {"kernel": P("fsdp", None)}, "b": {"a": {"kernel": P(None, "tensor")}}}
+  params = _sharded({"a": {"kernel": ones}, "b": {"a": {"kernel": ones}}}, specs, mesh)
+  tx = optax.adam(1e-3)
+  shardings = step_lib.state_shardings(tx, params, NamedSharding(mesh, P()))
+  for moments in (shardings.opt_state[0].mu, shardings.opt_state[0].nu):
+    assert moments["a"]["kernel"].spec == P("fsdp", None)
+    assert moments["b"]["a"]["kernel"].spec == P(None, "tensor")
+  assert shardings.opt_state[0].count.spec == P()
 
 
 @pytest.mark.parametrize(

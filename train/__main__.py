@@ -1,5 +1,5 @@
-"""``python -m train``: see ``train/main.py``."""
+"""``python -m train``: see ``train/cli.py``."""
 
-from train.main import main
+from train.cli import main
 
 main()

@@ -3,6 +3,7 @@
 import logging
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,18 +13,37 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 
-def manager(directory: pathlib.Path, keep: int = 3) -> ocp.CheckpointManager:
+def manager(
+  directory: pathlib.Path, keep: int = 3, before_commit: Callable[[int], None] | None = None
+) -> ocp.CheckpointManager:
   """A manager keeping the last ``keep`` checkpoints under ``directory``.
 
   Orbax writes each step to a temporary directory and renames it when the
   save is complete, so a crash mid-save never touches the previous checkpoint.
+  ``before_commit(step)``, if given, runs when every array of checkpoint
+  ``step`` is written and only that commit is left (the fault drill's hook).
   """
+  directory = directory.absolute()
   options = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(keep),
     enable_async_checkpointing=False,
     cleanup_tmp_directories=True,
+    temporary_path_class=None if before_commit is None else _hooked(directory, before_commit),
   )
-  return ocp.CheckpointManager(directory.absolute(), options=options)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _hooked(directory: pathlib.Path, before_commit: Callable[[int], None]) -> type:
+  """Orbax's temporary-path class for ``directory``, calling ``before_commit`` in ``finalize``."""
+  base = ocp.path.atomicity_defaults.get_default_temporary_path_class(directory)
+
+  class BeforeCommit(base):
+    async def finalize(self, *args, **kwargs):
+      if self.get_final().name.isdigit():
+        before_commit(int(self.get_final().name))
+      return await super().finalize(*args, **kwargs)
+
+  return BeforeCommit
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:

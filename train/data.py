@@ -1,8 +1,9 @@
 """Text corpora -> packed token windows: reading, train/validation split, tokenizer, batches.
 
 The raw text is cut into paragraph-aligned blocks of a few KB and a fixed-seed
-permutation holds out ``val_fraction`` of them, so no validation text is ever
-trained on and the split is the same for every training seed. Without a
+permutation holds out ``val_fraction`` of them (``train/text.py``), so no
+validation text is ever trained on and the split is the same for every
+training seed. Without a
 tokenizer file, a byte-level BPE is trained on the training split only and
 cached as ``tokenizer-<hash>.json`` beside the data. Each split's token stream
 is cut into non-overlapping windows of ``seq_len + 1`` tokens: the inputs are
@@ -10,41 +11,22 @@ is cut into non-overlapping windows of ``seq_len + 1`` tokens: the inputs are
 """
 
 import dataclasses
-import glob
-import gzip
-import hashlib
-import importlib
 import itertools
-import logging
-import os
 import pathlib
-from collections.abc import Callable
-from collections.abc import Iterable
-from collections.abc import Sequence
-from types import ModuleType
 
 import grain
 import numpy as np
-import tokenizers
-from tokenizers import decoders
-from tokenizers import models
-from tokenizers import pre_tokenizers
-from tokenizers import trainers
 
-log = logging.getLogger(__name__)
+from train import text
+from train import tokenizer as tokenizer_lib
+from train.text import Piece
+from train.tokenizer import EOS
+from train.tokenizer import Tokenizer
+from train.tokenizer import load_tokenizer
 
 DEFAULT_CORPUS = pathlib.Path(__file__).resolve().parent / "data" / "shakespeare.txt.gz"
-EOS = "<|endoftext|>"
-# Document separators of common tokenizers, looked up in a user's tokenizer.json.
-_EOS_NAMES = (EOS, "</s>", "<eos>", "<|end_of_text|>")
-_BLOCK_CHARS = 4096
-# Fixed, so the validation split never moves with --seed.
-_SPLIT_SEED = 0x5EED
-_USER_CACHE = pathlib.Path("~/.cache/swan-optax")
 # The windows are in memory: prefetch threads would only contend for the GIL.
 _IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-
-Piece = list[str]  # consecutive blocks of one document, all on the same side of the split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,25 +64,6 @@ class DataConfig:
       )
 
 
-@dataclasses.dataclass(frozen=True)
-class Tokenizer:
-  """One interface over a ``tokenizers`` tokenizer and a sentencepiece model.
-
-  Attributes:
-    encode_batch: texts -> token ids of each, without special tokens added.
-    vocab_size: number of token ids.
-    eos_id: the document separator; ``None`` if the tokenizer has none (then
-      documents are simply concatenated).
-  """
-
-  encode_batch: Callable[[Sequence[str]], list[list[int]]]
-  vocab_size: int
-  eos_id: int | None
-
-  def encode(self, text: str) -> list[int]:
-    return self.encode_batch([text])[0]
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Corpus:
   """A tokenizer and the int32 token streams of the two splits, documents separated by EOS."""
@@ -116,9 +79,12 @@ class Corpus:
 
 def load_corpus(config: DataConfig) -> Corpus:
   """Reads, splits and tokenizes ``config.data``; see the module docstring."""
-  train, val, data_dir = _read_split(config)
+  train, val, data_dir = text.read_split(config.data, config.val_fraction, config.max_documents)
   if config.tokenizer is None:
-    tokenizer = _bpe_tokenizer(train, config.vocab_size, _cache_dir(data_dir))
+    blocks = [block for piece in train for block in piece]
+    tokenizer = tokenizer_lib.bpe_tokenizer(
+      blocks, config.vocab_size, tokenizer_lib.cache_dir(data_dir)
+    )
   else:
     tokenizer = load_tokenizer(config.tokenizer)
   corpus = Corpus(tokenizer, _encode(tokenizer, train), _encode(tokenizer, val))
@@ -126,24 +92,6 @@ def load_corpus(config: DataConfig) -> Corpus:
   _windows(corpus.train_tokens, config.seq_len, 1, "training")
   _windows(corpus.val_tokens, config.seq_len, 1, "validation")
   return corpus
-
-
-def load_tokenizer(path: str) -> Tokenizer:
-  """A ``tokenizers`` ``tokenizer.json`` or a sentencepiece ``.model`` (needs ``sentencepiece``)."""
-  file = pathlib.Path(path).expanduser()
-  if file.suffix not in (".json", ".model"):
-    raise ValueError(
-      f"--tokenizer {path}: expected a `tokenizers` tokenizer.json or a sentencepiece .model file"
-    )
-  if not file.is_file():
-    raise FileNotFoundError(f"--tokenizer {path}: no such file")
-  if file.suffix == ".model":
-    return _from_sentencepiece(file)
-  try:
-    tokenizer = tokenizers.Tokenizer.from_file(str(file))
-  except Exception as e:  # tokenizers raises a bare Exception for a malformed file
-    raise ValueError(f"--tokenizer {path} is not a valid tokenizer.json: {e}") from e
-  return _from_tokenizers(tokenizer)
 
 
 def train_batches(
@@ -198,191 +146,6 @@ def eval_batches(
   count = min(max_batches, len(windows) // batch_size)
   batches = windows[: count * batch_size].reshape(count, batch_size, seq_len + 1)
   return [_inputs_targets(batch[rows]) for batch in batches]
-
-
-def _read_split(config: DataConfig) -> tuple[list[Piece], list[Piece], pathlib.Path | None]:
-  """(train pieces, validation pieces, directory of the data if local)."""
-  if config.data.startswith("hf:"):
-    documents, held_out = _read_hf(config.data.removeprefix("hf:"), config.max_documents)
-    data_dir = None
-  else:
-    files = _match_files(config.data)
-    documents, held_out, data_dir = [_read_text(f) for f in files], None, files[0].parent
-  if not any(document.strip() for document in documents):
-    raise ValueError(f"--data {config.data}: the corpus is empty, there is no text to train on")
-  if held_out is None:
-    return *_hold_out(documents, config.val_fraction, config.data), data_dir
-  return _whole(documents), _whole(held_out), data_dir
-
-
-def _match_files(data: str) -> list[pathlib.Path]:
-  files = []
-  for pattern in filter(None, (p.strip() for p in data.split(","))):
-    path = os.path.expanduser(pattern)
-    matches = [path] if os.path.isfile(path) else sorted(glob.glob(path, recursive=True))
-    matches = [pathlib.Path(m).resolve() for m in matches if os.path.isfile(m)]
-    if not matches:
-      raise FileNotFoundError(
-        f"--data: no file matches {pattern!r}; give text files or globs (.txt, .txt.gz) "
-        "or hf:NAME[:CONFIG]"
-      )
-    files.extend(matches)
-  if not files:
-    raise ValueError("--data is empty: give text files or globs, or hf:NAME[:CONFIG]")
-  return list(dict.fromkeys(files))  # a file listed twice would land in both splits
-
-
-def _read_text(file: pathlib.Path) -> str:
-  raw = file.read_bytes()
-  if file.suffix == ".gz":
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-      raise ValueError(f"--data file {file} is not a valid gzip file ({e}): recompress it") from e
-  try:
-    return raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    raise ValueError(
-      f"--data file {file} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to "
-      "UTF-8, e.g. with `iconv -f latin1 -t utf-8`"
-    ) from None
-
-
-def _read_hf(spec: str, max_documents: int) -> tuple[list[str], list[str] | None]:
-  """Texts of the train split, and of the validation split if the dataset has one."""
-  name, _, config_name = spec.partition(":")
-  if not name:
-    raise ValueError(f"--data hf:{spec}: expected hf:NAME[:CONFIG], e.g. hf:roneneldan/TinyStories")
-  datasets = _import_optional("datasets", f"--data hf:{spec}")
-  splits = datasets.load_dataset(name, config_name or None, streaming=True)
-  if "train" not in splits:
-    raise ValueError(f"--data hf:{spec} has no train split (it has {sorted(splits)})")
-  held_out = None
-  if "validation" in splits:
-    held_out = _hf_texts(splits["validation"], max(1, max_documents // 20), spec)
-  return _hf_texts(splits["train"], max_documents, spec), held_out
-
-
-def _hf_texts(rows: Iterable[dict], count: int, spec: str) -> list[str]:
-  try:
-    return [row["text"] for row in itertools.islice(rows, count)]
-  except KeyError:
-    raise ValueError(f"--data hf:{spec}: the rows have no 'text' field") from None
-
-
-def _import_optional(module: str, user: str) -> ModuleType:
-  try:
-    return importlib.import_module(module)
-  except ImportError as e:
-    raise ImportError(f"{user} needs the `{module}` package: pip install {module}") from e
-
-
-def _blocks(text: str) -> list[str]:
-  """Cuts ``text`` after a paragraph break (else a line break, else a space) every few KB."""
-  blocks, start = [], 0
-  while len(text) - start > 2 * _BLOCK_CHARS:
-    end = start + _BLOCK_CHARS  # a hard cut if no break is near
-    for separator in ("\n\n", "\n", " "):
-      found = text.find(separator, end, end + _BLOCK_CHARS)
-      if found >= 0:
-        end = found + len(separator)
-        break
-    blocks.append(text[start:end])
-    start = end
-  if start < len(text):
-    blocks.append(text[start:])
-  return blocks
-
-
-def _whole(documents: list[str]) -> list[Piece]:
-  return [_blocks(document) for document in documents if document]
-
-
-def _hold_out(
-  documents: list[str], val_fraction: float, data: str
-) -> tuple[list[Piece], list[Piece]]:
-  """Holds out a fixed random ``val_fraction`` of the blocks: (train pieces, validation pieces)."""
-  per_document = [_blocks(document) for document in documents]
-  blocks = [block for document in per_document for block in document]
-  doc_ids = [i for i, document in enumerate(per_document) for _ in document]
-  n = len(blocks)
-  if n < 2:
-    raise ValueError(
-      f"--data {data}: {len(blocks[0])} characters are too few to hold out a validation split; "
-      f"use more than {2 * _BLOCK_CHARS} characters of text"
-    )
-  held_out = np.zeros(n, bool)
-  val_count = min(n - 1, max(1, round(val_fraction * n)))
-  held_out[np.random.default_rng(_SPLIT_SEED).permutation(n)[:val_count]] = True
-  train, val = [], []
-  runs = itertools.groupby(range(n), key=lambda i: (doc_ids[i], held_out[i]))
-  for (_, is_val), run in runs:
-    (val if is_val else train).append([blocks[i] for i in run])
-  return train, val
-
-
-def _cache_dir(data_dir: pathlib.Path | None) -> pathlib.Path:
-  """Beside the data if writable (not, e.g., in a read-only install), else the user cache."""
-  if data_dir is not None and os.access(data_dir, os.W_OK):
-    return data_dir
-  cache = _USER_CACHE.expanduser()
-  cache.mkdir(parents=True, exist_ok=True)
-  return cache
-
-
-def _bpe_tokenizer(train: list[Piece], vocab_size: int, cache_dir: pathlib.Path) -> Tokenizer:
-  """The byte-level BPE of ``train``, trained once and then read from the cache."""
-  blocks = [block for piece in train for block in piece]
-  key = hashlib.blake2b(f"byte-level BPE, {vocab_size} tokens".encode(), digest_size=6)
-  for block in blocks:
-    key.update(block.encode() + b"\0")
-  path = cache_dir / f"tokenizer-{key.hexdigest()}.json"
-  if not path.exists():
-    log.info("training a %d-token BPE on the training split, cached as %s", vocab_size, path)
-    # Written under a temporary name, then renamed: a concurrent reader never sees half a file.
-    temporary = path.with_suffix(f".{os.getpid()}.tmp.json")
-    _train_bpe(blocks, vocab_size).save(str(temporary))
-    os.replace(temporary, path)
-  return _from_tokenizers(tokenizers.Tokenizer.from_file(str(path)))
-
-
-def _train_bpe(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
-  tokenizer = tokenizers.Tokenizer(models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-    vocab_size=vocab_size,
-    special_tokens=[EOS],
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    show_progress=False,
-  )
-  tokenizer.train_from_iterator(texts, trainer)
-  return tokenizer
-
-
-def _from_tokenizers(tokenizer: tokenizers.Tokenizer) -> Tokenizer:
-  ids = (tokenizer.token_to_id(name) for name in _EOS_NAMES)
-  return Tokenizer(
-    encode_batch=lambda texts: [
-      e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    ],
-    vocab_size=tokenizer.get_vocab_size(),
-    eos_id=next((i for i in ids if i is not None), None),
-  )
-
-
-def _from_sentencepiece(file: pathlib.Path) -> Tokenizer:
-  sentencepiece = _import_optional("sentencepiece", f"--tokenizer {file}")
-  try:
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(file))
-  except (OSError, RuntimeError) as e:
-    raise ValueError(f"--tokenizer {file} is not a valid sentencepiece model: {e}") from e
-  eos_id = processor.eos_id()
-  return Tokenizer(
-    encode_batch=lambda texts: processor.encode(list(texts)),
-    vocab_size=processor.get_piece_size(),
-    eos_id=eos_id if eos_id >= 0 else None,
-  )
 
 
 def _encode(tokenizer: Tokenizer, pieces: list[Piece]) -> np.ndarray:

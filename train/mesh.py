@@ -1,4 +1,4 @@
-"""The device mesh: named axes ``data``, ``fsdp`` and ``tensor`` over all devices."""
+"""The device mesh: the named axes of ``models.sharding.MESH_AXES`` over all devices."""
 
 import math
 from collections.abc import Sequence
@@ -6,14 +6,18 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-AXES = ("data", "fsdp", "tensor")
+from models import sharding
+
+AXES = sharding.MESH_AXES
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
-  """``'data=2,fsdp=2,tensor=2'`` -> axis sizes; missing axes are 1, ``None``: all on data."""
+  """``'data=2,fsdp=2,tensor=2'`` -> axis sizes; missing axes are 1, ``None``: all on the first."""
+  sizes = dict.fromkeys(AXES, 1)
   if not spec:
-    return {"data": num_devices, "fsdp": 1, "tensor": 1}
-  sizes, seen = dict.fromkeys(AXES, 1), set()
+    return {**sizes, AXES[0]: num_devices}
+  seen = set()
+  example = ",".join(f"{a}=2" for a in AXES)
   for part in spec.split(","):
     name, sep, value = part.partition("=")
     name = name.strip()
@@ -21,7 +25,7 @@ def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
     if not valid or name in seen:
       raise ValueError(
         f"--mesh {spec!r}: expected comma-separated AXIS=SIZE, each AXIS of {AXES} at most once "
-        "and SIZE >= 1, e.g. --mesh data=2,fsdp=2,tensor=2"
+        f"and SIZE >= 1, e.g. --mesh {example}"
       )
     seen.add(name)
     sizes[name] = int(value)

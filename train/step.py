@@ -1,88 +1,15 @@
-"""Optimizers, the train state and the pure, jitted train and eval steps."""
+"""The train state and the pure train and eval steps; the state's shardings."""
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
-from typing import Literal
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import swan_optax
-from models import llama
-
-OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
-# Peak learning rates of the benchmark protocol (SPEC 5 and 7.2).
-DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
-# Mesh axes SWAN spreads layer stacks over to whiten whole matrices (longest dividing prefix).
-WHOLE_MATRIX_AXES = ("fsdp", "data", "tensor")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  name: OptimizerName = "swan"
-  lr: float | None = None  # None: DEFAULT_LR[name]
-  steps: int = 1000
-  warmup_fraction: float = 0.1
-  final_lr_fraction: float = 0.1
-  weight_decay: float = 0.0
-  max_grad_norm: float | None = None
-  # swan/sinkgd: the non-matrix leaves' optimizer; "adafactor" makes the whole state tiny.
-  non_matrix: Literal["adam", "adafactor"] = "adam"
-  # swan on a mesh: whiten whole matrices, the layer stacks spread over these mesh axes
-  # (() keeps each matrix in its parameter's layout: gathered where it is sharded).
-  whiten_over: tuple[str, ...] = WHOLE_MATRIX_AXES
-
-  @property
-  def peak_lr(self) -> float:
-    return DEFAULT_LR[self.name] if self.lr is None else self.lr
-
-
-def make_optimizer(
-  config: OptimizerConfig, mesh: jax.sharding.Mesh | None = None
-) -> optax.GradientTransformation:
-  """The named optimizer with linear warmup and cosine decay to ``final_lr_fraction``.
-
-  ``mesh``: the device mesh the params live on (for SWAN's whole-matrix layout).
-  """
-  peak = config.peak_lr
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0,
-    peak,
-    max(1, int(config.warmup_fraction * config.steps)),
-    max(config.steps, 2),
-    config.final_lr_fraction * peak,
-  )
-  if config.name in ("swan", "sinkgd"):
-    stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
-    extra = {}
-    if config.non_matrix == "adafactor":
-      # Absolute step sizes, like Adam's (not relative to each parameter's RMS).
-      extra["non_matrix_optimizer"] = optax.adafactor(
-        schedule, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
-      )
-    if config.name == "swan" and mesh is not None and config.whiten_over:
-      spec = jax.sharding.PartitionSpec(config.whiten_over)
-      extra["whole_matrix_sharding"] = jax.sharding.NamedSharding(mesh, spec)
-    tx = stateless(
-      schedule,
-      dimension_numbers=llama.dimension_numbers,
-      weight_decay=config.weight_decay,
-      adam_weight_decay=config.weight_decay,
-      **extra,
-    )
-  elif config.name == "adam":
-    tx = optax.adam(schedule)
-  elif config.name == "adamw":
-    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
-  else:
-    raise ValueError(f"unknown optimizer {config.name!r}; choose swan, sinkgd, adam or adamw")
-  if config.max_grad_norm is not None:
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
-  return tx
+ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, tokens_BxL) -> logits_BxLxV
 
 
 class TrainState(NamedTuple):
@@ -97,32 +24,43 @@ def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(zero, params, tx.init(params), zero)
 
 
-def next_token_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-  """Mean next-token cross entropy, in float32."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(
+def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """Next-token cross entropy ``-log softmax(logits)[target]`` of every token, in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(
     logits_BxLxV.astype(jnp.float32), targets_BxL
   )
-  return jnp.mean(losses)
+
+
+def next_token_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """Mean next-token cross entropy, in float32."""
+  return jnp.mean(token_losses(logits_BxLxV, targets_BxL))
+
+
+def make_loss_fn(apply_fn: ApplyFn) -> Callable[[Any, dict], jax.Array]:
+  """``loss_fn(params, batch)``: mean cross entropy of ``batch['targets']`` given its inputs."""
+  return lambda params, batch: next_token_loss(apply_fn(params, batch["inputs"]), batch["targets"])
+
+
+def apply_optimizer(
+  tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any
+) -> tuple[Any, Any]:
+  """One optimizer update: ``(params + tx.update(grads), new opt_state)``."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def make_train_step(
-  apply_fn: Callable[[Any, jax.Array], jax.Array],
-  tx: optax.GradientTransformation,
-  *,
-  grad_accum: int = 1,
+  apply_fn: ApplyFn, tx: optax.GradientTransformation, *, grad_accum: int = 1
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """``train_step(state, batch) -> (state, metrics)``.
 
-  ``apply_fn(params, tokens_BxL) -> logits_BxLxV``. The batch is split into
-  ``grad_accum`` micro-batches whose gradients are averaged (a ``lax.scan``, so
-  activations of one micro-batch at a time). A step whose loss or gradients are
-  not finite leaves params and optimizer state unchanged and counts it in
-  ``skipped``; ``metrics['finite']`` tells the caller, whose policy decides
-  whether to stop.
+  The batch is split into ``grad_accum`` micro-batches whose gradients are
+  averaged (a ``lax.scan``, so activations of one micro-batch at a time). A
+  step whose loss or gradients are not finite leaves params and optimizer
+  state unchanged and counts it in ``skipped``; ``metrics['finite']`` tells the
+  caller, whose policy decides whether to stop.
   """
-
-  def loss_fn(params, batch):
-    return next_token_loss(apply_fn(params, batch["inputs"]), batch["targets"])
+  loss_fn = make_loss_fn(apply_fn)
 
   def micro_batches(batch):
     return jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
@@ -141,8 +79,7 @@ def make_train_step(
       loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
     else:
       loss, grads = accumulate(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply_optimizer(tx, grads, state.opt_state, state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -152,48 +89,16 @@ def make_train_step(
       opt_state=keep(opt_state, state.opt_state),
       skipped=state.skipped + (~finite).astype(jnp.int32),
     )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
-    return new_state, metrics
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
   return train_step
 
 
-def create_state(
-  params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
-) -> tuple[TrainState, Any]:
-  """The initial train state placed on ``mesh``, and its shardings (moments follow their params)."""
-  init = functools.partial(init_state, tx=tx)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  shardings = state_shardings(jax.eval_shape(init, params), params, replicated)
-  return jax.jit(init, out_shardings=shardings)(params), shardings
-
-
-def jit_train_step(
-  apply_fn: Callable[[Any, jax.Array], jax.Array],
-  tx: optax.GradientTransformation,
-  state_sharding: Any,
-  batch_sharding: jax.sharding.NamedSharding,
-  *,
-  grad_accum: int = 1,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The train step compiled with explicit shardings; the old state's buffers are donated."""
-  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(
-    make_train_step(apply_fn, tx, grad_accum=grad_accum),
-    in_shardings=(state_sharding, batch_sharding),
-    out_shardings=(state_sharding, replicated),
-    donate_argnums=0,
-  )
-
-
-def make_eval_step(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
+def make_eval_step(apply_fn: ApplyFn) -> Callable[[Any, dict], tuple[jax.Array, jax.Array]]:
   """``eval_step(params, batch) -> (summed token loss, token count)``."""
 
   def eval_step(params, batch):
-    logits = apply_fn(params, batch["inputs"])
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), batch["targets"]
-    )
+    losses = token_losses(apply_fn(params, batch["inputs"]), batch["targets"])
     return jnp.sum(losses), jnp.asarray(losses.size, jnp.float32)
 
   return eval_step
@@ -204,23 +109,30 @@ def state_bytes(tree: Any) -> int:
   return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def state_shardings(abstract_state: Any, params: Any, replicated: jax.sharding.Sharding) -> Any:
-  """Shardings for a state tree: each leaf shaped like a parameter shares its sharding.
+def state_shardings(
+  tx: optax.GradientTransformation, params: Any, replicated: jax.sharding.Sharding
+) -> TrainState:
+  """Shardings of ``init_state(params, tx)``: optimizer leaves follow the params they mirror.
 
-  Optimizer moments sit at paths ending in their parameter's path (e.g.
-  ``...mu['layers']['attn']['q']['kernel']``); everything else (counters,
-  scalars) is replicated.
+  ``optax.tree_map_params`` pairs each optimizer-state leaf that mirrors a
+  parameter (Adam's ``mu`` and ``nu``) with that parameter, by position in the
+  state's structure; such a leaf takes the parameter's sharding unless its
+  shape differs (Adafactor's factored row/column statistics), and every other
+  leaf (counters, factored statistics) is replicated.
   """
-  by_path = [
-    (jax.tree_util.keystr(path), p.shape, p.sharding)
-    for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
-  ]
+  abstract = jax.eval_shape(functools.partial(init_state, tx=tx), params)
 
-  def pick(path, leaf):
-    key = jax.tree_util.keystr(path)
-    for param_key, shape, sharding in by_path:
-      if key.endswith(param_key) and leaf.shape == shape:
-        return sharding
-    return replicated
+  def follow(leaf, param):
+    if isinstance(leaf, optax.MaskedNode):  # a parameter routed to another optimizer
+      return leaf
+    return param.sharding if leaf.shape == param.shape else replicated
 
-  return jax.tree_util.tree_map_with_path(pick, abstract_state)
+  opt_state = optax.tree_map_params(
+    tx,
+    follow,
+    abstract.opt_state,
+    params,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+  )
+  return TrainState(replicated, jax.tree.map(lambda p: p.sharding, params), opt_state, replicated)

@@ -1,27 +1,27 @@
 """Convergence benchmark: Adam vs SWAN vs SinkGD on the shipped corpus, same data and token budget.
 
-Run: ``python -m train.bench_convergence``. Every optimizer trains the same
+Run: ``python -m train.bench.convergence``. Every optimizer trains the same
 LLaMA config on the same batches (same data seed and order) for the same number
 of steps, at each learning rate of a small sweep (seed 0); the best learning
 rate by final validation loss is then re-run with a second seed. Reported:
 validation perplexity against tokens (one PNG, mean of the seeds with their
 range shaded), final perplexity, the sweep, and the papers' headline figure:
 the fraction of Adam's tokens each optimizer needs to reach Adam's final
-validation loss. Writes ``train/results/convergence.{md,png,json}``.
+validation loss. Writes ``train/bench/results/convergence.{md,png,json}``.
 """
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 
-import jax
 import numpy as np
 
-from train import main as main_lib
+from train import loop
 from train import metrics
-from train.bench_ops import RESULTS
+from train.bench import harness
+from train.config import OptimizerConfig
+from train.config import TrainConfig
+from train.config import model_data
 
 SWEEP = {
   "adam": (1e-3, 3e-3, 1e-2),
@@ -36,20 +36,26 @@ STATELESS = "swan+adafactor"
 
 
 def train_run(optimizer: str, lr: float, seed: int, args: argparse.Namespace) -> list[dict]:
-  """One training run through the CLI; returns its eval records."""
+  """One training run (reused if it completed before); returns its eval records."""
   out = args.work / f"{optimizer}-lr{lr:g}-seed{seed}"
   summary = out / "summary.json"
   if not (summary.exists() and json.loads(summary.read_text())["completed"]):
     base, _, non_matrix = optimizer.partition("+")
-    flags = [
-      "--config", args.config, "--optimizer", base, "--non-matrix", non_matrix or "adam",
-      "--lr", str(lr), "--seed", str(seed),
-      "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", "256",
-      "--eval-every", str(args.eval_every), "--eval-batches", str(args.eval_batches),
-      "--checkpoint-every", str(args.steps), "--keep-checkpoints", "1", "--out", str(out),
-    ]  # fmt: skip
+    config = TrainConfig(
+      model=args.config,
+      data=model_data(args.config, seq_len=256),
+      optimizer=OptimizerConfig(name=base, lr=lr, non_matrix=non_matrix or "adam"),
+      seed=seed,
+      steps=args.steps,
+      batch_size=args.batch_size,
+      eval_every=args.eval_every,
+      eval_batches=args.eval_batches,
+      checkpoint_every=args.steps,
+      keep_checkpoints=1,
+      out=out,
+    )
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    main_lib.run(main_lib.parse_args(flags))
+    loop.train(config)
   return [r for r in metrics.read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
 
 
@@ -84,7 +90,7 @@ def plot(curves: dict[str, list[list[dict]]], path: pathlib.Path, title: str) ->
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__, "")
   parser.add_argument("--config", default="tiny")
   parser.add_argument("--steps", type=int, default=240)
   parser.add_argument("--batch-size", type=int, default=16)
@@ -92,7 +98,6 @@ def main() -> None:
   parser.add_argument("--eval-batches", type=int, default=8)
   parser.add_argument("--seeds", type=int, default=2, help="seeds of the best learning rate")
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/convergence"))
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args()
 
   sweep = {
@@ -138,30 +143,31 @@ def _spread(values: list[float | None], fmt: str) -> str:
 
 
 def to_markdown(rows: list[dict], sweep: dict, args: argparse.Namespace, adam_tokens: int) -> str:
-  machine = f"{jax.device_count()} {jax.devices()[0].platform} device(s), {platform.machine()}, "
-  lines = [
-    f"`python -m train.bench_convergence` — {args.config} LLaMA, shipped Shakespeare corpus, "
+  header = (
+    f"`python -m train.bench.convergence` — {args.config} LLaMA, shipped Shakespeare corpus, "
     f"{args.steps} steps x {args.batch_size} x 256 tokens ({adam_tokens:,} tokens), warmup 10% + "
-    f"cosine to 10%, same data order for every run; {machine}{os.cpu_count()} cores. Mean over "
+    f"cosine to 10%, same data order for every run; {harness.machine()}. Mean over "
     f"{args.seeds} seeds (range in parentheses) at the best learning rate of the sweep. "
     f"`{STATELESS}` is the nearly stateless mode (`--non-matrix adafactor`: factored second "
-    "moments instead of Adam on the embedding, lm_head and norms) at SWAN's best lr.",
-    "",
-    "| optimizer | best lr | final val loss | final val ppl | fraction of Adam's tokens to "
-    "reach Adam's final val loss |",
-    "|---|---:|---:|---:|---:|",
+    "moments instead of Adam on the embedding, lm_head and norms) at SWAN's best lr.\n\n"
+  )
+  cells = [
+    [r["optimizer"], f"{r['lr']:g}", _spread(r["final_val_loss"], ".4f"),
+     _spread(r["final_val_ppl"], ".2f"), _spread(r["fraction_of_adam_tokens"], ".2f")]
+    for r in rows
+  ]  # fmt: skip
+  columns = ["optimizer", "best lr", "final val loss", "final val ppl",
+             "fraction of Adam's tokens to reach Adam's final val loss"]  # fmt: skip
+  sweep_cells = [
+    [opt, *(f"{lr:g}: {v:.4f}" for lr, v in losses.items())] for opt, losses in sweep.items()
   ]
-  for r in rows:
-    lines.append(
-      f"| {r['optimizer']} | {r['lr']:g} | {_spread(r['final_val_loss'], '.4f')} | "
-      f"{_spread(r['final_val_ppl'], '.2f')} | {_spread(r['fraction_of_adam_tokens'], '.2f')} |"
-    )
-  lines += ["", "Learning-rate sweep (seed 0, final validation loss):", "",
-            "| optimizer | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " |",
-            "|---|---:|---:|---:|"]  # fmt: skip
-  for opt, losses in sweep.items():
-    lines.append(f"| {opt} | " + " | ".join(f"{lr:g}: {v:.4f}" for lr, v in losses.items()) + " |")
-  return "\n".join(lines) + "\n"
+  sweep_columns = ["optimizer", *(f"lr {i + 1}" for i in range(3))]
+  return (
+    header
+    + harness.markdown_table(columns, cells, "lrrrr")
+    + "\nLearning-rate sweep (seed 0, final validation loss):\n\n"
+    + harness.markdown_table(sweep_columns, sweep_cells, "lrrr")
+  )
 
 
 if __name__ == "__main__":

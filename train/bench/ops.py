@@ -1,19 +1,13 @@
 """Benchmark of the stateless operators against optax's Adam update and Muon's Newton-Schulz.
 
-Run: ``python -m train.bench_ops``. For each matrix shape, every operator is
+Run: ``python -m train.bench.ops``. For each matrix shape, every operator is
 jitted, warmed up and timed in interleaved rounds in this one process (so
 machine noise hits all of them alike); the table reports medians as ratios to
 the Adam update and to Muon's orthogonalization, with the cosine of every
 whitening method to the exact polar factor ``U V^T`` (float64 SVD) of the same
-Gaussian gradient. Writes ``train/results/bench_ops.md``.
+Gaussian gradient. Writes ``train/bench/results/ops.md``.
 """
 
-import argparse
-import os
-import pathlib
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -24,10 +18,11 @@ from optax.contrib import _muon
 
 import swan_optax
 from swan_optax import MatrixDimensionNumbers
+from train.bench import harness
 
-RESULTS = pathlib.Path(__file__).parent / "results"
 SHAPES = ((512, 512), (512, 1376), (1024, 4096), (8, 512, 1376))
 WHITEN_METHODS = ("newton_schulz", "polar_express", "quintic", "eigh", "svd")
+MUON = "muon newton-schulz (5 steps)"
 
 
 def _dims(shape: tuple[int, ...]) -> MatrixDimensionNumbers:
@@ -47,16 +42,10 @@ def _operators(shape) -> dict[str, Callable]:
   }
   muon_dims = _muon.MuonDimensionNumbers(dims.reduction_axes, dims.output_axes)
   coeffs = jnp.asarray(_muon._DEFAULT_NS_COEFFS)
-  ops["muon newton-schulz (5 steps)"] = lambda g: _muon.orthogonalize_via_newton_schulz(
+  ops[MUON] = lambda g: _muon.orthogonalize_via_newton_schulz(
     g, coeffs, 5, dimension_numbers=muon_dims
   )
   return ops
-
-
-def _time(fn: Callable[[], jax.Array]) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
 
 
 def _cosine_to_polar(updates: np.ndarray, grads: np.ndarray) -> float:
@@ -70,40 +59,37 @@ def _cosine_to_polar(updates: np.ndarray, grads: np.ndarray) -> float:
   return float(np.mean(cosines))
 
 
+def _on_fresh_copy(fn: Callable, *args) -> harness.Setup:
+  """Times ``fn(*copies of args)``: each call donates fresh copies, made untimed."""
+
+  def setup():
+    fresh = jax.block_until_ready(jax.tree.map(jnp.copy, args))
+    return lambda: fn(*fresh)
+
+  return setup
+
+
 def bench_shape(shape: tuple[int, ...], reps: int) -> list[dict]:
   grads = jax.random.normal(jax.random.key(0), shape, jnp.float32)
   ops = {name: jax.jit(fn, donate_argnums=0) for name, fn in _operators(shape).items()}
   adam = optax.adam(1e-3)
-  adam_update = jax.jit(lambda g, s: adam.update(g, s), donate_argnums=(0, 1))
-  adam_state = adam.init(grads)
-
+  adam_update = jax.jit(adam.update, donate_argnums=(0, 1))
   accuracy = {}
   for name, op in ops.items():
     out = op(grads.copy())  # compiles and warms up
     if "whiten" in name or "muon" in name:
       accuracy[name] = _cosine_to_polar(np.asarray(out, np.float64), np.asarray(grads))
-  _, adam_state = adam_update(grads.copy(), adam_state)
-
-  times = {name: [] for name in ["adam update", *ops]}
-  for _ in range(reps):
-    fresh = grads.copy()
-    jax.block_until_ready(fresh)
-    times["adam update"].append(_time(lambda g=fresh, s=adam_state: adam_update(g, s)))
-    adam_state = adam.init(grads)
-    for name, op in ops.items():
-      fresh = grads.copy()
-      jax.block_until_ready(fresh)
-      times[name].append(_time(lambda op=op, fresh=fresh: op(fresh)))
-
-  medians = {name: statistics.median(t) for name, t in times.items()}
-  muon = medians["muon newton-schulz (5 steps)"]
+  adam_update(grads.copy(), adam.init(grads))
+  setups = {"adam update": _on_fresh_copy(adam_update, grads, adam.init(grads))}
+  setups |= {name: _on_fresh_copy(op, grads) for name, op in ops.items()}
+  medians = harness.interleaved_medians(setups, reps)
   return [
     {
       "shape": "x".join(map(str, shape)),
       "operator": name,
       "median_ms": 1e3 * median,
       "vs_adam": median / medians["adam update"],
-      "vs_muon": median / muon,
+      "vs_muon": median / medians[MUON],
       "cosine": accuracy.get(name),
     }
     for name, median in medians.items()
@@ -111,40 +97,31 @@ def bench_shape(shape: tuple[int, ...], reps: int) -> list[dict]:
 
 
 def to_markdown(rows: list[dict], reps: int) -> str:
-  device = f"{jax.device_count()} {jax.devices()[0].platform} device(s), {platform.machine()}"
   header = (
-    f"Median of {reps} interleaved jitted runs per operator, float32, one process, {device}, "
-    f"{os.cpu_count()} cores, jax {jax.__version__}, optax {optax.__version__}. Ratios are to "
-    "the optax.adam update and to optax.contrib.muon's orthogonalization on the same gradient; "
-    "cosine is to the exact polar factor U V^T of that (Gaussian) gradient.\n\n"
-    "| shape | operator | median ms | x Adam update | x Muon NS | cosine to U V^T |\n"
-    "|---|---|---:|---:|---:|---:|\n"
+    f"Median of {reps} interleaved jitted runs per operator, float32, one process, "
+    f"{harness.machine()}, optax {optax.__version__}. Ratios are to the optax.adam update and to "
+    "optax.contrib.muon's orthogonalization on the same gradient; cosine is to the exact polar "
+    "factor U V^T of that (Gaussian) gradient.\n\n"
   )
   cosine = lambda r: "" if r["cosine"] is None else f"{r['cosine']:.5f}"
-  lines = [
-    f"| {r['shape']} | {r['operator']} | {r['median_ms']:.2f} | {r['vs_adam']:.2f} | "
-    f"{r['vs_muon']:.2f} | {cosine(r)} |"
+  cells = [
+    [r["shape"], r["operator"], f"{r['median_ms']:.2f}", f"{r['vs_adam']:.2f}",
+     f"{r['vs_muon']:.2f}", cosine(r)]
     for r in rows
-  ]
-  return header + "\n".join(lines) + "\n"
+  ]  # fmt: skip
+  columns = ["shape", "operator", "median ms", "x Adam update", "x Muon NS", "cosine to U V^T"]
+  return header + harness.markdown_table(columns, cells, "llrrrr")
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__, "ops.md")
   parser.add_argument("--reps", type=int, default=7, help="timed rounds per operator")
-  parser.add_argument(
-    "--out", type=pathlib.Path, default=RESULTS / "bench_ops.md", help="Markdown table to write"
-  )
   args = parser.parse_args()
   rows = []
   for shape in SHAPES:
     print(f"benchmarking {shape} ...", flush=True)
     rows += bench_shape(shape, args.reps)
-  table = to_markdown(rows, args.reps)
-  print(table)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(table)
-  print(f"wrote {args.out}")
+  harness.save(to_markdown(rows, args.reps), args.out)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
 """Fault drill: the faults of a long multi-host run, injected, and what survives them.
 
-Run ``python -m train.fault_drill``. Each scenario trains the tiny LLaMA with
-``python -m train`` in a child process, injects one fault (a signal from
-outside, or a hook installed in the child), recovers the way a user would
-(``--resume``), and checks the run against an uninterrupted reference: every
-step's loss and batch fingerprint (CRC32 of its tokens) identical, so no update
-and no sample was lost, skipped or repeated. Bad inputs are tried in-process:
-each must end in a one-line error. Prints and saves
-``train/results/fault_drill.md``; ``tests/test_fault_drill.py`` runs the same
-scenarios.
+Run ``python -m train.bench.fault_drill``. Each scenario trains the tiny LLaMA
+with ``python -m train`` in a child process, injects one fault (a signal from
+outside, or one of the trainer's fault hooks, ``train.loop.Hooks``, in the
+child), recovers the way a user would (``--resume``), and checks the run
+against an uninterrupted reference: every step's loss and batch fingerprint
+(CRC32 of its tokens) identical, so no update and no sample was lost, skipped
+or repeated. Bad inputs are tried in-process: each must end in a one-line
+error. Prints and saves ``train/bench/results/fault_drill.md``;
+``tests/test_fault_drill.py`` runs the same scenarios.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import io
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 
 from train import metrics
-from train.bench_ops import RESULTS
+from train.bench import harness
 
 STEPS = 40
 CHECKPOINT_EVERY = 10
@@ -56,70 +55,40 @@ Trace = dict[int, tuple[float, int]]  # step -> (train loss, batch CRC32)
 
 
 # ---------------------------------------------------------------------------
-# Child side: faults installed inside the training process.
+# Child side: faults injected through the trainer's hooks.
 
 
-def _kill_during_save(step: int) -> None:
-  """SIGKILLs this process when Orbax is about to commit checkpoint ``step``.
+def _kill_during_save(step: int):
+  """SIGKILLs the process when every array of checkpoint ``step`` is written, before its commit."""
+  from train import loop  # noqa: PLC0415 - JAX starts only in the child
 
-  Every array is written to the temporary directory by then; only the atomic
-  rename (or commit file) that publishes the checkpoint is missing.
-  """
-  from orbax.checkpoint._src.path import atomicity  # noqa: PLC0415 - child process only
+  def kill(saving: int) -> None:
+    if saving == step:
+      os.kill(os.getpid(), signal.SIGKILL)
 
-  for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
-    finalize = cls.finalize
-
-    async def killing_finalize(self, *args, _finalize=finalize, **kwargs):
-      if self.get_final().name == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
-      return await _finalize(self, *args, **kwargs)
-
-    cls.finalize = killing_finalize
+  return loop.Hooks(before_commit=kill)
 
 
-class _PoisonedBatches:
-  """Training batches whose ``step``-th one holds token ids past the vocabulary (NaN loss)."""
+def _nan_batch(step: int):
+  """Token ids past the vocabulary in the batch of step ``step``: a NaN loss."""
+  from train import loop  # noqa: PLC0415 - JAX starts only in the child
 
-  def __init__(self, batches, step: int):
-    self._batches, self._step = batches, step
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    step = self._batches.get_state()["next_index"] + 1
-    batch = next(self._batches)
-    if step == self._step:
-      batch = {**batch, "inputs": batch["inputs"] + 10**6}
-    return batch
-
-  def get_state(self) -> dict:
-    return self._batches.get_state()
-
-  def set_state(self, state: dict) -> None:
-    self._batches.set_state(state)
+  poison = lambda done, batch: {**batch, "inputs": batch["inputs"] + 10**6}
+  return loop.Hooks(batch=lambda done, batch: poison(done, batch) if done == step else batch)
 
 
-def _nan_batch(step: int) -> None:
-  from train import data  # noqa: PLC0415 - child process only
-  from train import main  # noqa: PLC0415
-
-  train_batches = data.train_batches
-  main.data.train_batches = lambda *a, **k: _PoisonedBatches(train_batches(*a, **k), step)
-
-
-FAULTS: dict[str, Callable[[int], None]] = {"kill-in-save": _kill_during_save,
-                                            "nan-batch": _nan_batch}  # fmt: skip
+FAULTS: dict[str, Callable] = {"kill-in-save": _kill_during_save, "nan-batch": _nan_batch}
 
 
 def _child(fault: str, train_argv: list[str]) -> None:
+  from train import cli  # noqa: PLC0415
+  from train import loop  # noqa: PLC0415
+
+  hooks = loop.NO_HOOKS
   if fault != "none":
     name, step = fault.split(":")
-    FAULTS[name](int(step))
-  from train import main  # noqa: PLC0415
-
-  main.main(train_argv)
+    hooks = FAULTS[name](int(step))
+  cli.main(train_argv, hooks)
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +96,7 @@ def _child(fault: str, train_argv: list[str]) -> None:
 
 
 def _command(out: pathlib.Path, flags: Sequence[str], fault: str) -> list[str]:
-  return [sys.executable, "-m", "train.fault_drill", "--child", fault, "--",
+  return [sys.executable, "-m", "train.bench.fault_drill", "--child", fault, "--",
           *FLAGS, "--out", str(out), *flags]  # fmt: skip
 
 
@@ -201,6 +170,13 @@ def _assert_identical(out: pathlib.Path, reference: Trace, steps: range | None =
 IDENTICAL = f"steps 1-{STEPS}: every loss and batch CRC32 equal to the uninterrupted run"
 
 
+def _resumed_identical(out: pathlib.Path, reference: Trace, fault: str, recovery: str) -> Outcome:
+  """Resumes the run in ``out`` to the end; it must then equal the reference step for step."""
+  _train(out, "--resume")
+  _assert_identical(out, reference)
+  return Outcome(fault, recovery, IDENTICAL)
+
+
 def reference_run(work: pathlib.Path) -> Trace:
   """The uninterrupted run every scenario is compared with."""
   out = work / "reference"
@@ -211,14 +187,10 @@ def reference_run(work: pathlib.Path) -> Trace:
 def kill_during_step(work: pathlib.Path, reference: Trace) -> Outcome:
   out = work / "sigkill-step"
   killed_at = _signal_after(out, signal.SIGKILL, 15, expect_code=-signal.SIGKILL)
-  kept = _checkpoints(out)
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
-    f"SIGKILL while training (after step {killed_at} was logged)",
-    f"`--resume` from checkpoint {max(kept)}; steps {max(kept) + 1}-{killed_at} re-run",
-    IDENTICAL,
-  )
+  start = max(_checkpoints(out))
+  fault = f"SIGKILL while training (after step {killed_at} was logged)"
+  recovery = f"`--resume` from checkpoint {start}; steps {start + 1}-{killed_at} re-run"
+  return _resumed_identical(out, reference, fault, recovery)
 
 
 def kill_during_save(work: pathlib.Path, reference: Trace) -> Outcome:
@@ -229,12 +201,11 @@ def kill_during_save(work: pathlib.Path, reference: Trace) -> Outcome:
   if _checkpoints(out) != [CHECKPOINT_EVERY] or not leftovers:
     found = sorted(p.name for p in (out / "checkpoints").iterdir())
     raise DrillFailure(f"{out.name}: expected {CHECKPOINT_EVERY} and a partial one, found {found}")
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
+  return _resumed_identical(
+    out,
+    reference,
     f"SIGKILL while checkpoint {step} was being committed",
     f"partial `{leftovers[0]}` ignored; `--resume` from checkpoint {CHECKPOINT_EVERY}",
-    IDENTICAL,
   )
 
 
@@ -244,12 +215,11 @@ def terminate(work: pathlib.Path, reference: Trace, sig: signal.Signals) -> Outc
   summary = json.loads((out / "summary.json").read_text())
   if max(_checkpoints(out)) != stopped_at or summary["completed"]:
     raise DrillFailure(f"{out.name}: no checkpoint at step {stopped_at}, or marked completed")
-  _train(out, "--resume")
-  _assert_identical(out, reference)
-  return Outcome(
+  return _resumed_identical(
+    out,
+    reference,
     f"{sig.name} (after step {stopped_at} was logged)",
     f"clean exit with checkpoint {stopped_at}; `--resume` from it",
-    IDENTICAL,
   )
 
 
@@ -301,12 +271,12 @@ def nan_batch_stops(work: pathlib.Path, reference: Trace) -> Outcome:
     raise DrillFailure(f"{out.name}: unclear message {message!r}")
   if _checkpoints(out) != [CHECKPOINT_EVERY]:
     raise DrillFailure(f"{out.name}: checkpoints {_checkpoints(out)}")
-  _train(out, "--resume")  # the data is fixed: resume from the last good checkpoint
-  _assert_identical(out, reference)
-  return Outcome(
+  # The data is fixed: resume from the last good checkpoint.
+  return _resumed_identical(
+    out,
+    reference,
     f"NaN loss from a corrupt batch at step {step}, `--on-nonfinite stop`",
     f"exit 2 with `{message[:60]}...`; checkpoint {CHECKPOINT_EVERY} intact; `--resume`",
-    IDENTICAL,
   )
 
 
@@ -319,7 +289,7 @@ def _finite(x: float) -> bool:
 
 
 def bad_inputs(work: pathlib.Path) -> list[Outcome]:
-  from train import main  # noqa: PLC0415 - JAX starts only when the drill gets here
+  from train import cli  # noqa: PLC0415 - JAX starts only when the drill gets here
 
   files = work / "bad-data"
   files.mkdir(parents=True, exist_ok=True)
@@ -346,7 +316,7 @@ def bad_inputs(work: pathlib.Path) -> list[Outcome]:
   for what, flags, expected in cases:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.suppress(SystemExit):
-      main.main([*FLAGS, "--out", str(work / "bad-run"), *flags])
+      cli.main([*FLAGS, "--out", str(work / "bad-run"), *flags])
     lines = stderr.getvalue().strip().splitlines()
     if not lines or expected not in lines[-1] or "Traceback" in stderr.getvalue():
       raise DrillFailure(f"{what}: expected one line with {expected!r}, got {lines}")
@@ -383,17 +353,16 @@ def run_all(work: pathlib.Path) -> list[Outcome]:
 
 
 def to_markdown(outcomes: list[Outcome]) -> str:
-  lines = [
-    f"`python -m train.fault_drill` — tiny LLaMA, SWAN, {STEPS} steps, checkpoint every "
+  header = (
+    f"`python -m train.bench.fault_drill` — tiny LLaMA, SWAN, {STEPS} steps, checkpoint every "
     f"{CHECKPOINT_EVERY}, each run a separate `python -m train` process; faults injected "
-    f"from outside (signals) or by a hook in the child. {len(outcomes)} scenarios, all "
-    "recovered: nothing lost, skipped or repeated.",
-    "",
-    "| fault or bad input | recovery | verified |",
-    "|---|---|---|",
-  ]
-  lines += [f"| {o.fault} | {o.recovery} | {o.verified} |" for o in outcomes]
-  return "\n".join(lines) + "\n"
+    f"from outside (signals) or by a hook in the child. "
+    f"{len(outcomes)} scenarios, all recovered: nothing lost, skipped or repeated.\n\n"
+  )
+  cells = [[o.fault, o.recovery, o.verified] for o in outcomes]
+  return header + harness.markdown_table(
+    ["fault or bad input", "recovery", "verified"], cells, "lll"
+  )
 
 
 def main() -> None:
@@ -402,16 +371,13 @@ def main() -> None:
     return
   # 8 simulated host devices (no effect on accelerators): the runs shard over a real mesh.
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_HOST_DEVICES}".strip()
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__, "fault_drill.md")
   parser.add_argument("--work", type=pathlib.Path, default=None, help="run folders (default: tmp)")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     outcomes = run_all(args.work or pathlib.Path(tmp))
   table = to_markdown(outcomes)
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "fault_drill.md").write_text(table)
-  print(table)
+  harness.save(table, args.out)
 
 
 if __name__ == "__main__":

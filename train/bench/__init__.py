@@ -1,0 +1,1 @@
+"""Benchmarks and the fault drill: ``python -m train.bench.NAME``; results in ``results/``."""

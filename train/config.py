@@ -1,0 +1,155 @@
+"""The run configuration: one frozen ``TrainConfig`` nesting the model, data and optimizer configs.
+
+Every setting has its one default here; the CLI (``train/cli.py``) only maps
+flags onto these fields, and each config checks its own fields when it is
+built, naming the flag to change.
+"""
+
+import dataclasses
+import math
+import pathlib
+from typing import Literal
+from typing import get_args
+
+from models import configs
+from train.data import DataConfig
+
+OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
+NonMatrix = Literal["adam", "adafactor"]
+WhitenLayout = Literal["whole", "param"]
+OnNonFinite = Literal["skip", "stop"]
+# Peak learning rates of the benchmark protocol: 1e-3 for Adam and SWAN (SWAN paper, LLaMA
+# pretraining); SinkGD's is global, its matrix group steps 0.05x this (SinkGD paper).
+DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+
+
+def _check_choice(flag: str, value: str, choices: type) -> None:
+  if value not in get_args(choices):
+    raise ValueError(f"{flag} must be one of {get_args(choices)}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The optimizer and its schedule: linear warmup, cosine decay to ``final_lr_fraction``.
+
+  Attributes:
+    name: swan/sinkgd are stateless on attention and MLP kernels, Adam on the rest.
+    lr: peak learning rate; ``None``: ``DEFAULT_LR[name]``.
+    warmup_fraction: linear warmup, as a fraction of the run's steps.
+    final_lr_fraction: the cosine ends at this fraction of the peak.
+    weight_decay: decoupled weight decay.
+    max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
+    non_matrix: swan/sinkgd: optimizer of embeddings, lm_head and norms (``adafactor``:
+      nearly stateless).
+    whiten_layout: swan on a mesh: whiten whole matrices, layer stacks spread over the
+      devices (``whole``), or in each parameter's sharded layout, gathered on every device
+      (``param``).
+  """
+
+  name: OptimizerName = "swan"
+  lr: float | None = None
+  warmup_fraction: float = 0.1
+  final_lr_fraction: float = 0.1
+  weight_decay: float = 0.0
+  max_grad_norm: float | None = None
+  non_matrix: NonMatrix = "adam"
+  whiten_layout: WhitenLayout = "whole"
+
+  def __post_init__(self):
+    _check_choice("--optimizer", self.name, OptimizerName)
+    _check_choice("--non-matrix", self.non_matrix, NonMatrix)
+    _check_choice("--whiten-layout", self.whiten_layout, WhitenLayout)
+    if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+      raise ValueError(f"--lr must be a positive number, got {self.lr}")
+    if not 0 <= self.warmup_fraction < 1:
+      raise ValueError(f"--warmup must be in [0, 1), got {self.warmup_fraction}")
+    if not 0 <= self.final_lr_fraction <= 1:
+      raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+    if not 0 <= self.weight_decay < math.inf:
+      raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+    if self.max_grad_norm is not None and not 0 < self.max_grad_norm < math.inf:
+      raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
+
+  @property
+  def peak_lr(self) -> float:
+    return DEFAULT_LR[self.name] if self.lr is None else self.lr
+
+
+def model_data(model: str, **fields) -> DataConfig:
+  """A ``DataConfig`` whose BPE (trained when there is no tokenizer file) has ``model``'s vocab."""
+  return DataConfig(vocab_size=configs.get_config(model).vocab_size, **fields)
+
+
+_DEFAULT_MODEL = "tiny"
+_POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every",
+             "checkpoint_every", "keep_checkpoints")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run.
+
+  Attributes:
+    model: name of a ``models.configs.CONFIGS`` preset; its ``max_seq_len`` is
+      ``data.seq_len``.
+    bf16: bfloat16 activations (params stay float32).
+    data: the corpus, tokenizer and sequence length (``data.vocab_size``: the
+      size of the BPE trained when there is no tokenizer file).
+    optimizer: the optimizer and schedule.
+    steps: optimizer steps.
+    batch_size: global batch, in sequences.
+    grad_accum: micro-batches per step.
+    eval_every, eval_batches: steps between validation runs, batches per run.
+    log_every: steps between train-metric records.
+    checkpoint_every, keep_checkpoints: steps between checkpoints, checkpoints kept.
+    out: run folder; ``None``: ``runs/MODEL-OPTIMIZER``.
+    tensorboard: also write metrics to ``out/tensorboard`` (tensorboardX).
+    mesh: e.g. ``data=2,fsdp=2,tensor=2``; ``None``: every device on data.
+    seed: init and data-order seed.
+    resume: continue from the last checkpoint in ``out``.
+    on_nonfinite: a NaN/Inf loss or gradient: skip that update, or stop.
+  """
+
+  model: str = _DEFAULT_MODEL
+  bf16: bool = False
+  data: DataConfig = model_data(_DEFAULT_MODEL)
+  optimizer: OptimizerConfig = OptimizerConfig()
+  steps: int = 300
+  batch_size: int = 16
+  grad_accum: int = 1
+  eval_every: int = 50
+  eval_batches: int = 8
+  log_every: int = 10
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+  out: pathlib.Path | None = None
+  tensorboard: bool = False
+  mesh: str | None = None
+  seed: int = 0
+  resume: bool = False
+  on_nonfinite: OnNonFinite = "skip"
+
+  def __post_init__(self):
+    for name in _POSITIVE:
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+    if self.data.seq_len < 1:
+      raise ValueError(f"--seq-len must be >= 1, got {self.data.seq_len}")
+    _check_choice("--on-nonfinite", self.on_nonfinite, OnNonFinite)
+    if self.model not in configs.CONFIGS:
+      raise ValueError(f"--config must be one of {sorted(configs.CONFIGS)}, got {self.model!r}")
+
+  @property
+  def model_config(self) -> configs.LlamaConfig:
+    """The model preset, at this run's sequence length and activation dtype."""
+    return configs.get_config(
+      self.model, max_seq_len=self.data.seq_len, dtype="bfloat16" if self.bf16 else "float32"
+    )
+
+  @property
+  def run_dir(self) -> pathlib.Path:
+    return self.out or pathlib.Path("runs") / f"{self.model}-{self.optimizer.name}"
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.batch_size * self.data.seq_len
