@@ -220,32 +220,14 @@ def apply(graphdef: nnx.GraphDef, params: Any, tokens_BxL: jax.Array) -> jax.Arr
   return nnx.merge(graphdef, nnx.State(params))(tokens_BxL)
 
 
-# Matrix views of the stacked kernels, one matrix per layer: the layer axis is a batch axis
-# and attention heads merge into fan_in (o) or fan_out (q, k, v).
-_KERNEL_DIMS = {
-  ("attn", "q"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
-  ("attn", "k"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
-  ("attn", "v"): swan_optax.MatrixDimensionNumbers(1, (2, 3)),
-  ("attn", "o"): swan_optax.MatrixDimensionNumbers((1, 2), 3),
-  ("mlp", "gate"): swan_optax.MatrixDimensionNumbers(1, 2),
-  ("mlp", "up"): swan_optax.MatrixDimensionNumbers(1, 2),
-  ("mlp", "down"): swan_optax.MatrixDimensionNumbers(1, 2),
-}
+def dimension_numbers(config: LlamaConfig) -> Any:
+  """``swan_optax`` matrix layouts of the params, derived from the model's own layers.
 
-
-def dimension_numbers(params: Any) -> Any:
-  """``swan_optax`` dimension numbers for the LLaMA's params (``None``: not a stateless matrix).
-
-  Pass as ``swan_optax.swan(..., dimension_numbers=llama.dimension_numbers)``;
-  the stacked attention and MLP kernels become per-layer matrices, everything
-  else (embedding, lm_head, norms) is left to Adam.
+  A dict like the params (pass it as ``dimension_numbers=`` to ``swan_optax.swan``
+  or ``sinkgd``). ``nnx.vmap``'s layer axis is a batch axis, so every stacked
+  kernel is one matrix per layer; the einsums put q/k/v's heads into fan_out
+  (``BLD,DHK->BLHK``) and o's into fan_in (``BLHK,HKD->BLD``). The embedding
+  and norms get ``None``; the lm_head gets ``(0, 1)`` and the default
+  ``adam_pattern`` sends it to Adam.
   """
-
-  def dims(path, leaf):
-    del leaf
-    keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-    if len(keys) == 4 and keys[0] == "layers" and keys[3] == "kernel":
-      return _KERNEL_DIMS.get(keys[1:3])
-    return None
-
-  return jax.tree_util.tree_map_with_path(dims, params)
+  return swan_optax.dimension_numbers_from_model(nnx.eval_shape(lambda: _build(config, 0)))

@@ -101,8 +101,8 @@ def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:
   """The label tree of an optimizer: ``labels`` (a tree or a callable) or the default routing.
 
   Raises:
-    ValueError: if a label is not ``'matrix'`` or ``'adam'``, or no leaf is a
-      matrix (every leaf would silently train with Adam).
+    ValueError: if a label is not ``'matrix'`` or ``'adam'``, or the params have
+      leaves and none is a matrix (every leaf would silently train with Adam).
   """
   if labels is None:
     tree = param_labels(params, **routing)
@@ -115,7 +115,8 @@ def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:
       f"param_labels holds {', '.join(bad)}; every label must be '{MATRIX}' or '{ADAM}' "
       "(under optax.inject_hyperparams, a callable param_labels needs static_args='param_labels')"
     )
-  if MATRIX not in found:
+  # An empty tree (e.g. optax.tree_map_params' placeholder) has nothing to route.
+  if found and MATRIX not in found:
     raise ValueError(
       "no leaf is routed to the stateless matrix group, so every leaf would train with Adam: "
       "check dimension_numbers, adam_pattern and param_labels against "

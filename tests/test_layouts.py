@@ -121,20 +121,32 @@ def test_unknown_param_raises_naming_it_and_overrides_give_it():
     swan_optax.dimension_numbers_from_model(model, overrides={"nope": None})
 
 
-def test_llama_derives_the_hand_table():
-  """Our LLaMA's layouts from itself equal ``models.llama``'s hand table."""
+# Our LLaMA's stacked kernels, derived by hand: the layer axis is a batch axis, heads merge
+# into fan_out for q/k/v (d, H, hd) and into fan_in for o (H, hd, d).
+_LLAMA_BY_HAND = {
+  ("attn", "q"): Dims(1, (2, 3)),
+  ("attn", "k"): Dims(1, (2, 3)),
+  ("attn", "v"): Dims(1, (2, 3)),
+  ("attn", "o"): Dims((1, 2), 3),
+  ("mlp", "gate"): Dims(1, 2),
+  ("mlp", "up"): Dims(1, 2),
+  ("mlp", "down"): Dims(1, 2),
+}
+
+
+def test_llama_layouts_from_the_model_match_the_hand_derived_ones():
   config = configs.get_config("60m")
-  model = nnx.eval_shape(lambda: llama._build(config, 0))
-  derived = swan_optax.dimension_numbers_from_model(model)
-  params = llama.abstract_params(config)
-  hand = llama.dimension_numbers(params)
-  labels = swan_optax.param_labels(params, dimension_numbers=derived)
-  assert labels == swan_optax.param_labels(params, dimension_numbers=hand)
-  for layer, name in llama._KERNEL_DIMS:
+  derived = llama.dimension_numbers(config)
+  for (layer, name), expected in _LLAMA_BY_HAND.items():
     got = derived["layers"][layer][name]["kernel"]
-    assert _normalized(got) == _normalized(llama._KERNEL_DIMS[layer, name]), (layer, name)
-  table = swan_optax.routing_table(params, dimension_numbers=derived)
-  assert table == swan_optax.routing_table(params, dimension_numbers=hand)
+    assert _normalized(got) == _normalized(expected), (layer, name)
+  labels = swan_optax.param_labels(llama.abstract_params(config), dimension_numbers=derived)
+  matrices = {
+    swan_optax._matrix.path_str(path)
+    for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
+    if label == "matrix"
+  }
+  assert matrices == {f"layers/{layer}/{name}/kernel" for layer, name in _LLAMA_BY_HAND}
 
 
 def _params():

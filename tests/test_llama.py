@@ -89,10 +89,11 @@ def test_rope_is_a_rotation_depending_on_relative_position():
 
 
 def test_routing_of_the_60m_config_stacked_kernels():
-  params = llama.abstract_params(configs.get_config("60m"))
-  table = swan_optax.routing_table(params, dimension_numbers=llama.dimension_numbers)
+  config = configs.get_config("60m")
+  params = llama.abstract_params(config)
+  table = swan_optax.routing_table(params, dimension_numbers=llama.dimension_numbers(config))
   print(table)
-  labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers)
+  labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers(config))
   groups = {"/".join(k.key for k in path): label for path, label in
             jax.tree_util.tree_flatten_with_path(labels)[0]}  # fmt: skip
   for name in ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/down"):

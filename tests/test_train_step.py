@@ -9,12 +9,19 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import swan_optax
 from train import mesh as mesh_lib
 from train import optimizer
 from train import step as step_lib
 from train.config import OptimizerConfig
 
 VOCAB, DIM = 12, 8
+# The toy's stacked kernel is one (in, out) matrix per layer; embed and lm_head go to Adam.
+TOY_DIMS = {
+  "embed": {"embedding": None},
+  "layers": {"mlp": {"up": {"kernel": swan_optax.MatrixDimensionNumbers(1, 2)}}},
+  "lm_head": {"kernel": None},
+}
 
 
 def _toy_params():
@@ -39,8 +46,7 @@ def _batch(seed=0, rows=8, length=6):
 
 @pytest.mark.parametrize("name", ["swan", "sinkgd", "adam", "adamw"])
 def test_loss_decreases_with_every_optimizer(name):
-  # The toy stack has the LLaMA MLP path, so llama.dimension_numbers routes it.
-  tx = optimizer.make_optimizer(OptimizerConfig(name=name, lr=0.05), 40)
+  tx = optimizer.make_optimizer(OptimizerConfig(name=name, lr=0.05), 40, dimension_numbers=TOY_DIMS)
   state = step_lib.init_state(_toy_params(), tx)
   train_step = jax.jit(step_lib.make_train_step(_toy_apply, tx))
   batch = _batch()
@@ -52,8 +58,16 @@ def test_loss_decreases_with_every_optimizer(name):
   assert int(state.step) == 40
 
 
+def _swan(lr: float):
+  return optimizer.make_optimizer(
+    OptimizerConfig(name="swan", lr=lr), 10, dimension_numbers=TOY_DIMS
+  )
+
+
 def test_gradient_accumulation_matches_full_batch():
-  tx = optimizer.make_optimizer(OptimizerConfig(name="swan", lr=0.01), 10)
+  tx = optimizer.make_optimizer(
+    OptimizerConfig(name="swan", lr=0.01), 10, dimension_numbers=TOY_DIMS
+  )
   state = step_lib.init_state(_toy_params(), tx)
   full, m_full = step_lib.make_train_step(_toy_apply, tx)(state, _batch())
   accum, m_accum = step_lib.make_train_step(_toy_apply, tx, grad_accum=4)(state, _batch())
@@ -62,7 +76,9 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 def test_non_finite_step_is_skipped_and_counted():
-  tx = optimizer.make_optimizer(OptimizerConfig(name="swan", lr=0.01), 10)
+  tx = optimizer.make_optimizer(
+    OptimizerConfig(name="swan", lr=0.01), 10, dimension_numbers=TOY_DIMS
+  )
   params = _toy_params()
   state = step_lib.init_state(params, tx)
   bad = jax.tree.map(lambda x: x, params)
@@ -88,7 +104,7 @@ def test_state_shardings_follow_params(name):
     "lm_head": {"kernel": P("fsdp", "tensor")},
   }
   params = _sharded(_toy_params(), specs, mesh)
-  tx = optimizer.make_optimizer(OptimizerConfig(name=name), 10, mesh)
+  tx = optimizer.make_optimizer(OptimizerConfig(name=name), 10, mesh, dimension_numbers=TOY_DIMS)
   replicated = NamedSharding(mesh, P())
   shardings = step_lib.state_shardings(tx, params, replicated)
   state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=shardings)(params)

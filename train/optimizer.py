@@ -1,10 +1,11 @@
 """The learning-rate schedule and the named optimizers of ``OptimizerConfig``."""
 
+from typing import Any
+
 import jax
 import optax
 
 import swan_optax
-from models import llama
 from models import sharding
 from train.config import OptimizerConfig
 
@@ -26,7 +27,11 @@ def schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
 
 
 def make_optimizer(
-  config: OptimizerConfig, steps: int, mesh: jax.sharding.Mesh | None = None
+  config: OptimizerConfig,
+  steps: int,
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   """The named optimizer on ``schedule(config, steps)``, clipped if ``max_grad_norm`` is set.
 
@@ -34,13 +39,15 @@ def make_optimizer(
     config: the optimizer's settings.
     steps: the run's optimizer steps (the schedule's length).
     mesh: the device mesh the params live on (for SWAN's whole-matrix layout).
+    dimension_numbers: swan/sinkgd: the params' matrix layouts (e.g.
+      ``models.llama.dimension_numbers(model_config)``); ``None``: 2-D kernels only.
   """
   lr = schedule(config, steps)
   if config.name in ("swan", "sinkgd"):
     stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
     tx = stateless(
       lr,
-      dimension_numbers=llama.dimension_numbers,
+      dimension_numbers=dimension_numbers,
       weight_decay=config.weight_decay,
       adam_weight_decay=config.weight_decay,
       **_non_matrix(config, lr),

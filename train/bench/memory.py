@@ -51,7 +51,9 @@ def state_bytes(name: str) -> dict[str, dict[str, int]]:
   for variant in VARIANTS:
     exp = build.build(_config(name, variant), mesh, abstract=True)
     params = exp.state.params
-    labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers)
+    labels = swan_optax.param_labels(
+      params, dimension_numbers=llama.dimension_numbers(exp.model_config)
+    )
     adam_routed = sum(
       p.size
       for p, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels), strict=True)

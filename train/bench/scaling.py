@@ -15,6 +15,7 @@ import functools
 import jax
 import numpy as np
 
+from models import llama
 from train import build
 from train import mesh as mesh_lib
 from train import optimizer
@@ -40,9 +41,10 @@ def bench(name: str, batches: list[int], seq_len: int, reps: int) -> list[dict]:
   token_batches = {b: rng.integers(0, exp.model_config.vocab_size, (b, seq_len), np.int32)
                    for b in batches}  # fmt: skip
   grads = grad_fn(params, token_batches[batches[0]])
+  dims = llama.dimension_numbers(exp.model_config)
   setups = {}
   for opt in OPTIMIZERS:
-    tx = optimizer.make_optimizer(OptimizerConfig(name=opt), config.steps)
+    tx = optimizer.make_optimizer(OptimizerConfig(name=opt), config.steps, dimension_numbers=dims)
     update = jax.jit(functools.partial(step_lib.apply_optimizer, tx))
     opt_state = tx.init(params)
     jax.block_until_ready(update(grads, opt_state, params))
