@@ -29,9 +29,7 @@ def tiny():
 def test_galore_configs_have_the_spec_parameter_counts(name):
   config = configs.get_config(name)
   params = llama.abstract_params(config)
-  assert (
-    sum(x.size for x in jax.tree.leaves(params)) == PARAM_COUNTS[name] == config.num_params
-  )
+  assert sum(x.size for x in jax.tree.leaves(params)) == PARAM_COUNTS[name] == config.num_params
 
 
 def test_shapes_and_dtypes(tiny):
