@@ -227,15 +227,25 @@ def whitening_rows(model: str, shape: tuple[int, ...], reps: int) -> list[dict]:
   return rows
 
 
-def _cells(row: dict, formats: dict[str, str]) -> list[str]:
-  """``row``'s values in the order and formats of ``formats``; '' where it has none."""
-  return ["" if row.get(k) is None else format(row[k], f) for k, f in formats.items()]
+Column = tuple[str, str, str, str]  # row key, header, format, alignment ('l' or 'r')
+TRAIN_COLUMNS: tuple[Column, ...] = (
+  ("config", "config", "", "l"), ("optimizer", "optimizer", "", "l"),
+  ("batch", "largest batch", "", "r"), ("stop", "stop", "", "l"),
+  ("step_ms", "step ms", ".1f", "r"), ("tokens_per_s", "tokens/s", ",.0f", "r"),
+  ("step_gib", "step GiB", ".2f", "r"), ("state_mib", "optimizer state MiB", ".1f", "r"),
+)  # fmt: skip
+WHITEN_COLUMNS: tuple[Column, ...] = (
+  ("config", "config", "", "l"), ("shape", "layers x fan_in x fan_out", "", "l"),
+  ("method", "method", "", "l"), ("precision", "precision", "", "l"), ("ms", "ms", ".3f", "r"),
+  ("vs_f32", "x f32", ".2f", "r"), ("cosine", "cosine", ".5f", "r"), ("note", "note", "", "l"),
+)  # fmt: skip
 
 
-TRAIN_COLUMNS = {"config": "", "optimizer": "", "batch": "", "stop": "", "step_ms": ".1f",
-                 "tokens_per_s": ",.0f", "step_gib": ".2f", "state_mib": ".1f"}  # fmt: skip
-WHITEN_COLUMNS = {"config": "", "shape": "", "method": "", "precision": "", "ms": ".3f",
-                  "vs_f32": ".2f", "cosine": ".5f", "note": ""}  # fmt: skip
+def _table(columns: tuple[Column, ...], rows: list[dict]) -> str:
+  """A Markdown table of ``rows``, one column per ``columns`` entry; '' where a row has none."""
+  cells = [["" if r.get(key) is None else format(r[key], f) for key, _, f, _ in columns]
+           for r in rows]  # fmt: skip
+  return harness.markdown_table([c[1] for c in columns], cells, "".join(c[3] for c in columns))
 
 
 def to_markdown(train_rows: list[dict], whiten_rows: list[dict], settings: Settings) -> str:
@@ -251,24 +261,14 @@ def to_markdown(train_rows: list[dict], whiten_rows: list[dict], settings: Setti
     f"('stop'); median of {settings.reps} steps at the largest batch that ran. 'step GiB': XLA's "
     "planned memory of the compiled step.\n\n"
   )
-  train = harness.markdown_table(
-    ["config", "optimizer", "largest batch", "stop", "step ms", "tokens/s", "step GiB",
-     "optimizer state MiB"],
-    [_cells(r, TRAIN_COLUMNS) for r in train_rows],
-    "llrlrrrr",
-  )  # fmt: skip
   whiten_intro = (
     f"\nWhitening one stacked kernel (Gaussian gradient, float32 in and out): median of "
     f"{settings.reps} interleaved rounds per matmul precision; cosine of layer 0 to its exact "
     "polar factor U V^T.\n\n"
   )
-  whiten = harness.markdown_table(
-    ["config", "layers x fan_in x fan_out", "method", "precision", "ms", "x f32", "cosine",
-     "note"],
-    [_cells(r, WHITEN_COLUMNS) for r in whiten_rows],
-    "llllrrrl",
-  )  # fmt: skip
-  return header + train + whiten_intro + whiten
+  return (
+    header + _table(TRAIN_COLUMNS, train_rows) + whiten_intro + _table(WHITEN_COLUMNS, whiten_rows)
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
