@@ -31,6 +31,8 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """The named optimizer on ``schedule(config, steps)``, clipped if ``max_grad_norm`` is set.
 
+  It computes and keeps its state in float32 whatever the param dtype (:func:`in_float32`).
+
   Args:
     config: the optimizer's settings.
     steps: the run's optimizer steps (the schedule's length).
@@ -65,9 +67,9 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
   stay float32, as in the memory model of SPEC 6: in bfloat16 (8 significant
   bits) ``nu <- 0.999 nu + 0.001 g^2`` rounds ``0.999 nu`` back to ``nu``, so
   the second moment never decays (measured: after the gradient scale drops
-  10x, bfloat16 ``nu`` stays at 4x the float32 value 1,900 steps later).
-  SWAN and SinkGD whiten and balance in float32 either way. The identity for
-  float32 params.
+  10x, bfloat16 ``nu`` stays at 4x the float32 value 1,900 steps later), and
+  ``optax.adam``'s ``mu_dtype`` covers the first moment only. SWAN and SinkGD
+  whiten and balance in float32 either way. The identity for float32 params.
   """
   as_float32 = lambda tree: optax.tree.cast(tree, jnp.float32)
 
