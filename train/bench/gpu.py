@@ -22,6 +22,10 @@ of the device's memory otherwise; the table states the fraction in force).
   layer 0's update to its exact polar factor ``U V^T`` (float64 SVD). A
   precision the backend does not offer is shown as such.
 
+Every tried batch is one compile of the train step (up to 6 per config and
+optimizer with the defaults); ``--configs 60m`` and ``--configs 350m`` with
+their own ``--out`` split a run that would not fit one session.
+
 ``--smoke``: the tiny config at batch 2, sequence length 16, one whitening
 shape, 2 rounds: every code path, in about a minute on two CPU cores (tested in
 CI; its other flags are ignored).
