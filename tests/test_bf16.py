@@ -1,4 +1,4 @@
-"""bf16 params and gradients (``--param-dtype bfloat16``): training, f32 optimizer state, resume."""
+"""bf16 params: training, f32 optimizer state, checkpoints (resume: test_train.py)."""
 
 import jax
 import jax.numpy as jnp
