@@ -19,7 +19,8 @@ class LlamaConfig:
   norm_eps: float = 1e-6
   rope_theta: float = 10_000.0
   init_std: float = 0.02
-  dtype: Literal["float32", "bfloat16"] = "float32"  # activations; params stay float32
+  dtype: Literal["float32", "bfloat16"] = "float32"  # activations
+  param_dtype: Literal["float32", "bfloat16"] = "float32"  # params, hence gradients
 
   def __post_init__(self):
     sizes = {k: getattr(self, k) for k in ("vocab_size", "dim", "ffn_dim", "num_layers",
@@ -33,8 +34,9 @@ class LlamaConfig:
       raise ValueError(f"LlamaConfig norm_eps, rope_theta, init_std must be positive, got {bad}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}")
 
   @property
   def num_params(self) -> int:

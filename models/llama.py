@@ -30,6 +30,11 @@ def _init(config: LlamaConfig, *logical_axes: str | None) -> nnx.Initializer:
   return nnx.with_partitioning(nnx.initializers.normal(config.init_std), logical_axes)
 
 
+def _dtypes(config: LlamaConfig) -> dict[str, jnp.dtype]:
+  """A layer's ``dtype`` (of its computation) and ``param_dtype`` (of its params and gradients)."""
+  return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
+
+
 def rope(x_BxLxHxK: jax.Array, theta: float) -> jax.Array:
   """Rotary position embedding (LLaMA's half-split pairing), in float32.
 
@@ -50,14 +55,14 @@ class Attention(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     d, h, k = config.dim, config.num_heads, config.head_dim
-    dtype = jnp.dtype(config.dtype)
+    dtypes = _dtypes(config)
     qkv = functools.partial(
-      nnx.Einsum, "BLD,DHK->BLHK", (d, h, k), dtype=dtype, rngs=rngs,
+      nnx.Einsum, "BLD,DHK->BLHK", (d, h, k), **dtypes, rngs=rngs,
       kernel_init=_init(config, "embed", "heads", "head_dim"),
     )  # fmt: skip
     self.q, self.k, self.v = qkv(), qkv(), qkv()
     self.o = nnx.Einsum(
-      "BLHK,HKD->BLD", (h, k, d), dtype=dtype, rngs=rngs,
+      "BLHK,HKD->BLD", (h, k, d), **dtypes, rngs=rngs,
       kernel_init=_init(config, "heads", "head_dim", "embed"),
     )  # fmt: skip
     self.rope_theta = config.rope_theta
@@ -76,7 +81,7 @@ class Mlp(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     d, f = config.dim, config.ffn_dim
-    linear = functools.partial(nnx.Linear, use_bias=False, dtype=jnp.dtype(config.dtype), rngs=rngs)
+    linear = functools.partial(nnx.Linear, use_bias=False, **_dtypes(config), rngs=rngs)
     self.gate = linear(d, f, kernel_init=_init(config, "embed", "mlp"))
     self.up = linear(d, f, kernel_init=_init(config, "embed", "mlp"))
     self.down = linear(f, d, kernel_init=_init(config, "mlp", "embed"))
@@ -89,7 +94,7 @@ def _rms_norm(config: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
   return nnx.RMSNorm(
     config.dim,
     epsilon=config.norm_eps,
-    dtype=jnp.dtype(config.dtype),
+    **_dtypes(config),
     scale_init=nnx.with_partitioning(nnx.initializers.ones, ("norm",)),
     rngs=rngs,
   )
@@ -116,9 +121,9 @@ class Llama(nnx.Module):
   """Token embedding, ``num_layers`` scanned blocks, final RMSNorm, untied lm_head."""
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-    dtype = jnp.dtype(config.dtype)
+    dtypes = _dtypes(config)
     self.embed = nnx.Embed(
-      config.vocab_size, config.dim, dtype=dtype, rngs=rngs,
+      config.vocab_size, config.dim, **dtypes, rngs=rngs,
       embedding_init=_init(config, "vocab", "embed"),
     )  # fmt: skip
 
@@ -130,7 +135,7 @@ class Llama(nnx.Module):
     self.layers = stacked_blocks(rngs)
     self.final_norm = _rms_norm(config, rngs)
     self.lm_head = nnx.Linear(
-      config.dim, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs,
+      config.dim, config.vocab_size, use_bias=False, **dtypes, rngs=rngs,
       kernel_init=_init(config, "embed", "vocab"),
     )  # fmt: skip
 

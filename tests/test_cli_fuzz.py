@@ -19,7 +19,7 @@ INT_FLAGS = [
   "--log-every", "--checkpoint-every", "--keep-checkpoints",
 ]  # fmt: skip
 FLOAT_FLAGS = ["--lr", "--warmup", "--weight-decay", "--max-grad-norm"]
-CHOICE_FLAGS = ["--config", "--optimizer", "--non-matrix", "--on-nonfinite"]
+CHOICE_FLAGS = ["--config", "--optimizer", "--non-matrix", "--on-nonfinite", "--param-dtype"]
 # Where each flag lands in the TrainConfig (default: the field named like the flag).
 FIELDS_OF_FLAGS = {
   "--seq-len": "data.seq_len",

@@ -61,6 +61,18 @@ def test_bfloat16_activations_keep_float32_params():
   chex.assert_tree_all_finite(logits)
 
 
+def test_bfloat16_params_give_bfloat16_gradients():
+  config = configs.get_config("tiny", param_dtype="bfloat16")
+  graphdef, params = llama.init_params(config, mesh_lib.make_mesh("data=8"), seed=0)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  q = np.asarray(params["layers"]["attn"]["q"]["kernel"], np.float32)
+  np.testing.assert_allclose(np.std(q), config.init_std, rtol=0.05)
+  loss = lambda p: jnp.mean(llama.apply(graphdef, p, jnp.ones((1, 8), jnp.int32)) ** 2)
+  grads = jax.grad(loss)(params)
+  assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
+  chex.assert_tree_all_finite(grads)
+
+
 def test_causal_masking(tiny):
   config, graphdef, params = tiny
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, config.vocab_size)
@@ -140,3 +152,5 @@ def test_bad_configs():
     configs.get_config("tiny", num_layers=0)
   with pytest.raises(ValueError, match="head_dim must be even"):
     configs.get_config("tiny", head_dim=7)
+  with pytest.raises(ValueError, match="param_dtype must be 'float32' or 'bfloat16'"):
+    configs.get_config("tiny", param_dtype="float16")

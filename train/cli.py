@@ -79,7 +79,14 @@ def _parser() -> argparse.ArgumentParser:
   add("--weight-decay", type=float, default=_OPT.weight_decay, help="decoupled weight decay")
   add("--max-grad-norm", type=float, default=_OPT.max_grad_norm, help="global gradient clipping")
   add("--grad-accum", type=int, default=_RUN.grad_accum, help="micro-batches per step")
-  add("--bf16", action="store_true", help="bfloat16 activations (params stay float32)")
+  add("--bf16", action="store_true", help="bfloat16 activations")
+  add(
+    "--param-dtype",
+    default=_RUN.param_dtype,
+    choices=["float32", "bfloat16"],
+    help="params and gradients (bfloat16 with --bf16: the papers' setting); the optimizer "
+    "computes and keeps its state in float32",
+  )
   add("--eval-every", type=int, default=_RUN.eval_every, help="steps between validation runs")
   add("--eval-batches", type=int, default=_RUN.eval_batches, help="validation batches per run")
   add("--log-every", type=int, default=_RUN.log_every, help="steps between train-metric records")
@@ -127,6 +134,7 @@ def to_config(args: argparse.Namespace) -> TrainConfig:
   return TrainConfig(
     model=args.config,
     bf16=args.bf16,
+    param_dtype=args.param_dtype,
     data=model_data(args.config, data=args.data, tokenizer=args.tokenizer, seq_len=args.seq_len),
     optimizer=optimizer,
     **{name: getattr(args, name) for name in _RUN_FLAGS},

@@ -18,6 +18,7 @@ OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
 NonMatrix = Literal["adam", "adafactor"]
 WhitenLayout = Literal["whole", "param"]
 OnNonFinite = Literal["skip", "stop"]
+ParamDtype = Literal["float32", "bfloat16"]
 # Peak learning rates of the benchmark protocol: 1e-3 for Adam and SWAN (SWAN paper, LLaMA
 # pretraining); SinkGD's is global, its matrix group steps 0.05x this (SinkGD paper).
 DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
@@ -92,7 +93,10 @@ class TrainConfig:
   Attributes:
     model: name of a ``models.configs.CONFIGS`` preset; its ``max_seq_len`` is
       ``data.seq_len``.
-    bf16: bfloat16 activations (params stay float32).
+    bf16: bfloat16 activations.
+    param_dtype: dtype of the params and hence of the gradients (``bfloat16``
+      with ``bf16``: the papers' pure-BF16 setting). The optimizer computes in
+      float32 and keeps float32 state whatever it is (``train/optimizer.py``).
     data: the corpus, tokenizer and sequence length (``data.vocab_size``: the
       size of the BPE trained when there is no tokenizer file).
     optimizer: the optimizer and schedule.
@@ -112,6 +116,7 @@ class TrainConfig:
 
   model: str = _DEFAULT_MODEL
   bf16: bool = False
+  param_dtype: ParamDtype = "float32"
   data: DataConfig = model_data(_DEFAULT_MODEL)
   optimizer: OptimizerConfig = OptimizerConfig()
   steps: int = 300
@@ -138,12 +143,16 @@ class TrainConfig:
     _check_choice("--on-nonfinite", self.on_nonfinite, OnNonFinite)
     if self.model not in configs.CONFIGS:
       raise ValueError(f"--config must be one of {sorted(configs.CONFIGS)}, got {self.model!r}")
+    _check_choice("--param-dtype", self.param_dtype, ParamDtype)
 
   @property
   def model_config(self) -> configs.LlamaConfig:
-    """The model preset, at this run's sequence length and activation dtype."""
+    """The model preset, at this run's sequence length, activation and param dtypes."""
     return configs.get_config(
-      self.model, max_seq_len=self.data.seq_len, dtype="bfloat16" if self.bf16 else "float32"
+      self.model,
+      max_seq_len=self.data.seq_len,
+      dtype="bfloat16" if self.bf16 else "float32",
+      param_dtype=self.param_dtype,
     )
 
   @property

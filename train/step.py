@@ -55,10 +55,10 @@ def make_train_step(
   """``train_step(state, batch) -> (state, metrics)``.
 
   The batch is split into ``grad_accum`` micro-batches whose gradients are
-  averaged (a ``lax.scan``, so activations of one micro-batch at a time). A
-  step whose loss or gradients are not finite leaves params and optimizer
-  state unchanged and counts it in ``skipped``; ``metrics['finite']`` tells the
-  caller, whose policy decides whether to stop.
+  averaged in float32 (a ``lax.scan``, so activations of one micro-batch at a
+  time). A step whose loss or gradients are not finite leaves params and
+  optimizer state unchanged and counts it in ``skipped``; ``metrics['finite']``
+  tells the caller, whose policy decides whether to stop.
   """
   loss_fn = make_loss_fn(apply_fn)
 
@@ -70,7 +70,8 @@ def make_train_step(
       loss, grads = jax.value_and_grad(loss_fn)(params, micro)
       return jax.tree.map(jnp.add, acc, (loss, grads)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    # Summed in float32: bfloat16 sums of micro-batch gradients would round at every add.
+    zeros = jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), (0.0, params))
     (loss, grads), _ = jax.lax.scan(body, zeros, micro_batches(batch))
     return jax.tree.map(lambda x: x / grad_accum, (loss, grads))
 
@@ -80,7 +81,7 @@ def make_train_step(
     else:
       loss, grads = accumulate(state.params, batch)
     params, opt_state = apply_optimizer(tx, grads, state.opt_state, state.params)
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = optax.tree.norm(optax.tree.cast(grads, jnp.float32))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(

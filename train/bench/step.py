@@ -30,7 +30,7 @@ DEFAULT_BATCH = {"tiny": 16, "60m": 2}
 STEPS = 1000  # the schedule's length; only a few steps run
 
 
-def _compiled_bytes(compiled) -> int:
+def compiled_bytes(compiled) -> int:
   """Peak memory XLA plans for one call: arguments + outputs + temporaries - aliased (donated)."""
   m = compiled.memory_analysis()
   return (
@@ -71,7 +71,7 @@ def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[di
     if not runners:  # the same params, batch and gradients for every optimizer
       batch = exp.random_batch()
       grads = jax.jit(jax.grad(step_lib.make_loss_fn(exp.apply)))(exp.state.params, batch)
-    step_bytes = _compiled_bytes(exp.train_step)
+    step_bytes = compiled_bytes(exp.train_step)
     runners[opt] = (_Runner(exp, batch, grads), step_bytes)
   setups = {}
   for opt, (runner, _) in runners.items():
