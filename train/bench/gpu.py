@@ -179,11 +179,13 @@ def bench_training(model: str, settings: Settings) -> list[dict]:
 def whitening_shapes(config: configs.LlamaConfig) -> list[tuple[int, int, int]]:
   """``(layers, fan_in, fan_out)`` of every kernel SWAN whitens, from the model's own layouts."""
   params = llama.abstract_params(config)
+  layouts = llama.dimension_numbers(config)
+  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=layouts))
   is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
-  dims = jax.tree.leaves(llama.dimension_numbers(params), is_leaf=is_dims)
+  dims = jax.tree.leaves(layouts, is_leaf=is_dims)
   shapes = set()
-  for leaf, leaf_dims in zip(jax.tree.leaves(params), dims, strict=True):
-    if leaf_dims is not None:
+  for leaf, leaf_dims, label in zip(jax.tree.leaves(params), dims, labels, strict=True):
+    if label == "matrix":
       size = lambda axes, shape=leaf.shape: math.prod(shape[a] for a in np.atleast_1d(axes))
       fan_in, fan_out = size(leaf_dims.reduction_axes), size(leaf_dims.output_axes)
       shapes.add((leaf.size // (fan_in * fan_out), fan_in, fan_out))
