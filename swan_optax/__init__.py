@@ -7,6 +7,8 @@ from swan_optax._labels import DEFAULT_ADAM_PATTERN
 from swan_optax._labels import param_labels
 from swan_optax._labels import routing_table
 from swan_optax._matrix import MatrixDimensionNumbers
+from swan_optax._sharded import Route
+from swan_optax._sharded import whitening_plan
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._whiten import whiten
 
@@ -14,10 +16,12 @@ __all__ = [
   "DEFAULT_ADAM_PATTERN",
   "MatrixDimensionNumbers",
   "gradnorm",
+  "Route",
   "param_labels",
   "routing_table",
   "sinkgd",
   "sinkhorn",
   "swan",
   "whiten",
+  "whitening_plan",
 ]

@@ -90,7 +90,7 @@ def swan(
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  mesh: jax.sharding.Mesh | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -111,7 +111,7 @@ def swan(
 
   Args:
     learning_rate: learning rate (or optax schedule) of the matrix group.
-    method, ns_steps, ns_beta, eps, whole_matrix_sharding: whitening options, see
+    method, ns_steps, ns_beta, eps, mesh: whitening options, see
       :func:`whiten`; ``eps`` is also GradNorm's std clamp.
     COMMON_ARGS
 
@@ -130,7 +130,7 @@ def swan(
       ns_beta=ns_beta,
       eps=eps,
       dimension_numbers=dimension_numbers,
-      whole_matrix_sharding=whole_matrix_sharding,
+      mesh=mesh,
     ),
   )
   return _stateless_partition(
@@ -160,6 +160,7 @@ def sinkgd(
   eps: jax.typing.ArrayLike = 1e-8,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  mesh: jax.sharding.Mesh | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -182,6 +183,7 @@ def sinkgd(
     matrix_scale: factor ``alpha`` on the normalized matrix updates.
     num_iters: SR-Sinkhorn rounds, see :func:`sinkhorn`.
     eps: SR-Sinkhorn's norm clamp.
+    mesh: the device mesh, as for :func:`swan`; see :func:`sinkhorn`.
     COMMON_ARGS
 
   Returns:
@@ -192,7 +194,9 @@ def sinkgd(
     <https://arxiv.org/abs/2502.06742>`_, 2025.
   """
   operator = optax.chain(
-    _sinkhorn.sinkhorn(num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers),
+    _sinkhorn.sinkhorn(
+      num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers, mesh=mesh
+    ),
     optax.scale(matrix_scale),
   )
   return _stateless_partition(

@@ -135,7 +135,7 @@ def whiten(
   eps: jax.typing.ArrayLike = 1e-8,
   precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -165,12 +165,17 @@ def whiten(
     precision: matmul precision; ``HIGHEST`` keeps GPUs/TPUs from TF32/bf16 passes.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
-    whole_matrix_sharding: on a device mesh, e.g. ``NamedSharding(mesh,
-      P(('fsdp', 'data')))``: spread each leaf's batch of matrices (a scanned
-      layer stack) over these mesh axes, so every device whitens whole
-      matrices of its own layers. Without it, a matrix sharded over its rows or
-      columns is gathered, and whitened, on every device. Only the layout and
-      speed change, never the result.
+    mesh: the device mesh the gradients live on. Each device then whitens
+      only its share of whole matrices: same-shape matrices of all leaves are
+      stacked, padded to the device count, and exchanged by one all-to-all
+      over the mesh axes that shard them (and back); leaves repeated over an
+      axis (data parallel) are whitened ``1/size`` per device and
+      all-gathered. The layout is read from the gradients' shardings: on
+      Explicit mesh axes (``jax.make_mesh``'s default) from their types, on
+      Auto axes only outside ``jit``. See :func:`whitening_plan`. Only the
+      layout and the cost change, never the result. ``None``: the
+      partitioner lays out each leaf, which may gather every matrix on every
+      device.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -188,6 +193,4 @@ def whiten(
     eps=eps,
     precision=precision,
   )
-  return _matrix.stateless_matrix_transform(
-    operator, dimension_numbers, name="whiten", whole_matrix_sharding=whole_matrix_sharding
-  )
+  return _matrix.stateless_matrix_transform(operator, dimension_numbers, name="whiten", mesh=mesh)
