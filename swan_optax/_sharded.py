@@ -15,10 +15,10 @@ AI; microsoft/dion's ``megabatch_orthogonalize_async``; Megatron-LM):
 4. one ``all_to_all`` over ``S`` sends the blocks back, and one ``all_gather``
    over ``F`` restores the repetition.
 
-Per device this moves ``(2 + 1/|F|) / (|S| |B|)`` of the leaf (``|B|``: axes
-sharding its batch axes) when ``S`` is not empty, ``1 / |B|`` (the all-gather)
-when only ``F`` is, and nothing when the leaf is split over all axes by its
-batch axes.
+Per device, as a fraction of the leaf (``|B|``: the size of the axes sharding
+its batch axes), the all-to-alls move ``(1 + 1/|F|) / (|S| |B|)`` when ``S`` is
+not empty, the all-gather ``1 / (|S| |B|)`` when ``F`` is not empty, and
+nothing moves when the leaf's batch axes already split it over every axis.
 """
 
 import collections
@@ -64,7 +64,7 @@ class Route(NamedTuple):
   ``'all-to-all'`` (over ``sharded_axes``), ``'replicated + all-gather'``
   (``1/|F|`` per device, then gathered over ``spread_axes``) or both.
   ``bytes_per_device`` is the leaf's share of its group's collective results,
-  padding included.
+  padding included; ``leaf_bytes`` the size of the whole leaf.
   """
 
   strategy: str
@@ -72,6 +72,7 @@ class Route(NamedTuple):
   spread_axes: AxisNames
   group_size: int
   bytes_per_device: int
+  leaf_bytes: int
 
 
 def _dim_axes(spec: PartitionSpec, ndim: int) -> tuple[AxisNames, ...]:
@@ -150,7 +151,7 @@ def _group_bytes(count: int, lay: Layout, itemsize: int, mesh: Mesh) -> int:
   """Bytes of the collective results, per device, for a group of ``count`` local matrices."""
   local = _padded(count, lay, mesh) * math.prod(lay.local_matrix) * itemsize
   s, f = _sizes(lay.sharded, mesh), _sizes(lay.spread, mesh)
-  return (2 * local + local // f if s > 1 else 0) + (local if f > 1 else 0)
+  return (local + local // f if s > 1 else 0) + (local if f > 1 else 0)
 
 
 def _strategy(lay: Layout) -> str:
@@ -186,7 +187,8 @@ def whitening_plan(params: Any, dimension_numbers: Any, mesh: Mesh) -> dict[str,
     total = _group_bytes(count, lay, itemsize, mesh)
     for i in members:
       share = total * lays[i].local_batch // count
-      routes[i] = Route(_strategy(lay), lay.sharded, lay.spread, len(members), share)
+      whole = math.prod(jnp.shape(leaves[i])) * itemsize
+      routes[i] = Route(_strategy(lay), lay.sharded, lay.spread, len(members), share, whole)
   return {paths[i]: routes[i] for i in range(len(paths))}
 
 
