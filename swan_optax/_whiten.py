@@ -2,6 +2,7 @@
 
 import functools
 import typing
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -13,6 +14,15 @@ from swan_optax import _matrix
 WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "eigh"]
 
 DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quintic": 5}
+
+# Matmul precision per method, from train/bench/results/precision.md (README, "Precision").
+DEFAULT_PRECISION: dict[str, jax.lax.Precision] = {
+  "newton_schulz": jax.lax.Precision.HIGHEST,
+  "polar_express": jax.lax.Precision.HIGHEST,
+  "quintic": jax.lax.Precision.HIGHEST,
+  "svd": jax.lax.Precision.HIGHEST,
+  "eigh": jax.lax.Precision.HIGHEST,
+}
 
 # Amsel et al. 2025, Polar Express degree-5 coefficients (SPEC 3.1); every
 # triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
@@ -97,34 +107,55 @@ def _check_method(method: str) -> None:
     )
 
 
+def polar_factor(
+  x: jax.Array,
+  method: WhiteningMethod,
+  steps: jax.typing.ArrayLike,
+  ns_beta: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  matmul: Callable[[jax.Array, jax.Array], jax.Array],
+) -> jax.Array:
+  r"""``D \approx U V^T`` of one matrix by ``method``, every product through ``matmul``.
+
+  ``matmul`` lets a benchmark round the products' inputs (emulated bf16 or
+  TF32 matmuls); :func:`whiten_matrix` passes ``jnp.matmul`` at ``precision``.
+  """
+  if method == "newton_schulz":
+    return _newton_schulz(x, steps, ns_beta, eps, matmul)
+  if method == "polar_express":
+    return _odd_polynomial(x, _polar_express_table(), steps, eps, matmul, _POLAR_EXPRESS_SAFETY)
+  if method == "quintic":
+    return _odd_polynomial(x, _QUINTIC_COEFFS, steps, eps, matmul, 1.0)
+  if method == "svd":
+    return _svd_polar(x, matmul)
+  return _eigh_polar(x, matmul)
+
+
+def rescale(d: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
+  r"""``\sqrt{fan_{in} fan_{out}} D / \max(\|D\|_F, \epsilon)``: unit RMS, Adam's scale."""
+  return jnp.sqrt(d.size).astype(d.dtype) * d / jnp.maximum(_frobenius(d), eps)
+
+
 def whiten_matrix(
   x: jax.Array,
   method: WhiteningMethod = "newton_schulz",
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
-  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  precision: jax.lax.PrecisionLike | None = None,
 ) -> jax.Array:
   r"""Whitens one ``(fan_in, fan_out)`` matrix to its rescaled polar factor.
 
   ``D \approx (X X^T)^{-1/2} X = U V^T`` (the pseudo-polar factor when ``X`` is
   rank deficient), then ``\sqrt{fan_{in} fan_{out}} D / \max(\|D\|_F, \epsilon)``
-  so the result has unit RMS, Adam's scale.
+  so the result has unit RMS, Adam's scale. ``precision=None`` takes the
+  method's entry of ``DEFAULT_PRECISION``.
   """
   _check_method(method)
   steps = DEFAULT_STEPS.get(method) if ns_steps is None else ns_steps
+  precision = DEFAULT_PRECISION[method] if precision is None else precision
   matmul = functools.partial(jnp.matmul, precision=precision)
-  if method == "newton_schulz":
-    d = _newton_schulz(x, steps, ns_beta, eps, matmul)
-  elif method == "polar_express":
-    d = _odd_polynomial(x, _polar_express_table(), steps, eps, matmul, _POLAR_EXPRESS_SAFETY)
-  elif method == "quintic":
-    d = _odd_polynomial(x, _QUINTIC_COEFFS, steps, eps, matmul, 1.0)
-  elif method == "svd":
-    d = _svd_polar(x, matmul)
-  else:
-    d = _eigh_polar(x, matmul)
-  return jnp.sqrt(x.size).astype(x.dtype) * d / jnp.maximum(_frobenius(d), eps)
+  return rescale(polar_factor(x, method, steps, ns_beta, eps, matmul), eps)
 
 
 def whiten(
@@ -133,7 +164,7 @@ def whiten(
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
-  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  precision: jax.lax.PrecisionLike | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
   mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
