@@ -15,11 +15,15 @@ WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "e
 
 DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quintic": 5}
 
-# Matmul precision per method, from train/bench/results/precision.md (README, "Precision").
-DEFAULT_PRECISION: dict[str, jax.lax.Precision] = {
-  "newton_schulz": jax.lax.Precision.HIGHEST,
-  "polar_express": jax.lax.Precision.HIGHEST,
-  "quintic": jax.lax.Precision.HIGHEST,
+# Matmul precision per method, chosen from train/bench/results/precision.md (emulated bf16 and
+# TF32 matmul inputs, float32 accumulation; README "Whitening precision"). The odd polynomials
+# lose <= 2e-4 of cosine to bf16 inputs, so they take bf16 tensor-core matmuls. The coupled
+# Newton-Schulz loses up to 4e-3 with bf16 inputs and <= 1e-4 with TF32: it takes HIGH (TF32 on
+# GPUs, three bf16 passes on TPUs), not full float32. The exact references keep float32.
+DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
+  "newton_schulz": jax.lax.Precision.HIGH,
+  "polar_express": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+  "quintic": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
   "svd": jax.lax.Precision.HIGHEST,
   "eigh": jax.lax.Precision.HIGHEST,
 }
@@ -193,7 +197,10 @@ def whiten(
     ns_steps: iterations of the iterative methods (``None``: the method's default).
     ns_beta: step factor of ``'newton_schulz'``.
     eps: lower clamp of every norm in denominators.
-    precision: matmul precision; ``HIGHEST`` keeps GPUs/TPUs from TF32/bf16 passes.
+    precision: matmul precision (``None``: ``DEFAULT_PRECISION[method]``:
+      ``HIGH``, i.e. TF32 on GPUs, for ``'newton_schulz'``; bf16 inputs with
+      float32 accumulation for ``'polar_express'`` and ``'quintic'``; float32
+      for the exact methods). ``jax.lax.Precision.HIGHEST`` forces float32.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
     mesh: the device mesh the gradients live on. Each device then whitens
