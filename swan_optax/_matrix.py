@@ -108,10 +108,9 @@ def map_matrices(
   view = matrix_view(x.shape, dims)
 
   def apply(x):
-    matrices = view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32))
-    result = view.from_matrices(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices))
+    result = view.from_matrices(transform_matrices(fn, view.to_matrices(x)))
     # The reshapes and matmuls may leave another layout; keep the leaf's.
-    _, result = shard_alike(x, result.astype(x.dtype))
+    _, result = shard_alike(x, result)
     return result
 
   sharding = jax.typeof(x).sharding
@@ -119,6 +118,12 @@ def map_matrices(
   if not explicit:
     return apply(x)
   return jax.sharding.auto_axes(apply, axes=explicit, out_sharding=sharding)(x)
+
+
+def transform_matrices(fn: Callable[[jax.Array], jax.Array], matrices: jax.Array) -> jax.Array:
+  """``fn`` on each matrix of a ``(batch, m, n)`` stack, in float32, divided by its max |entry|."""
+  upcast = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
+  return jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(upcast).astype(matrices.dtype)
 
 
 def _divide_by_max_abs(x: jax.Array) -> jax.Array:

@@ -44,7 +44,6 @@ class Layout(NamedTuple):
   """Where one leaf's matrices live on the mesh."""
 
   view: _matrix.MatrixView
-  dim_axes: tuple[AxisNames, ...]  # mesh axes of each leaf dimension
   matrix_axes: tuple[AxisNames, ...]  # mesh axes of each matrix dimension (transposed order)
   local_matrix: tuple[int, ...]  # per-device sizes of the matrix dimensions (transposed order)
   local_batch: int  # matrices per device before any communication
@@ -123,7 +122,6 @@ def layout(
   used = {a for axes in dim_axes for a in axes}
   return Layout(
     view=view,
-    dim_axes=dim_axes,
     matrix_axes=tuple(tuple(a for a in dim_axes[d] if mesh.shape[a] > 1) for d in matrix_dims),
     local_matrix=tuple(shape[d] // size(dim_axes[d]) for d in matrix_dims),
     local_batch=math.prod(shape[d] // size(dim_axes[d]) for d in batch_dims),
@@ -132,9 +130,20 @@ def layout(
   )
 
 
-def _group_key(lay: Layout, dtype: Any) -> tuple:
-  """Leaves with equal keys are stacked and sent together (e.g. q, k and v)."""
-  return (lay.local_matrix, lay.num_fan_in, lay.matrix_axes, lay.spread, jnp.dtype(dtype).name)
+def _layouts_and_groups(
+  leaves: list, dims: list, specs: list[PartitionSpec], mesh: Mesh
+) -> tuple[list[Layout], list[list[int]]]:
+  """Each leaf's layout, and the leaves stacked and sent together (e.g. q, k and v).
+
+  Leaves group when their per-device blocks, fan_in/fan_out split, mesh axes
+  and dtype agree.
+  """
+  lays = [layout(jnp.shape(x), d, s, mesh) for x, d, s in zip(leaves, dims, specs, strict=True)]
+  groups = collections.defaultdict(list)
+  for i, (lay, x) in enumerate(zip(lays, leaves, strict=True)):
+    key = (lay.local_matrix, lay.num_fan_in, lay.matrix_axes, lay.spread, jnp.dtype(x.dtype))
+    groups[key].append(i)
+  return lays, list(groups.values())
 
 
 def _sizes(axes: AxisNames, mesh: Mesh) -> int:
@@ -174,14 +183,10 @@ def whitening_plan(params: Any, dimension_numbers: Any, mesh: Mesh) -> dict[str,
     ``{path: Route}`` for every matrix leaf, in tree order.
   """
   paths, leaves, dims = _matrix_leaves(params, dimension_numbers)
-  lays = [
-    layout(jnp.shape(x), d, leaf_spec(x, mesh), mesh) for x, d in zip(leaves, dims, strict=True)
-  ]
-  groups = collections.defaultdict(list)
-  for i, (lay, x) in enumerate(zip(lays, leaves, strict=True)):
-    groups[_group_key(lay, x.dtype)].append(i)
+  specs = [leaf_spec(x, mesh) for x in leaves]
+  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
   routes = {}
-  for members in groups.values():
+  for members in groups:
     count = sum(lays[i].local_batch for i in members)
     lay, itemsize = lays[members[0]], jnp.dtype(leaves[members[0]].dtype).itemsize
     total = _group_bytes(count, lay, itemsize, mesh)
@@ -217,14 +222,11 @@ def map_matrices_on_mesh(
   results keep the leaves' shardings.
   """
   specs = [leaf_spec(x, mesh) for x in leaves]
-  lays = [layout(jnp.shape(x), d, s, mesh) for x, d, s in zip(leaves, dims, specs, strict=True)]
-  groups = collections.defaultdict(list)
-  for i, (lay, x) in enumerate(zip(lays, leaves, strict=True)):
-    groups[_group_key(lay, x.dtype)].append(i)
+  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
 
   def body(*blocks):
     out = [None] * len(blocks)
-    for members in groups.values():
+    for members in groups:
       stacked = [_to_local_matrices(blocks[i], lays[i]) for i in members]
       results = _transform_group(fn, stacked, lays[members[0]], mesh)
       for i, r in zip(members, results, strict=True):
@@ -272,13 +274,9 @@ def _transform_group(fn, stacked: list[jax.Array], lay: Layout, mesh: Mesh) -> l
 
 
 def _apply(fn, x: jax.Array, lay: Layout) -> jax.Array:
-  """``fn`` on each whole matrix of ``x`` (``(count, *matrix dims)``), in float32."""
-  dims = x.shape[1:]
-  fan_in = math.prod(dims[: lay.num_fan_in])
-  matrices = x.reshape((x.shape[0], fan_in, -1)).astype(jnp.promote_types(x.dtype, jnp.float32))
-  return (
-    jax.vmap(lambda m: fn(_matrix._divide_by_max_abs(m)))(matrices).reshape(x.shape).astype(x.dtype)
-  )
+  """``fn`` on each whole matrix of ``x`` (``(count, *matrix dims)``)."""
+  fan_in = math.prod(x.shape[1 : 1 + lay.num_fan_in])
+  return _matrix.transform_matrices(fn, x.reshape(x.shape[0], fan_in, -1)).reshape(x.shape)
 
 
 def _assemble(x: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
