@@ -103,9 +103,12 @@ def test_one_device_explicit_mesh_eager_and_jit(reference, name):
       _check_matches_and_keeps_layout(updates, expected[name], sharded)
 
 
-def test_eager_explicit_mesh_with_mesh(reference):
+@pytest.mark.slow
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_eager_with_mesh(reference, types):
+  """Outside jit the layout is read from the arrays' shardings, Auto axes included."""
   grads, expected = reference
-  mesh = _mesh((2, 2, 2))
+  mesh = _mesh((2, 2, 2), types)
   sharded = _place(grads, mesh)
   updates = _update("swan", mesh, sharded, jit=False)
   _check_matches_and_keeps_layout(updates, expected["swan"], sharded)
