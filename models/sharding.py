@@ -27,9 +27,6 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("length", None),
 )
 
-# Mesh axes SWAN spreads layer stacks over to whiten whole matrices (longest dividing prefix).
-WHOLE_MATRIX_AXES = ("fsdp", "data", "tensor")
-
 
 def logical_to_mesh(logical_axes: tuple[str | None, ...]) -> PartitionSpec:
   """The mesh ``PartitionSpec`` of an array whose axes have these logical names."""

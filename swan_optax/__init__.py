@@ -9,6 +9,8 @@ from swan_optax._labels import routing_table
 from swan_optax._layouts import dimension_numbers_from_einsum
 from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
+from swan_optax._sharded import Route
+from swan_optax._sharded import whitening_plan
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._whiten import whiten
 
@@ -18,10 +20,12 @@ __all__ = [
   "dimension_numbers_from_einsum",
   "dimension_numbers_from_model",
   "gradnorm",
+  "Route",
   "param_labels",
   "routing_table",
   "sinkgd",
   "sinkhorn",
   "swan",
   "whiten",
+  "whitening_plan",
 ]

@@ -75,7 +75,7 @@ def swan(
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  mesh: jax.sharding.Mesh | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -119,9 +119,9 @@ def swan(
       Adam, a rank >= 2 leaf missing from the tree raises) such as
       :func:`dimension_numbers_from_model` returns, or a callable returning
       such a tree from the params.
-    whole_matrix_sharding: on a device mesh, e.g. ``NamedSharding(mesh,
-      P(('fsdp', 'data')))``: whiten whole matrices of each layer stack spread
-      over these mesh axes (see :func:`whiten`).
+    mesh: the device mesh the params live on, if any: each device then whitens
+      its share of whole matrices, exchanged by explicit all-to-alls over the
+      mesh axes that shard them (see :func:`whiten`); the result is the same.
     param_labels: replaces the routing: a tree of ``'matrix'`` / ``'adam'``
       labels, or a callable returning one from the params.
     adam_pattern: regex searched in each lower-cased key path (with and
@@ -177,7 +177,7 @@ def swan(
       ns_beta=ns_beta,
       eps=eps,
       dimension_numbers=dimension_numbers,
-      whole_matrix_sharding=whole_matrix_sharding,
+      mesh=mesh,
     ),
   )
   return _partition(operator, learning_rate, locals())
@@ -191,6 +191,7 @@ def sinkgd(
   eps: jax.typing.ArrayLike = 1e-8,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  mesh: jax.sharding.Mesh | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -226,6 +227,8 @@ def sinkgd(
       ``learning_rate`` the matrix step).
     num_iters: SR-Sinkhorn rounds ``L`` (see :func:`sinkhorn`).
     eps: SR-Sinkhorn's lower clamp of every row and column norm.
+    mesh: accepted as in :func:`swan`; SR-Sinkhorn needs no layout change on
+      a mesh (it all-reduces one norm vector per step, see :func:`sinkhorn`).
     adam_learning_rate: Adam group's learning rate, if it should differ from
       ``learning_rate``.
     dimension_numbers: matrix views of the matrix leaves, as for
@@ -276,7 +279,9 @@ def sinkgd(
     <https://arxiv.org/abs/2502.06742>`_, 2025.
   """
   operator = optax.chain(
-    _sinkhorn.sinkhorn(num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers),
+    _sinkhorn.sinkhorn(
+      num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers, mesh=mesh
+    ),
     optax.scale(matrix_scale),
   )
   return _partition(operator, learning_rate, locals())

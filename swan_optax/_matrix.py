@@ -94,46 +94,36 @@ def matrix_view(shape: Sequence[int], dims: MatrixDimensionNumbers) -> MatrixVie
 
 
 def map_matrices(
-  fn: Callable[[jax.Array], jax.Array],
-  x: jax.Array,
-  dims: MatrixDimensionNumbers,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  fn: Callable[[jax.Array], jax.Array], x: jax.Array, dims: MatrixDimensionNumbers
 ) -> jax.Array:
   """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``x``, in float32.
 
   Each matrix is first divided by its largest absolute entry. Every operator
   here is invariant to a positive scale of the matrix, and this keeps their
   squares and Gram matrices finite for gradients of any finite magnitude. The
-  result is cast back to ``x.dtype`` and reshaped to ``x.shape``. With
-  ``whole_matrix_sharding`` the batch of matrices is spread over mesh axes
-  while ``fn`` runs (see :func:`spread_matrices`).
+  result is cast back to ``x.dtype`` and reshaped to ``x.shape``, in ``x``'s
+  sharding. The partitioner lays out the reshapes: on Explicit mesh axes they
+  run as Auto axes (an Explicit-typed reshape of a sharded leaf is ambiguous).
   """
-  sharding = whole_matrix_sharding
-  spread = lambda m: m if sharding is None else spread_matrices(m, sharding)
   view = matrix_view(x.shape, dims)
-  matrices = spread(view.to_matrices(x).astype(jnp.promote_types(x.dtype, jnp.float32)))
-  result = view.from_matrices(spread(jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(matrices)))
-  # Under GSPMD the reshapes and matmuls may leave another layout; keep the leaf's.
-  _, result = shard_alike(x, result.astype(x.dtype))
-  return result
+
+  def apply(x):
+    result = view.from_matrices(transform_matrices(fn, view.to_matrices(x)))
+    # The reshapes and matmuls may leave another layout; keep the leaf's.
+    _, result = shard_alike(x, result)
+    return result
+
+  sharding = jax.typeof(x).sharding
+  explicit = tuple(sharding.mesh.explicit_axes) if sharding.mesh.axis_names else ()
+  if not explicit:
+    return apply(x)
+  return jax.sharding.auto_axes(apply, axes=explicit, out_sharding=sharding)(x)
 
 
-def spread_matrices(matrices: jax.Array, sharding: jax.sharding.NamedSharding) -> jax.Array:
-  """Lays a ``(batch, m, n)`` stack out as whole matrices, the batch over mesh axes.
-
-  The axes are the first entry of ``sharding.spec`` (e.g. ``P(('fsdp', 'data'))``);
-  the longest prefix of them whose sizes divide ``batch`` is used, and each
-  device then holds (and transforms) whole matrices instead of every device
-  gathering every matrix. A batch no prefix divides is left as it is.
-  """
-  axes = sharding.spec[0] if sharding.spec else None
-  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  while axes and matrices.shape[0] % math.prod(sharding.mesh.shape[a] for a in axes):
-    axes = axes[:-1]
-  if not axes:
-    return matrices
-  spec = jax.sharding.PartitionSpec(axes, None, None)
-  return jax.lax.with_sharding_constraint(matrices, jax.sharding.NamedSharding(sharding.mesh, spec))
+def transform_matrices(fn: Callable[[jax.Array], jax.Array], matrices: jax.Array) -> jax.Array:
+  """``fn`` on each matrix of a ``(batch, m, n)`` stack, in float32, divided by its max |entry|."""
+  upcast = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
+  return jax.vmap(lambda m: fn(_divide_by_max_abs(m)))(upcast).astype(matrices.dtype)
 
 
 def _divide_by_max_abs(x: jax.Array) -> jax.Array:
@@ -273,15 +263,28 @@ def stateless_matrix_transform(
   dimension_numbers: DimensionNumbersSpec,
   *,
   name: str,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
-  """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix."""
-  apply = lambda g, d: map_matrices(operator, g, d, whole_matrix_sharding)
+  """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix.
+
+  With ``mesh``, every device applies ``operator`` to its share of whole
+  matrices, received and returned by explicit all-to-alls (see
+  :func:`swan_optax._sharded.map_matrices_on_mesh`); without, the partitioner
+  lays out each leaf's computation.
+  """
+  # _sharded builds on this module's matrix views.
+  from swan_optax import _sharded  # noqa: PLC0415
 
   def update_fn(updates, state, params=None):
     del params
     dims = resolve_dimension_numbers(updates, dimension_numbers, name=name)
-    updates = jax.tree.map(apply, updates, dims, is_leaf=is_dimension_numbers)
-    return updates, state
+    if mesh is None:
+      return jax.tree.map(
+        lambda g, d: map_matrices(operator, g, d), updates, dims, is_leaf=is_dimension_numbers
+      ), state
+    leaves, treedef = jax.tree.flatten(updates)
+    dims = jax.tree.leaves(dims, is_leaf=is_dimension_numbers)
+    leaves = _sharded.map_matrices_on_mesh(operator, leaves, dims, mesh)
+    return jax.tree.unflatten(treedef, leaves), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

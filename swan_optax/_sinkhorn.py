@@ -48,6 +48,7 @@ def sinkhorn(
   num_iters: jax.typing.ArrayLike = 5,
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn normalization of every gradient matrix (SinkGD).
 
@@ -63,6 +64,11 @@ def sinkhorn(
     eps: lower clamp of every norm, ``max(norm, eps)``.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
+    mesh: accepted so that ``sinkhorn`` and ``whiten`` take the same
+      arguments, and not needed: each half-step only reduces over one axis,
+      so in the gradients' own layout the partitioner all-reduces one vector
+      of norms per matrix (``fan_in`` or ``fan_out`` floats) and moves no
+      matrix.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -71,6 +77,7 @@ def sinkhorn(
     Scetbon et al., `Gradient Multi-Normalization for Efficient LLM Training
     <https://arxiv.org/abs/2502.06742>`_, 2025 (Algorithm 3).
   """
+  del mesh
   return _matrix.stateless_matrix_transform(
     lambda x: sr_sinkhorn(x, num_iters, eps), dimension_numbers, name="sinkhorn"
   )

@@ -2,6 +2,7 @@
 
 import functools
 import typing
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -13,6 +14,19 @@ from swan_optax import _matrix
 WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "eigh"]
 
 DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quintic": 5}
+
+# Matmul precision per method, chosen from train/bench/results/precision.md (emulated bf16 and
+# TF32 matmul inputs, float32 accumulation; README "Whitening precision"). The odd polynomials
+# lose <= 2e-4 of cosine to bf16 inputs, so they take bf16 tensor-core matmuls. The coupled
+# Newton-Schulz loses up to 4e-3 with bf16 inputs and <= 1e-4 with TF32: it takes HIGH (TF32 on
+# GPUs, three bf16 passes on TPUs), not full float32. The exact references keep float32.
+DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
+  "newton_schulz": jax.lax.Precision.HIGH,
+  "polar_express": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+  "quintic": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+  "svd": jax.lax.Precision.HIGHEST,
+  "eigh": jax.lax.Precision.HIGHEST,
+}
 
 # Amsel et al. 2025, Polar Express degree-5 coefficients (SPEC 3.1); every
 # triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
@@ -97,34 +111,55 @@ def _check_method(method: str) -> None:
     )
 
 
+def polar_factor(
+  x: jax.Array,
+  method: WhiteningMethod,
+  steps: jax.typing.ArrayLike,
+  ns_beta: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  matmul: Callable[[jax.Array, jax.Array], jax.Array],
+) -> jax.Array:
+  r"""``D \approx U V^T`` of one matrix by ``method``, every product through ``matmul``.
+
+  ``matmul`` lets a benchmark round the products' inputs (emulated bf16 or
+  TF32 matmuls); :func:`whiten_matrix` passes ``jnp.matmul`` at ``precision``.
+  """
+  if method == "newton_schulz":
+    return _newton_schulz(x, steps, ns_beta, eps, matmul)
+  if method == "polar_express":
+    return _odd_polynomial(x, _polar_express_table(), steps, eps, matmul, _POLAR_EXPRESS_SAFETY)
+  if method == "quintic":
+    return _odd_polynomial(x, _QUINTIC_COEFFS, steps, eps, matmul, 1.0)
+  if method == "svd":
+    return _svd_polar(x, matmul)
+  return _eigh_polar(x, matmul)
+
+
+def rescale(d: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
+  r"""``\sqrt{fan_{in} fan_{out}} D / \max(\|D\|_F, \epsilon)``: unit RMS, Adam's scale."""
+  return jnp.sqrt(d.size).astype(d.dtype) * d / jnp.maximum(_frobenius(d), eps)
+
+
 def whiten_matrix(
   x: jax.Array,
   method: WhiteningMethod = "newton_schulz",
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
-  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  precision: jax.lax.PrecisionLike | None = None,
 ) -> jax.Array:
   r"""Whitens one ``(fan_in, fan_out)`` matrix to its rescaled polar factor.
 
   ``D \approx (X X^T)^{-1/2} X = U V^T`` (the pseudo-polar factor when ``X`` is
   rank deficient), then ``\sqrt{fan_{in} fan_{out}} D / \max(\|D\|_F, \epsilon)``
-  so the result has unit RMS, Adam's scale.
+  so the result has unit RMS, Adam's scale. ``precision=None`` takes the
+  method's entry of ``DEFAULT_PRECISION``.
   """
   _check_method(method)
   steps = DEFAULT_STEPS.get(method) if ns_steps is None else ns_steps
+  precision = DEFAULT_PRECISION[method] if precision is None else precision
   matmul = functools.partial(jnp.matmul, precision=precision)
-  if method == "newton_schulz":
-    d = _newton_schulz(x, steps, ns_beta, eps, matmul)
-  elif method == "polar_express":
-    d = _odd_polynomial(x, _polar_express_table(), steps, eps, matmul, _POLAR_EXPRESS_SAFETY)
-  elif method == "quintic":
-    d = _odd_polynomial(x, _QUINTIC_COEFFS, steps, eps, matmul, 1.0)
-  elif method == "svd":
-    d = _svd_polar(x, matmul)
-  else:
-    d = _eigh_polar(x, matmul)
-  return jnp.sqrt(x.size).astype(x.dtype) * d / jnp.maximum(_frobenius(d), eps)
+  return rescale(polar_factor(x, method, steps, ns_beta, eps, matmul), eps)
 
 
 def whiten(
@@ -133,9 +168,9 @@ def whiten(
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
-  precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+  precision: jax.lax.PrecisionLike | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  whole_matrix_sharding: jax.sharding.NamedSharding | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -162,15 +197,23 @@ def whiten(
     ns_steps: iterations of the iterative methods (``None``: the method's default).
     ns_beta: step factor of ``'newton_schulz'``.
     eps: lower clamp of every norm in denominators.
-    precision: matmul precision; ``HIGHEST`` keeps GPUs/TPUs from TF32/bf16 passes.
+    precision: matmul precision (``None``: ``DEFAULT_PRECISION[method]``:
+      ``HIGH``, i.e. TF32 on GPUs, for ``'newton_schulz'``; bf16 inputs with
+      float32 accumulation for ``'polar_express'`` and ``'quintic'``; float32
+      for the exact methods). ``jax.lax.Precision.HIGHEST`` forces float32.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
-    whole_matrix_sharding: on a device mesh, e.g. ``NamedSharding(mesh,
-      P(('fsdp', 'data')))``: spread each leaf's batch of matrices (a scanned
-      layer stack) over these mesh axes, so every device whitens whole
-      matrices of its own layers. Without it, a matrix sharded over its rows or
-      columns is gathered, and whitened, on every device. Only the layout and
-      speed change, never the result.
+    mesh: the device mesh the gradients live on. Each device then whitens
+      only its share of whole matrices: same-shape matrices of all leaves are
+      stacked, padded to the device count, and exchanged by one all-to-all
+      over the mesh axes that shard them (and back); leaves repeated over an
+      axis (data parallel) are whitened ``1/size`` per device and
+      all-gathered. The layout is read from the gradients' shardings: on
+      Explicit mesh axes (``jax.make_mesh``'s default) from their types, on
+      Auto axes only outside ``jit``. See :func:`whitening_plan`. Only the
+      layout and the cost change, never the result. ``None``: the
+      partitioner lays out each leaf, which may gather every matrix on every
+      device.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -188,6 +231,4 @@ def whiten(
     eps=eps,
     precision=precision,
   )
-  return _matrix.stateless_matrix_transform(
-    operator, dimension_numbers, name="whiten", whole_matrix_sharding=whole_matrix_sharding
-  )
+  return _matrix.stateless_matrix_transform(operator, dimension_numbers, name="whiten", mesh=mesh)

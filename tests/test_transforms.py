@@ -177,25 +177,3 @@ def test_callable_dimension_numbers_and_masked_trees():
   updates, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_array_equal(updates["scale"], grads["scale"])
   np.testing.assert_allclose(jnp.std(updates["kernel"], axis=1), 1.0, rtol=1e-5)
-
-
-def test_whole_matrix_sharding_spreads_the_stack_and_changes_nothing_else():
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-  stack = jax.random.normal(jax.random.key(0), (4, 32, 64))
-  sharded = jax.device_put(stack, NamedSharding(mesh, P(None, "fsdp", "tensor")))
-  dims = MatrixDimensionNumbers(1, 2)
-  plain = swan_optax.whiten(dimension_numbers=dims)
-  spread = swan_optax.whiten(
-    dimension_numbers=dims, whole_matrix_sharding=NamedSharding(mesh, P(("fsdp", "data", "tensor")))
-  )
-  expected, _ = jax.jit(plain.update)(stack, plain.init(stack))
-  update = jax.jit(spread.update)
-  updates, _ = update(sharded, spread.init(stack))
-  chex.assert_trees_all_close(updates, expected, atol=1e-5)
-  assert updates.sharding.is_equivalent_to(sharded.sharding, 3)
-  # 4 matrices over fsdp x data (4 devices; tensor would make 8): each whitens one whole matrix.
-  hlo = update.lower(sharded, spread.init(stack)).compile().as_text()
-  assert "f32[1,32,32]" in hlo and "f32[4,32,32]" not in hlo  # per-device Gram matrices
-  # A stack no prefix of the axes divides keeps the parameter's layout.
-  odd = jax.device_put(jnp.ones((3, 32, 64)), NamedSharding(mesh, P(None, "fsdp", "tensor")))
-  chex.assert_trees_all_close(update(odd, ())[0], jax.jit(plain.update)(odd, ())[0], atol=1e-6)

@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     "--whiten-layout",
     default=_OPT.whiten_layout,
     choices=get_args(config_lib.WhitenLayout),
-    help="swan on a mesh: whiten whole matrices, layer stacks spread over the devices (whole), "
-    "or in each parameter's sharded layout, gathering it on every device (param)",
+    help="swan on a mesh: each device whitens its share of whole matrices, exchanged by "
+    "all-to-alls (whole: swan(mesh=...)), or XLA lays out each parameter's whitening (param)",
   )
   add("--steps", type=int, default=_RUN.steps, help="optimizer steps")
   add("--batch-size", type=int, default=_RUN.batch_size, help="global batch, in sequences")

@@ -42,9 +42,9 @@ class OptimizerConfig:
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
     non_matrix: swan/sinkgd: optimizer of embeddings, lm_head and norms (``adafactor``:
       nearly stateless).
-    whiten_layout: swan on a mesh: whiten whole matrices, layer stacks spread over the
-      devices (``whole``), or in each parameter's sharded layout, gathered on every device
-      (``param``).
+    whiten_layout: swan on a mesh: each device whitens its share of whole matrices,
+      exchanged by all-to-alls (``whole``: ``swan(mesh=mesh)``), or the partitioner lays
+      out each parameter's whitening (``param``: ``mesh=None``).
   """
 
   name: OptimizerName = "swan"

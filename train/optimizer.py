@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import optax
 
 import swan_optax
-from models import sharding
 from train.config import OptimizerConfig
 
 
@@ -41,7 +40,7 @@ def make_optimizer(
   Args:
     config: the optimizer's settings.
     steps: the run's optimizer steps (the schedule's length).
-    mesh: the device mesh the params live on (for SWAN's whole-matrix layout).
+    mesh: the device mesh the params live on (SWAN whitens whole matrices there).
     dimension_numbers: swan/sinkgd: the params' matrix layouts (e.g.
       ``models.llama.dimension_numbers(model_config)``); ``None``: 2-D kernels only.
   """
@@ -101,8 +100,7 @@ def _non_matrix(config: OptimizerConfig, lr: optax.Schedule) -> dict:
 
 
 def _whiten_layout(config: OptimizerConfig, mesh: jax.sharding.Mesh | None) -> dict:
-  """swan keyword for ``--whiten-layout whole``: whiten whole matrices, stacks over the mesh."""
+  """swan keyword for ``--whiten-layout whole``: whole matrices per device, by all-to-alls."""
   if config.name != "swan" or mesh is None or config.whiten_layout == "param":
     return {}
-  spec = jax.sharding.PartitionSpec(sharding.WHOLE_MATRIX_AXES)
-  return {"whole_matrix_sharding": jax.sharding.NamedSharding(mesh, spec)}
+  return {"mesh": mesh}

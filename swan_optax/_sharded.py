@@ -1,0 +1,300 @@
+"""Per-matrix operators on a device mesh: whole matrices per device, explicit all-to-alls.
+
+On a mesh, a matrix leaf is split over the mesh axes that shard its matrix
+dimensions (``S``, e.g. fsdp on ``d_model`` and tensor on heads) and repeated
+over the axes that do not shard it at all (``F``, e.g. data). An operator that
+needs whole matrices (whitening) then runs as in layer-sharded Muon (Essential
+AI; microsoft/dion's ``megabatch_orthogonalize_async``; Megatron-LM):
+
+1. same-shape blocks of all leaves are stacked and padded with zero matrices to
+   a multiple of ``|S| |F|``;
+2. one ``all_to_all`` over ``S`` gives each device ``1/|S|`` of the matrices,
+   whole;
+3. each device of an ``F`` group keeps ``1/|F|`` of those and applies the
+   operator, so no device repeats another's work;
+4. one ``all_to_all`` over ``S`` sends the blocks back, and one ``all_gather``
+   over ``F`` restores the repetition.
+
+Per device, as a fraction of the leaf (``|B|``: the size of the axes sharding
+its batch axes), the all-to-alls move ``(1 + 1/|F|) / (|S| |B|)`` when ``S`` is
+not empty, the all-gather ``1 / (|S| |B|)`` when ``F`` is not empty, and
+nothing moves when the leaf's batch axes already split it over every axis.
+"""
+
+import collections
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from swan_optax import _matrix
+
+AxisNames = tuple[str, ...]
+
+
+class Layout(NamedTuple):
+  """Where one leaf's matrices live on the mesh."""
+
+  view: _matrix.MatrixView
+  matrix_axes: tuple[AxisNames, ...]  # mesh axes of each matrix dimension (transposed order)
+  local_matrix: tuple[int, ...]  # per-device sizes of the matrix dimensions (transposed order)
+  local_batch: int  # matrices per device before any communication
+  num_fan_in: int  # how many of the matrix dimensions form fan_in
+  spread: AxisNames  # F: mesh axes the leaf is repeated over
+
+  @property
+  def sharded(self) -> AxisNames:
+    """S: the mesh axes splitting the matrices, in all-to-all order."""
+    return sum(self.matrix_axes, ())
+
+
+class Route(NamedTuple):
+  """How a leaf is transformed on a mesh, and what it moves (bytes per device).
+
+  ``strategy`` is ``'local'`` (whole matrices already, each on one device),
+  ``'all-to-all'`` (over ``sharded_axes``), ``'replicated + all-gather'``
+  (``1/|F|`` per device, then gathered over ``spread_axes``) or both.
+  ``bytes_per_device`` is the leaf's share of its group's collective results,
+  padding included; ``leaf_bytes`` the size of the whole leaf.
+  """
+
+  strategy: str
+  sharded_axes: AxisNames
+  spread_axes: AxisNames
+  group_size: int
+  bytes_per_device: int
+  leaf_bytes: int
+
+
+def _dim_axes(spec: PartitionSpec, ndim: int) -> tuple[AxisNames, ...]:
+  entries = tuple(spec) + (None,) * (ndim - len(spec))
+  return tuple((a,) if isinstance(a, str) else tuple(a or ()) for a in entries)
+
+
+def leaf_spec(leaf: Any, mesh: Mesh) -> PartitionSpec:
+  """The leaf's ``PartitionSpec`` on ``mesh``, as far as it is known here.
+
+  Concrete arrays and ``jax.ShapeDtypeStruct`` carry their sharding; traced
+  values carry it in their type only on Explicit mesh axes. Under ``jit``, a
+  dimension sharded over Auto axes reads as unsharded, so the partitioner
+  gathers it before the all-to-alls (correct, but it moves more).
+
+  Raises:
+    ValueError: if the leaf is sharded over axes that ``mesh`` does not have.
+  """
+  concrete = not isinstance(leaf, jax.core.Tracer)
+  sharding = getattr(leaf, "sharding", None) if concrete else None
+  if isinstance(sharding, NamedSharding):
+    spec = sharding.spec
+  else:
+    typed = jax.typeof(leaf).sharding
+    explicit = set(typed.mesh.explicit_axes) if typed.mesh.axis_names else set()
+    keep = lambda axes: tuple(a for a in axes if a in explicit) or None
+    spec = PartitionSpec(*(keep(axes) for axes in _dim_axes(typed.spec, jnp.ndim(leaf))))
+  unknown = {a for axes in _dim_axes(spec, jnp.ndim(leaf)) for a in axes} - set(mesh.axis_names)
+  if unknown:
+    raise ValueError(
+      f"a gradient of shape {jnp.shape(leaf)} is sharded over mesh axes {sorted(unknown)} that "
+      f"the optimizer's mesh {dict(mesh.shape)} does not have: pass the mesh the params live on"
+    )
+  return spec
+
+
+def layout(
+  shape: tuple[int, ...], dims: _matrix.MatrixDimensionNumbers, spec: PartitionSpec, mesh: Mesh
+) -> Layout:
+  """The :class:`Layout` of a leaf of ``shape`` with ``spec`` on ``mesh``."""
+  view = _matrix.matrix_view(shape, dims)
+  ndim = len(shape)
+  fan_in_dims = _matrix._axes_tuple(dims.reduction_axes, ndim)
+  matrix_dims = fan_in_dims + _matrix._axes_tuple(dims.output_axes, ndim)
+  batch_dims = view.transpose[: ndim - len(matrix_dims)]
+  dim_axes = _dim_axes(spec, ndim)
+  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  used = {a for axes in dim_axes for a in axes}
+  return Layout(
+    view=view,
+    matrix_axes=tuple(tuple(a for a in dim_axes[d] if mesh.shape[a] > 1) for d in matrix_dims),
+    local_matrix=tuple(shape[d] // size(dim_axes[d]) for d in matrix_dims),
+    local_batch=math.prod(shape[d] // size(dim_axes[d]) for d in batch_dims),
+    num_fan_in=len(fan_in_dims),
+    spread=tuple(a for a in mesh.axis_names if a not in used and mesh.shape[a] > 1),
+  )
+
+
+def _layouts_and_groups(
+  leaves: list, dims: list, specs: list[PartitionSpec], mesh: Mesh
+) -> tuple[list[Layout], list[list[int]]]:
+  """Each leaf's layout, and the leaves stacked and sent together (e.g. q, k and v).
+
+  Leaves group when their per-device blocks, fan_in/fan_out split, mesh axes
+  and dtype agree.
+  """
+  lays = [layout(jnp.shape(x), d, s, mesh) for x, d, s in zip(leaves, dims, specs, strict=True)]
+  groups = collections.defaultdict(list)
+  for i, (lay, x) in enumerate(zip(lays, leaves, strict=True)):
+    key = (lay.local_matrix, lay.num_fan_in, lay.matrix_axes, lay.spread, jnp.dtype(x.dtype))
+    groups[key].append(i)
+  return lays, list(groups.values())
+
+
+def _sizes(axes: AxisNames, mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _padded(count: int, lay: Layout, mesh: Mesh) -> int:
+  """``count`` rounded up so every device of ``S x F`` gets an equal share."""
+  n = _sizes(lay.sharded, mesh) * _sizes(lay.spread, mesh)
+  return -(-count // n) * n
+
+
+def _group_bytes(count: int, lay: Layout, itemsize: int, mesh: Mesh) -> int:
+  """Bytes of the collective results, per device, for a group of ``count`` local matrices."""
+  local = _padded(count, lay, mesh) * math.prod(lay.local_matrix) * itemsize
+  s, f = _sizes(lay.sharded, mesh), _sizes(lay.spread, mesh)
+  return (local + local // f if s > 1 else 0) + (local if f > 1 else 0)
+
+
+def _strategy(lay: Layout) -> str:
+  parts = ("all-to-all",) * bool(lay.sharded) + ("replicated + all-gather",) * bool(lay.spread)
+  return " + ".join(parts) or "local"
+
+
+def whitening_plan(params: Any, dimension_numbers: Any, mesh: Mesh) -> dict[str, Route]:
+  """How each matrix leaf is transformed on ``mesh``, and the bytes it moves.
+
+  Args:
+    params: arrays or ``jax.ShapeDtypeStruct`` with their ``NamedSharding``
+      (the gradients have the params' layout).
+    dimension_numbers: a tree like ``params`` of ``MatrixDimensionNumbers``
+      (``None`` or ``optax.MaskedNode()`` where a leaf is not a stateless
+      matrix), or anything ``whiten(dimension_numbers=...)`` accepts.
+    mesh: the device mesh.
+
+  Returns:
+    ``{path: Route}`` for every matrix leaf, in tree order.
+  """
+  paths, leaves, dims = _matrix_leaves(params, dimension_numbers)
+  specs = [leaf_spec(x, mesh) for x in leaves]
+  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
+  routes = {}
+  for members in groups:
+    count = sum(lays[i].local_batch for i in members)
+    lay, itemsize = lays[members[0]], jnp.dtype(leaves[members[0]].dtype).itemsize
+    total = _group_bytes(count, lay, itemsize, mesh)
+    for i in members:
+      share = total * lays[i].local_batch // count
+      whole = math.prod(jnp.shape(leaves[i])) * itemsize
+      routes[i] = Route(_strategy(lay), lay.sharded, lay.spread, len(members), share, whole)
+  return {paths[i]: routes[i] for i in range(len(paths))}
+
+
+def _matrix_leaves(params: Any, dimension_numbers: Any) -> tuple[list, list, list]:
+  """Paths, leaves and dimension numbers of the leaves that have dimension numbers."""
+  if callable(dimension_numbers) and not _matrix.is_dimension_numbers(dimension_numbers):
+    dimension_numbers = dimension_numbers(params)
+  if dimension_numbers is None or _matrix.is_dimension_numbers(dimension_numbers):
+    dims = dimension_numbers or _matrix.MatrixDimensionNumbers()
+    dims_of = lambda path: dims
+  else:
+    dims_of = _matrix.lookup_by_path(dimension_numbers).get
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  found = [(_matrix.path_str(p), x, dims_of(_matrix.path_str(p))) for p, x in flat]
+  found = [(p, x, d) for p, x, d in found if _matrix.is_dimension_numbers(d)]
+  return [p for p, _, _ in found], [x for _, x, _ in found], [d for _, _, d in found]
+
+
+def map_matrices_on_mesh(
+  fn: Callable[[jax.Array], jax.Array], leaves: list[jax.Array], dims: list, mesh: Mesh
+) -> list[jax.Array]:
+  """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``leaves``, whole, on ``mesh``.
+
+  Same result as :func:`swan_optax._matrix.map_matrices` on each leaf; each
+  device transforms its share of the matrices (see the module docstring). The
+  results keep the leaves' shardings.
+  """
+  specs = [leaf_spec(x, mesh) for x in leaves]
+  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
+
+  def body(*blocks):
+    out = [None] * len(blocks)
+    for members in groups:
+      stacked = [_to_local_matrices(blocks[i], lays[i]) for i in members]
+      results = _transform_group(fn, stacked, lays[members[0]], mesh)
+      for i, r in zip(members, results, strict=True):
+        out[i] = _from_local_matrices(r, lays[i], blocks[i].shape)
+    return tuple(out)
+
+  # The operators' loops start from constants (e.g. Z = I); vma checks would reject that.
+  specs = tuple(specs)
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
+  # On Auto axes the partitioner places the results; keep the gradients' layout.
+  return [shard_alike(x, y)[1] for x, y in zip(leaves, mapped(*leaves), strict=True)]
+
+
+def _to_local_matrices(block: jax.Array, lay: Layout) -> jax.Array:
+  """``(local batch, *local matrix dims)``: the block transposed, batch axes merged."""
+  return jnp.transpose(block, lay.view.transpose).reshape((-1,) + lay.local_matrix)
+
+
+def _from_local_matrices(x: jax.Array, lay: Layout, block_shape: tuple[int, ...]) -> jax.Array:
+  transposed = tuple(block_shape[d] for d in lay.view.transpose)
+  inverse = tuple(sorted(range(len(transposed)), key=lay.view.transpose.__getitem__))
+  return jnp.transpose(x.reshape(transposed), inverse)
+
+
+def _transform_group(fn, stacked: list[jax.Array], lay: Layout, mesh: Mesh) -> list[jax.Array]:
+  """Steps 1-4 of the module docstring for one group of same-shape local blocks."""
+  counts = [x.shape[0] for x in stacked]
+  x = jnp.concatenate(stacked)
+  total = _padded(x.shape[0], lay, mesh)
+  x = jnp.pad(x, [(0, total - x.shape[0])] + [(0, 0)] * len(lay.local_matrix))
+  s, f = _sizes(lay.sharded, mesh), _sizes(lay.spread, mesh)
+  if s > 1:
+    x = _assemble(jax.lax.all_to_all(x, lay.sharded, 0, 0, tiled=True), lay, mesh)
+  share = x.shape[0] // f
+  if f > 1:
+    x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(lay.spread) * share, share)
+  y = _apply(fn, x, lay)
+  if s > 1:
+    y = jax.lax.all_to_all(_disassemble(y, lay, mesh), lay.sharded, 0, 0, tiled=True)
+  if f > 1:
+    y = jax.lax.all_gather(y, lay.spread, axis=0, tiled=False)  # (f, s, share, ...)
+    y = jnp.swapaxes(y.reshape((f, s, share) + lay.local_matrix), 0, 1)
+  y = y.reshape((total,) + lay.local_matrix)
+  return jnp.split(y[: sum(counts)], list(itertools.accumulate(counts))[:-1])
+
+
+def _apply(fn, x: jax.Array, lay: Layout) -> jax.Array:
+  """``fn`` on each whole matrix of ``x`` (``(count, *matrix dims)``)."""
+  fan_in = math.prod(x.shape[1 : 1 + lay.num_fan_in])
+  return _matrix.transform_matrices(fn, x.reshape(x.shape[0], fan_in, -1)).reshape(x.shape)
+
+
+def _assemble(x: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
+  """``(s * c, *local dims)``, block ``j`` from device ``j`` of ``S`` -> ``(c, *whole dims)``."""
+  parts = tuple(_sizes(axes, mesh) for axes in lay.matrix_axes)
+  k = len(parts)
+  x = x.reshape(parts + (-1,) + lay.local_matrix)
+  order = (k,) + tuple(i for d in range(k) for i in (d, k + 1 + d))
+  whole = tuple(p * n for p, n in zip(parts, lay.local_matrix, strict=True))
+  return jnp.transpose(x, order).reshape((-1,) + whole)
+
+
+def _disassemble(y: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
+  """The inverse of :func:`_assemble`: ``(c, *whole dims)`` -> ``(s * c, *local dims)``."""
+  parts = tuple(_sizes(axes, mesh) for axes in lay.matrix_axes)
+  k = len(parts)
+  split = (y.shape[0],) + tuple(
+    i for p, n in zip(parts, lay.local_matrix, strict=True) for i in (p, n)
+  )
+  order = tuple(1 + 2 * d for d in range(k)) + (0,) + tuple(2 + 2 * d for d in range(k))
+  return jnp.transpose(y.reshape(split), order).reshape((-1,) + lay.local_matrix)

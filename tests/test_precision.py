@@ -1,0 +1,70 @@
+"""Whitening precision: the per-method defaults, and their accuracy under emulated GPU matmuls."""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swan_optax import _gradnorm
+from swan_optax import _whiten
+from train.bench import precision
+
+ITERATIVE = ("newton_schulz", "polar_express", "quintic")
+
+
+def _dot_precisions(method, **kwargs):
+  x = jnp.ones((16, 24))
+  jaxpr = jax.make_jaxpr(lambda x: _whiten.whiten_matrix(x, method, **kwargs))(x)
+  found = set()
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        p = eqn.params["precision"]  # an algorithm preset is stored once, not per operand
+        found.add(p if isinstance(p, tuple) else (p, p))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jaxpr.jaxpr)
+  return found
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_every_matmul_uses_the_method_default_unless_overridden(method):
+  default = _whiten.DEFAULT_PRECISION[method]
+  assert _dot_precisions(method) == {(default, default)}
+  highest = jax.lax.Precision.HIGHEST
+  assert _dot_precisions(method, precision=highest) == {(highest, highest)}
+
+
+def test_defaults_are_below_float32_for_the_iterations():
+  """The measured choice: no iterative method needs full float32 matmuls."""
+  assert _whiten.DEFAULT_PRECISION["newton_schulz"] == jax.lax.Precision.HIGH
+  for method in ("polar_express", "quintic"):
+    assert _whiten.DEFAULT_PRECISION[method] == jax.lax.DotAlgorithmPreset.BF16_BF16_F32
+
+
+def test_round_mantissa_matches_bfloat16_and_keeps_10_bits_for_tf32():
+  x = jax.random.normal(jax.random.key(0), (4096,)) * 1e3
+  bf16 = x.astype(jnp.bfloat16).astype(jnp.float32)
+  np.testing.assert_array_equal(precision.round_mantissa(x, 7), bf16)
+  tf32 = np.asarray(precision.round_mantissa(x, 10))
+  assert np.all(tf32.view(np.uint32) & 0x1FFF == 0)
+  assert np.max(np.abs(tf32 - np.asarray(x)) / np.abs(np.asarray(x))) <= 2.0**-11
+
+
+@pytest.mark.parametrize("shape", [(192, 512), (512, 192)], ids=["wide", "tall"])
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_default_precision_keeps_the_float32_accuracy(method, shape):
+  """Emulated at each method's default, rectangular kernels lose <= 1e-3 of cosine to float32;
+  newton_schulz and polar_express stay >= 0.999 (quintic is approximate by design)."""
+  x = _gradnorm.standardize(jax.random.normal(jax.random.key(1), shape))
+  column = precision.EMULATES[_whiten.DEFAULT_PRECISION[method]]
+  at_default = precision.whiten_emulated(x, method, column)
+  in_f32 = precision.whiten_emulated(x, method, "f32")
+  cosine = precision.accuracy(np.asarray(x), np.asarray(at_default))[0]
+  cosine_f32 = precision.accuracy(np.asarray(x), np.asarray(in_f32))[0]
+  assert cosine >= cosine_f32 - 1e-3
+  if method != "quintic":
+    assert cosine >= 0.999

@@ -1,0 +1,170 @@
+"""SWAN and SinkGD on device meshes: Explicit, Auto and mixed axes, 1 and 8 devices, ``mesh=``."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import swan_optax
+from models import configs
+from models import llama
+from swan_optax import MatrixDimensionNumbers
+
+AXES = ("data", "fsdp", "tensor")
+MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
+AXIS_TYPES = {
+  "explicit": (AxisType.Explicit,) * 3,
+  "auto": (AxisType.Auto,) * 3,
+  "mixed": (AxisType.Auto, AxisType.Explicit, AxisType.Explicit),
+}
+OPTIMIZERS = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}
+# tiny, with 8 heads so that every mesh above splits it (tensor=8).
+CONFIG = configs.get_config("tiny", num_heads=8, head_dim=16)
+
+
+def _mesh(shape, types="explicit", devices=None):
+  devices = jax.devices()[: np.prod(shape)] if devices is None else devices
+  return jax.make_mesh(shape, AXES, axis_types=AXIS_TYPES[types], devices=devices)
+
+
+def _grads():
+  abstract = llama.abstract_params(CONFIG)
+  keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(abstract))))
+  return jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape, a.dtype), abstract)
+
+
+def _place(tree, mesh):
+  is_spec = lambda x: isinstance(x, P)
+  shardings = jax.tree.map(
+    lambda s: NamedSharding(mesh, s), llama.param_specs(CONFIG), is_leaf=is_spec
+  )
+  return jax.device_put(tree, shardings)
+
+
+def _update(name, mesh, grads, *, jit=True):
+  tx = OPTIMIZERS[name](1e-2, dimension_numbers=llama.dimension_numbers, mesh=mesh)
+  update = lambda g: tx.update(g, tx.init(g), g)[0]
+  return (jax.jit(update) if jit else update)(grads)
+
+
+def _check_matches_and_keeps_layout(updates, expected, grads):
+  chex.assert_trees_all_close(updates, expected, atol=2e-5)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
+    assert u.sharding.is_equivalent_to(g.sharding, g.ndim), (u.sharding, g.sharding)
+    assert jax.typeof(u).sharding.spec == jax.typeof(g).sharding.spec, (
+      jax.typeof(u),
+      jax.typeof(g),
+    )
+
+
+@pytest.fixture(scope="module")
+def reference():
+  grads = _grads()
+  return grads, {name: _update(name, None, grads) for name in OPTIMIZERS}
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("with_mesh", [False, True], ids=["mesh=None", "mesh=mesh"])
+def test_sharded_matches_unsharded_on_2x2x2(reference, types, name, with_mesh):
+  grads, expected = reference
+  mesh = _mesh((2, 2, 2), types)
+  sharded = _place(grads, mesh)
+  updates = _update(name, mesh if with_mesh else None, sharded)
+  _check_matches_and_keeps_layout(updates, expected[name], sharded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("shape", MESHES, ids=str)
+def test_swan_on_every_mesh_matches_unsharded(reference, shape, types):
+  grads, expected = reference
+  mesh = _mesh(shape, types)
+  sharded = _place(grads, mesh)
+  for optimizer_mesh in (None, mesh):
+    _check_matches_and_keeps_layout(
+      _update("swan", optimizer_mesh, sharded), expected["swan"], sharded
+    )
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_one_device_explicit_mesh_eager_and_jit(reference, name):
+  """The ``jax.make_mesh`` default (Explicit axes), as in flax's examples, on one device."""
+  grads, expected = reference
+  mesh = _mesh((1, 1, 1), devices=jax.devices()[:1])
+  sharded = _place(grads, mesh)
+  for optimizer_mesh in (None, mesh):
+    for jit in (True, False):
+      updates = _update(name, optimizer_mesh, sharded, jit=jit)
+      _check_matches_and_keeps_layout(updates, expected[name], sharded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_eager_with_mesh(reference, types):
+  """Outside jit the layout is read from the arrays' shardings, Auto axes included."""
+  grads, expected = reference
+  mesh = _mesh((2, 2, 2), types)
+  sharded = _place(grads, mesh)
+  updates = _update("swan", mesh, sharded, jit=False)
+  _check_matches_and_keeps_layout(updates, expected["swan"], sharded)
+
+
+def test_each_device_whitens_an_equal_share_of_whole_matrices():
+  """q, k, v (3 x 4 layers) are stacked and padded to 16: two whole 128 x 128 Grams per device."""
+  mesh = _mesh((2, 2, 2))
+  dims = {k: MatrixDimensionNumbers(1, (2, 3)) for k in "qkv"}
+  grads = {k: jax.random.normal(jax.random.key(i), (4, 128, 8, 16)) for i, k in enumerate("qkv")}
+  sharded = jax.device_put(grads, NamedSharding(mesh, P(None, "fsdp", "tensor", None)))
+  tx = swan_optax.whiten(dimension_numbers=dims, mesh=mesh)
+  plain = swan_optax.whiten(dimension_numbers=dims)
+  update = jax.jit(lambda g: tx.update(g, tx.init(g))[0])
+  chex.assert_trees_all_close(update(sharded), jax.jit(plain.update)(grads, ())[0], atol=2e-5)
+  text = update.lower(sharded).compile().as_text()
+  assert "f32[2,128,128]" in text and "f32[12,128,128]" not in text
+  route = swan_optax.whitening_plan(sharded, dims, mesh)["q"]
+  assert route.strategy == "all-to-all + replicated + all-gather"
+  assert route.sharded_axes == ("fsdp", "tensor") and route.spread_axes == ("data",)
+  assert route.group_size == 3
+
+
+@pytest.mark.parametrize(
+  ("shape", "spec", "strategy"),
+  [
+    ((1, 8, 1), P(None, "fsdp", None), "all-to-all"),
+    ((8, 1, 1), P(None, None, None), "replicated + all-gather"),
+    ((8, 1, 1), P("data", None, None), "local"),
+  ],
+)
+def test_plan_strategies_and_bytes(shape, spec, strategy):
+  mesh = _mesh(shape)
+  leaf = jax.ShapeDtypeStruct((8, 64, 32), jnp.float32, sharding=NamedSharding(mesh, spec))
+  route = swan_optax.whitening_plan({"w": leaf}, MatrixDimensionNumbers(1, 2), mesh)["w"]
+  assert route.strategy == strategy
+  assert route.leaf_bytes == 8 * 64 * 32 * 4
+  expected = {"all-to-all": 2 / 8, "replicated + all-gather": 1.0, "local": 0.0}[strategy]
+  assert route.bytes_per_device == expected * route.leaf_bytes
+
+
+def test_vmap_with_mesh_matches_plain():
+  mesh = _mesh((2, 2, 2))
+  dims = MatrixDimensionNumbers(1, 2)
+  x = jax.random.normal(jax.random.key(0), (3, 4, 32, 64))
+  sharded = jax.device_put(x, NamedSharding(mesh, P(None, None, "fsdp", "tensor")))
+  on_mesh = swan_optax.whiten(dimension_numbers=dims, mesh=mesh)
+  plain = swan_optax.whiten(dimension_numbers=dims)
+  vmapped = lambda tx: jax.jit(jax.vmap(lambda g: tx.update(g, ())[0]))
+  chex.assert_trees_all_close(vmapped(on_mesh)(sharded), vmapped(plain)(x), atol=2e-5)
+
+
+def test_gradients_on_another_mesh_raise():
+  mesh = _mesh((2, 2, 2))
+  other = jax.make_mesh((8,), ("x",))
+  g = jax.device_put(jnp.ones((4, 32, 64)), NamedSharding(other, P(None, "x")))
+  tx = swan_optax.whiten(dimension_numbers=MatrixDimensionNumbers(1, 2), mesh=mesh)
+  with pytest.raises(ValueError, match=r"mesh axes \['x'\].*pass the mesh the params live on"):
+    tx.update(g, ())
