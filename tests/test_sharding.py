@@ -46,7 +46,7 @@ def _place(tree, mesh):
 
 
 def _update(name, mesh, grads, *, jit=True):
-  tx = OPTIMIZERS[name](1e-2, dimension_numbers=llama.dimension_numbers, mesh=mesh)
+  tx = OPTIMIZERS[name](1e-2, dimension_numbers=llama.dimension_numbers(CONFIG), mesh=mesh)
   update = lambda g: tx.update(g, tx.init(g), g)[0]
   return (jax.jit(update) if jit else update)(grads)
 

@@ -69,7 +69,7 @@ def abstract_inputs(config, mesh) -> dict:
 
 def compile_update(config, mesh, optimizer_mesh):
   """SWAN's update (``tx.update`` from fresh state), compiled for abstract params on ``mesh``."""
-  tx = swan_optax.swan(1e-3, dimension_numbers=llama.dimension_numbers, mesh=optimizer_mesh)
+  tx = swan_optax.swan(1e-3, dimension_numbers=llama.dimension_numbers(config), mesh=optimizer_mesh)
   params = abstract_inputs(config, mesh)
   update = lambda grads, params: tx.update(grads, tx.init(params), params)[0]
   shardings = jax.tree.map(lambda p: p.sharding, params)  # the updates in the params' layout
@@ -80,7 +80,7 @@ def measure(name: str) -> list[dict]:
   config = configs.get_config(name)
   single_mesh = jax.make_mesh((1, 1, 1), AXES, devices=jax.devices()[:1])
   single, params = compile_update(config, single_mesh, None)
-  plan = swan_optax.whitening_plan(params, llama.dimension_numbers, single_mesh)
+  plan = swan_optax.whitening_plan(params, llama.dimension_numbers(config), single_mesh)
   base_flops, m = hlo.flops(single), sum(r.leaf_bytes for r in plan.values())
   recorded = {tuple(r["mesh"]): r for r in json.loads(RECORDED.read_text()) if r["config"] == name}
   rows = []
@@ -91,7 +91,7 @@ def measure(name: str) -> list[dict]:
     for variant, optimizer_mesh in (("before", None), ("after", mesh)):
       start = time.perf_counter()
       compiled, params = compile_update(config, mesh, optimizer_mesh)
-      plan = swan_optax.whitening_plan(params, llama.dimension_numbers, mesh)
+      plan = swan_optax.whitening_plan(params, llama.dimension_numbers(config), mesh)
       rows.append(
         {
           "config": name,

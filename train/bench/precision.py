@@ -102,7 +102,7 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
   grads = jax.jit(jax.grad(loss))(params)
-  dims = llama.dimension_numbers(grads)
+  dims = llama.dimension_numbers(config)
   out = {}
   for kernel in KERNELS:
     group = "attn" if kernel in ("q", "o") else "mlp"
