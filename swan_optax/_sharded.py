@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from swan_optax import _labels
 from swan_optax import _matrix
 
 AxisNames = tuple[str, ...]
@@ -168,21 +169,27 @@ def _strategy(lay: Layout) -> str:
   return " + ".join(parts) or "local"
 
 
-def whitening_plan(params: Any, dimension_numbers: Any, mesh: Mesh) -> dict[str, Route]:
-  """How each matrix leaf is transformed on ``mesh``, and the bytes it moves.
+def whitening_plan(
+  params: Any,
+  dimension_numbers: _matrix.DimensionNumbersSpec,
+  mesh: Mesh,
+  *,
+  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
+) -> dict[str, Route]:
+  """How each leaf of the matrix group is whitened on ``mesh``, and the bytes it moves.
 
   Args:
     params: arrays or ``jax.ShapeDtypeStruct`` with their ``NamedSharding``
       (the gradients have the params' layout).
-    dimension_numbers: a tree like ``params`` of ``MatrixDimensionNumbers``
-      (``None`` or ``optax.MaskedNode()`` where a leaf is not a stateless
-      matrix), or anything ``whiten(dimension_numbers=...)`` accepts.
+    dimension_numbers: the layouts, as ``swan(dimension_numbers=...)`` takes
+      them.
     mesh: the device mesh.
+    adam_pattern: as in ``swan``; leaves it matches are not whitened.
 
   Returns:
-    ``{path: Route}`` for every matrix leaf, in tree order.
+    ``{path: Route}`` for every leaf that ``swan`` whitens, in tree order.
   """
-  paths, leaves, dims = _matrix_leaves(params, dimension_numbers)
+  paths, leaves, dims = _matrix_leaves(params, dimension_numbers, adam_pattern)
   specs = [leaf_spec(x, mesh) for x in leaves]
   lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
   routes = {}
@@ -197,18 +204,20 @@ def whitening_plan(params: Any, dimension_numbers: Any, mesh: Mesh) -> dict[str,
   return {paths[i]: routes[i] for i in range(len(paths))}
 
 
-def _matrix_leaves(params: Any, dimension_numbers: Any) -> tuple[list, list, list]:
-  """Paths, leaves and dimension numbers of the leaves that have dimension numbers."""
-  if callable(dimension_numbers) and not _matrix.is_dimension_numbers(dimension_numbers):
-    dimension_numbers = dimension_numbers(params)
-  if dimension_numbers is None or _matrix.is_dimension_numbers(dimension_numbers):
-    dims = dimension_numbers or _matrix.MatrixDimensionNumbers()
-    dims_of = lambda path: dims
-  else:
-    dims_of = _matrix.lookup_by_path(dimension_numbers).get
+def _matrix_leaves(
+  params: Any, dimension_numbers: _matrix.DimensionNumbersSpec, adam_pattern: str
+) -> tuple[list, list, list]:
+  """Paths, leaves and dimension numbers of the leaves routed to the matrix group."""
+  labels = _labels.param_labels(
+    params, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
+  )
+  resolve = _matrix.dimension_numbers_resolver(params, dimension_numbers)
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  found = [(_matrix.path_str(p), x, dims_of(_matrix.path_str(p))) for p, x in flat]
-  found = [(p, x, d) for p, x, d in found if _matrix.is_dimension_numbers(d)]
+  found = [
+    (_matrix.path_str(path), x, resolve(path, x))
+    for (path, x), label in zip(flat, jax.tree.leaves(labels), strict=True)
+    if label == _labels.MATRIX
+  ]
   return [p for p, _, _ in found], [x for _, x, _ in found], [d for _, _, d in found]
 
 
@@ -235,9 +244,22 @@ def map_matrices_on_mesh(
 
   # The operators' loops start from constants (e.g. Z = I); vma checks would reject that.
   specs = tuple(specs)
-  mapped = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
+  mapped = jax.shard_map(
+    body, mesh=_context_or(mesh), in_specs=specs, out_specs=specs, check_vma=False
+  )
   # On Auto axes the partitioner places the results; keep the gradients' layout.
   return [shard_alike(x, y)[1] for x, y in zip(leaves, mapped(*leaves), strict=True)]
+
+
+def _context_or(mesh: Mesh) -> Mesh | jax.sharding.AbstractMesh:
+  """The context mesh if it is ``mesh`` with other axis types, else ``mesh``.
+
+  Under ``jax.sharding.explicit_axes`` (e.g. a trainer on Auto axes that shows
+  the optimizer its params' layout) the context mesh has the same devices and
+  axes as ``mesh`` and Explicit types; ``shard_map`` must use that one.
+  """
+  context = jax.sharding.get_abstract_mesh()
+  return context if not context.empty and context.shape_tuple == mesh.shape_tuple else mesh
 
 
 def _to_local_matrices(block: jax.Array, lay: Layout) -> jax.Array:

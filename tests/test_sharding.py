@@ -168,3 +168,16 @@ def test_gradients_on_another_mesh_raise():
   tx = swan_optax.whiten(dimension_numbers=MatrixDimensionNumbers(1, 2), mesh=mesh)
   with pytest.raises(ValueError, match=r"mesh axes \['x'\].*pass the mesh the params live on"):
     tx.update(g, ())
+
+
+def test_routing_table_on_a_mesh_says_how_each_matrix_is_whitened():
+  mesh = _mesh((1, 8, 1))
+  grads = _place(_grads(), mesh)
+  dims = llama.dimension_numbers(CONFIG)
+  table = swan_optax.routing_table(grads, dimension_numbers=dims, mesh=mesh)
+  plan = swan_optax.whitening_plan(grads, dims, mesh)
+  rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+  assert "swan on the mesh (per device)" in table.splitlines()[0]
+  for path, route in plan.items():
+    assert f"{route.strategy} over fsdp, {route.bytes_per_device / 2**20:.2f} MiB" in rows[path]
+  assert rows["lm_head/kernel"].rstrip().endswith("adam")

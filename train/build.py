@@ -114,7 +114,9 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh, *, abstract: bool = Fals
     state = jax.eval_shape(init, params) if abstract else init(params)
     apply_fn = lambda p, tokens: llama.apply(graphdef, p, tokens)
     train_step = jax.jit(
-      step_lib.make_train_step(apply_fn, tx, grad_accum=config.grad_accum),
+      step_lib.make_train_step(
+        apply_fn, tx, grad_accum=config.grad_accum, state_sharding=state_sharding
+      ),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
