@@ -24,10 +24,8 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
 
-import argparse  # noqa: E402 - XLA_FLAGS must be set before JAX starts
 import json  # noqa: E402
 import math  # noqa: E402
-import pathlib  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -37,12 +35,12 @@ from jax.sharding import PartitionSpec  # noqa: E402
 import swan_optax  # noqa: E402
 from models import configs  # noqa: E402
 from models import llama  # noqa: E402
+from train.bench import harness
 from train.bench import hlo  # noqa: E402
 
 AXES = ("data", "fsdp", "tensor")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
-RESULTS = pathlib.Path(__file__).parent / "results"
-RECORDED = RESULTS / "mesh_3afe9a0.json"
+RECORDED = harness.RESULTS / "mesh_3afe9a0.json"
 
 
 def fitting_spec(shape: tuple[int, ...], spec: PartitionSpec, mesh) -> PartitionSpec:
@@ -140,15 +138,11 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__, "mesh.md")
   parser.add_argument("--configs", default="60m,350m,1b")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "mesh.md")
   args = parser.parse_args()
   rows = [row for name in args.configs.split(",") for row in measure(name)]
-  table = to_markdown(rows)
-  print(table)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(table)
+  harness.save(to_markdown(rows), args.out)
 
 
 if __name__ == "__main__":

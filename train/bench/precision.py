@@ -11,9 +11,7 @@ divided by ``sqrt(max(fan_in, fan_out))`` (1.00-1.00 is exact). Writes
 ``train/bench/results/precision.md``.
 """
 
-import argparse
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +24,10 @@ from swan_optax import _gradnorm
 from swan_optax import _matrix
 from swan_optax import _whiten
 from train import data
+from train.bench import harness
 
 METHODS = ("newton_schulz", "polar_express", "quintic")
 KERNELS = ("q", "o", "gate", "down")
-RESULTS = pathlib.Path(__file__).parent / "results"
 _EXACT_RTOL = 1e-6
 
 
@@ -151,18 +149,14 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.parser(__doc__, "precision.md")
   parser.add_argument("--models", default="tiny,60m")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "precision.md")
   args = parser.parse_args()
   inputs = {}
   for name in args.models.split(","):
     inputs |= gradient_inputs(name)
   inputs |= gaussian_inputs()
-  table = to_markdown(measure(inputs))
-  print(table)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(table)
+  harness.save(to_markdown(measure(inputs)), args.out)
 
 
 if __name__ == "__main__":
