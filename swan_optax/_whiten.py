@@ -28,7 +28,7 @@ DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "eigh": jax.lax.Precision.HIGHEST,
 }
 
-# Amsel et al. 2025, Polar Express degree-5 coefficients (SPEC 3.1); every
+# Amsel et al. 2025, Polar Express degree-5 coefficients (docs/algorithms.md section 3.1); every
 # triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
 _POLAR_EXPRESS_COEFFS = (
   (8.28721201814563, -23.595886519098837, 17.300387312530933),

@@ -1,4 +1,4 @@
-"""The three operators against exact float64 numpy math (SPEC section 8)."""
+"""The three operators against exact float64 numpy math (docs/algorithms.md section 8)."""
 
 import chex
 import jax.numpy as jnp
@@ -117,7 +117,7 @@ def test_exact_methods_match_reference_within_1e_4(method):
 @pytest.mark.parametrize(("ns_steps", "min_cosine"), [(10, 0.98), (20, 0.9999)])
 def test_newton_schulz_on_square_gradnormed_input(ns_steps, min_cosine):
   # Square: GradNorm's centering leaves one null direction; the target is the
-  # pseudo-polar factor and K = 10 is within ~1% (SPEC 3.2).
+  # pseudo-polar factor and K = 10 is within ~1% (docs/algorithms.md section 3.2).
   x = _numpy_gradnorm(_gaussian((128, 128))).astype(np.float32)
   got = _apply(swan_optax.whiten(ns_steps=ns_steps), x)
   assert _cosine(got, _pseudo_polar(x)) >= min_cosine

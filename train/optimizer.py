@@ -70,7 +70,7 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
   With bfloat16 params (``--param-dtype bfloat16``) the gradients are bfloat16;
   they are upcast, and the float32 update is rounded to the param dtype once,
   by ``optax.apply_updates`` (``(p + u).astype(p.dtype)``). Adam's moments
-  stay float32, as in the memory model of SPEC 6: in bfloat16 (8 significant
+  stay float32, as in the memory model of docs/algorithms.md section 6: in bfloat16 (8 significant
   bits) ``nu <- 0.999 nu + 0.001 g^2`` rounds ``0.999 nu`` back to ``nu``, so
   the second moment never decays (measured: after the gradient scale drops
   10x, bfloat16 ``nu`` stays at 4x the float32 value 1,900 steps later), and
