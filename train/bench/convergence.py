@@ -362,6 +362,8 @@ def _spread(values: list[float | str | None], fmt: str) -> str:
   done = [v for v in values if isinstance(v, float)]
   missed = values.count(NOT_REACHED)
   text = f"{np.mean(done):{fmt}} ({min(done):{fmt}}–{max(done):{fmt}})" if done else ""
+  if len(done) == 1:
+    text = f"{done[0]:{fmt}}"
   if missed:
     text += f"{', ' if text else ''}{NOT_REACHED} by {missed} of {len(values)} seeds"
   if len(done) + missed < len(values):
@@ -631,17 +633,12 @@ def _reading(row: dict) -> str:
   if None in losses or None in base:
     return "not run yet"
   deltas = [a - b for a, b in zip(losses, base, strict=True)]
+  per_seed = ", ".join(f"{d:+.3f}" for d in deltas)
   if all(d > 0 for d in deltas):
-    verdict = "worse than"
-  elif all(d < 0 for d in deltas):
-    verdict = "better than"
-  else:
-    verdict = "no consistent difference from"
-  return (
-    f"{verdict} `{row['base']}` on both seeds ({np.mean(deltas):+.3f} nats)"
-    if verdict != "no consistent difference from"
-    else f"{verdict} `{row['base']}` (seeds disagree: {deltas[0]:+.3f}, {deltas[1]:+.3f} nats)"
-  )
+    return f"worse than `{row['base']}` on both seeds ({per_seed} nats)"
+  if all(d < 0 for d in deltas):
+    return f"better than `{row['base']}` on both seeds ({per_seed} nats)"
+  return f"no consistent difference from `{row['base']}` (per seed: {per_seed} nats)"
 
 
 def _small_table(summary: dict, store: Store) -> str:
