@@ -139,6 +139,7 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   conv.run_stages(store, ("sweep", "seeds", "ablations", "small"), tmp_path / "out", reps=1)
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "timing.json").write_text(json.dumps({
+    "reps": 1, "machine": "test",
     "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25},
     "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0},
   }))  # fmt: skip

@@ -12,7 +12,7 @@ run's seed. Stages, in priority order:
 * ``seeds``: seeds 1 and 2 at each variant's best;
 * ``ablations``: seeds 0 and 1 of variants that say where the gain comes from;
 * ``small``: the ``small`` model (6.8M params) at each best tiny lr and half of it;
-* ``timing``: median step times at the best settings, interleaved in this process;
+* ``timing``: each optimizer's median step time (tiny and small), interleaved in this process;
 * ``report``: the tables, plot and summary, from the run JSONs alone.
 
 Every finished run is kept as ``OUT/runs/TAG.json`` (settings and evaluation
@@ -335,12 +335,16 @@ def token_fraction(record: dict | None, adam: dict | None) -> float | str | None
   return NOT_REACHED if reached is None else reached / adam["evals"][-1]["tokens"]
 
 
-def median_step_times(best: dict[str, float], adam: str, size: str, reps: int) -> dict[str, float]:
-  """Median seconds of each optimizer's compiled train step, interleaved in this process."""
+def median_step_times(size: str, reps: int) -> dict[str, float]:
+  """Median seconds of each optimizer's compiled train step, interleaved in this process.
+
+  A step's cost depends on neither the learning rate nor beta2, so each optimizer
+  is timed at its grid's centre.
+  """
   mesh = mesh_lib.make_mesh(None)
   setups = {}
-  for variant in (adam, "swan", "sinkgd"):
-    run = grid_run(size, variant, best[variant], 0)
+  for variant in ("adam-b2_0.999", "swan", "sinkgd"):
+    run = grid_run(size, variant, GRID[variant][2], 0)
     exp = build.build(train_config(run, STEPS, pathlib.Path("runs/timing")), mesh)
     setups[run.optimizer.name] = _stepper(exp, exp.random_batch())
   return harness.interleaved_medians(setups, reps)
@@ -506,16 +510,17 @@ def run_stages(store: Store, stages, out: pathlib.Path, reps: int) -> None:
   for runs in zip(*seed_runs(best).values(), strict=True):
     list(map(at("seeds").get, runs))
   if not seeds_finished(read_only, best):
-    print("the sweep or the seeds are not finished: no ablations, small runs or timing yet")
+    print("the sweep or the seeds are not finished: no ablations or small runs yet")
   else:
     adam = adam_reference(read_only, best)
     for _, runs in ablation_runs(best, adam).values():
       list(map(at("ablations").get, runs))
     list(map(at("small").get, small_runs(best, adam)))
-    if "timing" in stages:
-      timing = {size: median_step_times(best, adam, size, reps) for size in ("tiny", "small")}
-      out.mkdir(parents=True, exist_ok=True)
-      (out / "timing.json").write_text(json.dumps({"reps": reps, **timing}, indent=1))
+  if "timing" in stages:
+    timing = {size: median_step_times(size, reps) for size in ("tiny", "small")}
+    out.mkdir(parents=True, exist_ok=True)
+    machine = harness.machine()
+    (out / "timing.json").write_text(json.dumps({"reps": reps, "machine": machine, **timing}))
   if "report" in stages:
     report(read_only, out)
 
@@ -546,6 +551,7 @@ def to_markdown(summary: dict, store: Store) -> str:
     "side by side in one process. 'not run yet': the run has no result in "
     "`train/bench/results/convergence/runs/` yet.\n",
     _main_table(summary),
+    _timing_line(summary["timing"]),
     _sweep_table(summary),
     _ablation_table(summary),
     _small_table(summary, store),
@@ -574,6 +580,20 @@ def _main_table(summary: dict) -> str:
   )  # fmt: skip
   title = f"**Best settings, 3 seeds each** (Adam reference: `{adam}`){final}\n\n"
   return title + harness.markdown_table(columns, cells, "lrrrrrrl")
+
+
+def _timing_line(timing: dict) -> str:
+  """The measured step times behind the wall-clock fractions."""
+  if not timing:
+    return "Step times: not measured yet (`--only timing`).\n"
+  sizes = "; ".join(
+    f"{size}: " + ", ".join(f"{name} {1e3 * timing[size][name]:.0f} ms" for name in timing[size])
+    for size in ("tiny", "small")
+  )
+  return (
+    f"Median step times, {timing['reps']} interleaved rounds in one process "
+    f"({timing['machine']}; other runs may have shared the cores): {sizes}.\n"
+  )
 
 
 def _wall(row: dict) -> str:
