@@ -470,6 +470,10 @@ def plot(store: Store, summary: dict, path: pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
+      low, high = ax.get_ylim()
+      ax.set_ylim(low, min(high, 6.5))  # the first evaluations would squash the rest
+    else:
+      ax.text(0.5, 0.5, "not run yet", ha="center", transform=ax.transAxes)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -480,7 +484,6 @@ def _band(ax, records: list[dict], label: str) -> None:
   loss = np.array([[e["val_loss"] for e in r["evals"]] for r in records])
   ax.plot(tokens, loss.mean(0), "o-", ms=2, label=label)
   ax.fill_between(tokens, loss.min(0), loss.max(0), alpha=0.25)
-  ax.set_ylim(top=min(7.0, float(loss.max())))
 
 
 def main() -> None:
@@ -686,14 +689,18 @@ def _papers(summary: dict) -> str:
   rows = {r["variant"]: r for r in summary["main"]}
   said = []
   for variant, paper in PAPERS.items():
-    mean = rows[variant]["token_fraction_mean"] if variant in rows else None
-    if variant in rows and NOT_REACHED in rows[variant]["token_fraction"]:
+    values = rows[variant]["token_fraction"] if variant in rows else []
+    done = [f for f in values if isinstance(f, float)]
+    if NOT_REACHED in values:
       said.append(f"{variant} does not reach Adam's loss on every seed (paper: {paper:g})")
-    elif mean is None:
+    elif not done:
       said.append(f"{variant}: not measured yet (paper: {paper:g})")
     else:
-      side = "at or below" if mean <= paper else "above"
-      said.append(f"{variant} needs {mean:.2f} of Adam's tokens, {side} the paper's {paper:g}")
+      side = "a larger saving than" if np.mean(done) <= paper else "a smaller saving than"
+      said.append(f"{variant} needs {np.mean(done):.2f} of Adam's tokens, {side} the paper's "
+                  f"{paper:g}")  # fmt: skip
+      if len(done) < len(values) or not summary["final"]:
+        said[-1] += f" (PROVISIONAL: {len(done)} of {len(values)} seeds, grids not all closed)"
   return "**Against the papers:** " + "; ".join(said) + ".\n"
 
 
