@@ -58,6 +58,7 @@ GRID_ORDER = (2, 3, 1, 4, 0)  # centre first, so a partial grid already brackets
 SEEDS = (0, 1, 2)
 ABLATION_SEEDS = (0, 1)
 PAPERS = {"swan": 0.5, "sinkgd": 0.4}  # fraction of Adam's tokens the papers report
+REPO = pathlib.Path(__file__).resolve().parents[2]
 STAGES = ("sweep", "seeds", "ablations", "small", "timing", "report")
 
 
@@ -136,7 +137,7 @@ def run_record(run: Run, config: TrainConfig, folder: pathlib.Path, wall_time_s:
     "seed": run.seed,
     "params": header["params"],
     "optimizer": json.loads(_to_json(o)),
-    "config": json.loads(_to_json(config)),
+    "config": json.loads(_to_json(_portable(config))),
     "evals": [
       {k: r[k] for k in ("step", "tokens", "val_loss", "val_ppl")}
       for r in records
@@ -147,6 +148,16 @@ def run_record(run: Run, config: TrainConfig, folder: pathlib.Path, wall_time_s:
     "wall_time_s": wall_time_s,
     "source": str(folder),
   }
+
+
+def _portable(config: TrainConfig) -> TrainConfig:
+  """``config`` without this machine's paths: no run folder, the corpus relative to the repo."""
+  corpus = pathlib.Path(config.data.data)
+  if corpus.is_relative_to(REPO):
+    corpus = corpus.relative_to(REPO)
+  return dataclasses.replace(
+    config, out=None, data=dataclasses.replace(config.data, data=str(corpus))
+  )
 
 
 def _loop_seconds(train: list[dict], log_every: int) -> float:
