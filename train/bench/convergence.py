@@ -692,6 +692,34 @@ def _small_table(summary: dict, store: Store) -> str:
     f"{store.steps['small']} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
     "half of it; the token fraction is against the better of the two Adam runs.\n\n"
     + harness.markdown_table(columns, cells, "lrrrrr")
+    + "".join(_size_reading(summary, variant) for variant in dict.fromkeys(
+      r["variant"] for r in summary["small"]))
+  )  # fmt: skip
+
+
+def _size_reading(summary: dict, variant: str) -> str:
+  """One line: does ``variant``'s best tiny lr transfer, and does its token fraction near 1?"""
+  rows = [r for r in summary["small"] if r["variant"] == variant]
+  if any(None in r["final_loss"] for r in rows):
+    return f"\n* {variant}: not run yet."
+  best = min(rows, key=lambda r: r["final_loss"][0])
+  tiny_lr = best["tiny_best_lr"]
+  transfer = (
+    f"the best tiny lr {tiny_lr:g} transfers"
+    if best["lr"] == tiny_lr
+    else f"{best['lr']:g} beats the best tiny lr {tiny_lr:g}"
+  )
+  tiny = next((r["token_fraction_mean"] for r in summary["main"] if r["variant"] == variant), None)
+  small = best["token_fraction"][0]
+  if variant == summary["adam"]:
+    return f"\n* {variant}: {transfer}."
+  if tiny is None or not isinstance(small, float):
+    return f"\n* {variant}: {transfer}; token fraction tiny {tiny}, small {small}."
+  change = abs(1 - small) - abs(1 - tiny)
+  direction = "unchanged" if abs(change) < 0.005 else "toward 1" if change < 0 else "away from 1"
+  return (
+    f"\n* {variant}: {transfer}; token fraction {tiny:.2f} (tiny) -> {small:.2f} (small), "
+    f"{direction}."
   )
 
 
