@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,17 @@ def test_finished_runs_are_reused_and_a_read_only_store_never_trains(tmp_path):
   assert conv.best_lrs(again)["sinkgd"] == 0.05
   fresh = _store(tmp_path / "other", train_fn=None)
   assert conv.sweep(fresh)["swan"] == {lr: None for lr in conv.ADAM_LRS}
+
+
+def test_a_grid_open_at_an_edge_has_no_best_yet_but_a_best_so_far(tmp_path):
+  conv.sweep(_store(tmp_path))
+  tag = "tiny-adam-b2_0.95-lr0.000125-seed0"
+  (tmp_path / "runs" / f"{tag}.json").unlink()
+  shutil.rmtree(tmp_path / "work" / tag)
+  losses = conv.sweep(_store(tmp_path, train_fn=None))
+  assert losses["adam-b2_0.95"][1.25e-4] is None
+  assert "adam-b2_0.95" not in conv.best_lrs(losses) and conv.best_lrs(losses)["swan"] == 4e-3
+  assert conv.best_so_far(losses)["adam-b2_0.95"] == 2.5e-4
 
 
 def test_a_run_folder_of_the_trainer_before_trainconfig_is_adopted(tmp_path):

@@ -144,7 +144,7 @@ def run_record(run: Run, config: TrainConfig, folder: pathlib.Path, wall_time_s:
       if r["kind"] == "eval"
     ],  # fmt: skip
     "step_time_median_s": statistics.median(r["step_time_s"] for r in train),
-    "train_time_s": _loop_seconds(train, config.log_every),
+    "train_time_s": _loop_seconds(train),
     "wall_time_s": wall_time_s,
     "source": str(folder),
   }
@@ -160,7 +160,7 @@ def _portable(config: TrainConfig) -> TrainConfig:
   )
 
 
-def _loop_seconds(train: list[dict], log_every: int) -> float:
+def _loop_seconds(train: list[dict]) -> float:
   """Seconds of the training loop: each train record's mean step time times its window."""
   steps = [r["step"] for r in train]
   windows = np.diff([0, *steps]) if steps else []
@@ -238,9 +238,8 @@ def sweep(store: Store, size: str = "tiny") -> dict[str, dict[float, float | Non
     for variant in widen:
       lrs = sorted(losses[variant])
       lr = lrs[0] / 2 if _best(losses[variant]) == lrs[0] else lrs[-1] * 2
+      # Not run yet (None): the grid stays open at this edge, and is no longer an "edge".
       losses[variant][lr] = store.final(grid_run(size, variant, lr, 0))
-      if losses[variant][lr] is None:  # not run yet: the grid stays open at this edge
-        return {v: dict(sorted(ls.items())) for v, ls in losses.items()}
   return {v: dict(sorted(ls.items())) for v, ls in losses.items()}
 
 
