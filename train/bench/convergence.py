@@ -610,7 +610,7 @@ def _timing_line(timing: dict) -> str:
 
 
 def _wall(row: dict) -> str:
-  if row["step_time_ratio"] is None:
+  if row["step_time_ratio"] is None and None not in row["final_loss"]:
     return "timing not run yet"
   return _spread(row["wall_fraction"], ".2f")
 
@@ -693,6 +693,7 @@ def _small_table(summary: dict, store: Store) -> str:
     + harness.markdown_table(columns, cells, "lrrrrr")
     + "".join(_size_reading(summary, variant) for variant in dict.fromkeys(
       r["variant"] for r in summary["small"]))
+    + "\n"
   )  # fmt: skip
 
 
@@ -734,7 +735,13 @@ def _papers(summary: dict) -> str:
     elif not done:
       said.append(f"{variant}: not measured yet (paper: {paper:g})")
     else:
-      side = "a larger saving than" if np.mean(done) <= paper else "a smaller saving than"
+      side = (
+        "consistent with (inside the seeds' range)"
+        if min(done) <= paper <= max(done)
+        else "a larger saving than"
+        if np.mean(done) < paper
+        else "a smaller saving than"
+      )
       said.append(f"{variant} needs {np.mean(done):.2f} of Adam's tokens, {side} the paper's "
                   f"{paper:g}")  # fmt: skip
       if len(done) < len(values) or not summary["final"]:
