@@ -51,6 +51,8 @@ CONFIGS: dict[str, LlamaConfig] = {
   "tiny": LlamaConfig(
     vocab_size=2048, dim=128, ffn_dim=344, num_layers=4, num_heads=4, head_dim=32
   ),
+  # ~6.9M params: the second size of the convergence benchmark, still trainable on CPUs.
+  "small": LlamaConfig(vocab_size=4096, dim=256, ffn_dim=688, num_layers=6, num_heads=4),
   "60m": LlamaConfig(vocab_size=32000, dim=512, ffn_dim=1376, num_layers=8, num_heads=8),
   "130m": LlamaConfig(vocab_size=32000, dim=768, ffn_dim=2048, num_layers=12, num_heads=12),
   "350m": LlamaConfig(vocab_size=32000, dim=1024, ffn_dim=2736, num_layers=24, num_heads=16),

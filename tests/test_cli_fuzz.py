@@ -18,7 +18,7 @@ INT_FLAGS = [
   "--steps", "--batch-size", "--seq-len", "--grad-accum", "--eval-every", "--eval-batches",
   "--log-every", "--checkpoint-every", "--keep-checkpoints",
 ]  # fmt: skip
-FLOAT_FLAGS = ["--lr", "--warmup", "--weight-decay", "--max-grad-norm"]
+FLOAT_FLAGS = ["--lr", "--warmup", "--weight-decay", "--max-grad-norm", "--adam-b2"]
 CHOICE_FLAGS = ["--config", "--optimizer", "--non-matrix", "--on-nonfinite", "--param-dtype"]
 # Where each flag lands in the TrainConfig (default: the field named like the flag).
 FIELDS_OF_FLAGS = {
@@ -27,6 +27,7 @@ FIELDS_OF_FLAGS = {
   "--warmup": "optimizer.warmup_fraction",
   "--weight-decay": "optimizer.weight_decay",
   "--max-grad-norm": "optimizer.max_grad_norm",
+  "--adam-b2": "optimizer.adam_b2",
   "--config": "model",
   "--optimizer": "optimizer.name",
   "--non-matrix": "optimizer.non_matrix",
@@ -62,6 +63,8 @@ def test_parse_args_accepts_or_exits_with_a_message(flag, value):
     assert 0 <= parsed < math.inf
   if flag == "--max-grad-norm":
     assert 0 < parsed < math.inf
+  if flag == "--adam-b2":
+    assert 0 <= parsed < 1
 
 
 @settings(max_examples=300, deadline=None)

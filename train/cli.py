@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   add("--weight-decay", type=float, default=_OPT.weight_decay, help="decoupled weight decay")
   add("--max-grad-norm", type=float, default=_OPT.max_grad_norm, help="global gradient clipping")
+  add("--adam-b2", type=float, default=_OPT.adam_b2, help="Adam's second-moment decay")
   add("--grad-accum", type=int, default=_RUN.grad_accum, help="micro-batches per step")
   add("--bf16", action="store_true", help="bfloat16 activations")
   add(
@@ -128,6 +129,7 @@ def to_config(args: argparse.Namespace) -> TrainConfig:
     warmup_fraction=args.warmup,
     weight_decay=args.weight_decay,
     max_grad_norm=args.max_grad_norm,
+    adam_b2=args.adam_b2,
     non_matrix=args.non_matrix,
     whiten_layout=args.whiten_layout,
   )

@@ -19,6 +19,7 @@ NonMatrix = Literal["adam", "adafactor"]
 WhitenLayout = Literal["whole", "param"]
 OnNonFinite = Literal["skip", "stop"]
 ParamDtype = Literal["float32", "bfloat16"]
+SwanOperators = Literal["both", "gradnorm", "whiten"]
 # Peak learning rates of the benchmark protocol: 1e-3 for Adam and SWAN (SWAN paper, LLaMA
 # pretraining); SinkGD's is global, its matrix group steps 0.05x this (SinkGD paper).
 DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
@@ -40,6 +41,11 @@ class OptimizerConfig:
     final_lr_fraction: the cosine ends at this fraction of the peak.
     weight_decay: decoupled weight decay.
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
+    adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd).
+    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group; ``None``: ``lr``.
+    embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
+    swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
+      them alone (an ablation).
     non_matrix: swan/sinkgd: optimizer of embeddings, lm_head and norms (``adafactor``:
       nearly stateless).
     whiten_layout: swan on a mesh: each device whitens its share of whole matrices,
@@ -53,6 +59,10 @@ class OptimizerConfig:
   final_lr_fraction: float = 0.1
   weight_decay: float = 0.0
   max_grad_norm: float | None = None
+  adam_b2: float = 0.999
+  adam_group_lr: float | None = None
+  embed_lr_scale: float = 1.0
+  swan_operators: SwanOperators = "both"
   non_matrix: NonMatrix = "adam"
   whiten_layout: WhitenLayout = "whole"
 
@@ -60,6 +70,7 @@ class OptimizerConfig:
     _check_choice("--optimizer", self.name, OptimizerName)
     _check_choice("--non-matrix", self.non_matrix, NonMatrix)
     _check_choice("--whiten-layout", self.whiten_layout, WhitenLayout)
+    _check_choice("swan_operators", self.swan_operators, SwanOperators)
     if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
       raise ValueError(f"--lr must be a positive number, got {self.lr}")
     if not 0 <= self.warmup_fraction < 1:
@@ -70,6 +81,25 @@ class OptimizerConfig:
       raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
     if self.max_grad_norm is not None and not 0 < self.max_grad_norm < math.inf:
       raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
+    if not 0 <= self.adam_b2 < 1:
+      raise ValueError(f"--adam-b2 must be in [0, 1), got {self.adam_b2}")
+    self._check_group_options()
+
+  def _check_group_options(self) -> None:
+    """Raises for a per-group option the optimizer ``name`` does not have."""
+    stateless = self.name in ("swan", "sinkgd")
+    if self.adam_group_lr is not None and not (stateless and 0 < self.adam_group_lr < math.inf):
+      raise ValueError(
+        f"adam_group_lr must be a positive number, for swan or sinkgd only; got "
+        f"{self.adam_group_lr} with --optimizer {self.name}"
+      )
+    if self.embed_lr_scale != 1 and not (not stateless and 0 < self.embed_lr_scale < math.inf):
+      raise ValueError(
+        f"embed_lr_scale must be a positive number, for adam or adamw only; got "
+        f"{self.embed_lr_scale} with --optimizer {self.name}"
+      )
+    if self.swan_operators != "both" and self.name != "swan":
+      raise ValueError(f"swan_operators is for --optimizer swan only, got {self.name}")
 
   @property
   def peak_lr(self) -> float:

@@ -1,5 +1,7 @@
 """The learning-rate schedule and the named optimizers of ``OptimizerConfig``."""
 
+import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -45,20 +47,24 @@ def make_optimizer(
       ``models.llama.dimension_numbers(model_config)``); ``None``: 2-D kernels only.
   """
   lr = schedule(config, steps)
-  if config.name in ("swan", "sinkgd"):
+  if config.name == "swan" and config.swan_operators != "both":
+    tx = _swan_one_operator(config, lr, steps, mesh, dimension_numbers)
+  elif config.name in ("swan", "sinkgd"):
     stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
     tx = stateless(
       lr,
       dimension_numbers=dimension_numbers,
       weight_decay=config.weight_decay,
-      adam_weight_decay=config.weight_decay,
-      **_non_matrix(config, lr),
+      non_matrix_optimizer=_adam_group(config, steps),
       **_whiten_layout(config, mesh),
     )
-  elif config.name == "adam":
-    tx = optax.adam(lr)
   else:
-    tx = optax.adamw(lr, weight_decay=config.weight_decay)
+    if config.name == "adam":
+      tx = optax.adam(lr, b2=config.adam_b2)
+    else:
+      tx = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
+    if config.embed_lr_scale != 1:
+      tx = optax.chain(tx, optax.masked(optax.scale(config.embed_lr_scale), _embed_mask))
   if config.max_grad_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
   return in_float32(tx)
@@ -70,8 +76,9 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
   With bfloat16 params (``--param-dtype bfloat16``) the gradients are bfloat16;
   they are upcast, and the float32 update is rounded to the param dtype once,
   by ``optax.apply_updates`` (``(p + u).astype(p.dtype)``). Adam's moments
-  stay float32, as in the memory model of docs/algorithms.md section 6: in bfloat16 (8 significant
-  bits) ``nu <- 0.999 nu + 0.001 g^2`` rounds ``0.999 nu`` back to ``nu``, so
+  stay float32, as in the memory model of docs/algorithms.md section 6: in
+  bfloat16 (8 significant bits) ``nu <- 0.999 nu + 0.001 g^2`` rounds
+  ``0.999 nu`` back to ``nu``, so
   the second moment never decays (measured: after the gradient scale drops
   10x, bfloat16 ``nu`` stays at 4x the float32 value 1,900 steps later), and
   ``optax.adam``'s ``mu_dtype`` covers the first moment only. SWAN and SinkGD
@@ -88,15 +95,43 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _non_matrix(config: OptimizerConfig, lr: optax.Schedule) -> dict:
-  """swan/sinkgd keyword for ``--non-matrix adafactor``: absolute steps, like Adam's."""
-  if config.non_matrix == "adam":
-    return {}
-  return {
-    "non_matrix_optimizer": optax.adafactor(
+def _adam_group(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
+  """swan/sinkgd's optimizer of the non-matrix leaves: AdamW, or Adafactor (absolute steps)."""
+  lr = schedule(dataclasses.replace(config, lr=config.adam_group_lr or config.peak_lr), steps)
+  if config.non_matrix == "adafactor":
+    return optax.adafactor(
       lr, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
     )
-  }
+  return optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
+
+
+def _swan_one_operator(
+  config: OptimizerConfig,
+  lr: optax.Schedule,
+  steps: int,
+  mesh: jax.sharding.Mesh | None,
+  dims: Any,
+) -> optax.GradientTransformation:
+  """SWAN with only GradNorm or only whitening on the matrices (an ablation), ``_adam_group`` else.
+
+  ``W <- W - eta_t (op(G) + lambda W)`` with ``op`` one of the two unit-RMS operators.
+  """
+  if config.swan_operators == "gradnorm":
+    operator = swan_optax.gradnorm(dimension_numbers=dims)
+  else:
+    operator = swan_optax.whiten(dimension_numbers=dims, **_whiten_layout(config, mesh))
+  matrix = optax.chain(
+    operator, optax.add_decayed_weights(config.weight_decay), optax.scale_by_learning_rate(lr)
+  )
+  labels = lambda params: swan_optax.param_labels(params, dimension_numbers=dims)
+  return optax.partition({"matrix": matrix, "adam": _adam_group(config, steps)}, labels)
+
+
+def _embed_mask(params) -> object:
+  """True on the embedding and lm_head leaves."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: bool(re.search(r"embed|lm_head", jax.tree_util.keystr(path).lower())), params
+  )
 
 
 def _whiten_layout(config: OptimizerConfig, mesh: jax.sharding.Mesh | None) -> dict:

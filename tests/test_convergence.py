@@ -1,0 +1,256 @@
+"""The convergence benchmark's queue, adoption and report, and the optimizer options it ablates."""
+
+import dataclasses
+import json
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import swan_optax
+from models import configs
+from models import llama
+from train import cli
+from train import loop
+from train import mesh as mesh_lib
+from train import optimizer
+from train.bench import convergence as conv
+from train.config import OptimizerConfig
+
+# Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
+# the optimizer's offset.
+OPTIMUM = {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 0.05}
+OFFSET = {"adam-b2_0.95": 0.05, "adam-b2_0.999": 0.0, "swan": -0.2, "sinkgd": -0.3}
+
+
+def _fake_loss(config, step: int) -> float:
+  """A fake validation loss: falls with the step, lowest at the variant's ``OPTIMUM``."""
+  o = config.optimizer
+  variant = next(
+    v
+    for v, f in conv.VARIANTS.items()
+    if f["name"] == o.name and f.get("adam_b2", 0.999) == o.adam_b2
+  )
+  at_end = 4 + OFFSET[variant] + 0.1 * math.log2(o.lr / OPTIMUM[variant]) ** 2 + 0.01 * config.seed
+  return at_end + (config.steps - step) / config.steps
+
+
+def _fake_train(config) -> None:
+  """Writes a completed run folder as ``loop.train`` would, without training."""
+  out = config.run_dir
+  out.mkdir(parents=True)
+  header = {"kind": "run", "config": json.loads(conv._to_json(config)), "params": 7}
+  records = [header]
+  for step in range(config.eval_every, config.steps + 1, config.eval_every):
+    tokens = step * config.tokens_per_step
+    records.append({"kind": "train", "step": step, "tokens": tokens, "step_time_s": 0.5})
+    loss = _fake_loss(config, step)
+    records.append({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss,
+                    "val_ppl": math.exp(loss)})  # fmt: skip
+  (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  (out / "summary.json").write_text(json.dumps({"completed": True}))
+
+
+def _store(tmp_path, train_fn=_fake_train, steps=40) -> conv.Store:
+  return conv.Store(tmp_path / "runs", tmp_path / "work", steps, steps, train_fn)
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+  evals = [{"tokens": 100, "val_loss": 5.0}, {"tokens": 200, "val_loss": 3.0}]
+  assert conv.tokens_to_reach(evals, 4.0) == pytest.approx(150)
+  assert conv.tokens_to_reach(evals, 5.5) == 100
+  assert conv.tokens_to_reach(evals, 2.9) is None
+
+
+def test_sweep_widens_each_grid_until_it_brackets_the_best(tmp_path):
+  losses = conv.sweep(_store(tmp_path))
+  best = conv.best_lrs(losses)
+  assert best == {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 0.05}
+  # 2.5e-4 sat at the widened edge once more, so 1.25e-4 was run too.
+  assert sorted(losses["adam-b2_0.95"]) == [1.25e-4, 2.5e-4, *conv.ADAM_LRS]
+  assert sorted(losses["swan"]) == list(conv.ADAM_LRS)
+  kept = {p.stem for p in (tmp_path / "runs").glob("*.json")}
+  assert "tiny-adam-b2_0.95-lr0.000125-seed0" in kept and len(kept) == 22
+
+
+def test_finished_runs_are_reused_and_a_read_only_store_never_trains(tmp_path):
+  store = _store(tmp_path)
+  conv.sweep(store)
+
+  def refuse(config):
+    raise AssertionError(f"trained {config.run_dir} again")
+
+  again = conv.sweep(_store(tmp_path, train_fn=refuse))
+  assert conv.best_lrs(again)["sinkgd"] == 0.05
+  fresh = _store(tmp_path / "other", train_fn=None)
+  assert conv.sweep(fresh)["swan"] == {lr: None for lr in conv.ADAM_LRS}
+
+
+def test_a_grid_open_at_an_edge_has_no_best_yet_but_a_best_so_far(tmp_path):
+  conv.sweep(_store(tmp_path))
+  tag = "tiny-adam-b2_0.95-lr0.000125-seed0"
+  (tmp_path / "runs" / f"{tag}.json").unlink()
+  shutil.rmtree(tmp_path / "work" / tag)
+  losses = conv.sweep(_store(tmp_path, train_fn=None))
+  assert losses["adam-b2_0.95"][1.25e-4] is None
+  assert "adam-b2_0.95" not in conv.best_lrs(losses) and conv.best_lrs(losses)["swan"] == 4e-3
+  assert conv.best_so_far(losses)["adam-b2_0.95"] == 2.5e-4
+
+
+def test_a_run_folder_of_the_trainer_before_trainconfig_is_adopted(tmp_path):
+  run = conv.grid_run("tiny", "adam-b2_0.95", 2e-3, 1)
+  folder = tmp_path / "work" / run.tag
+  folder.mkdir(parents=True)
+  args = {"config": "tiny", "optimizer": "adam", "lr": "0.002", "adam_b2": "0.95",
+          "max_grad_norm": "1.0", "non_matrix": "adam", "seed": "1", "steps": "40",
+          "batch_size": "16", "seq_len": "256"}  # fmt: skip
+  records = [
+    {"kind": "run", "args": args, "params": 5},
+    {"kind": "train", "step": 10, "step_time_s": 0.2},
+    {"kind": "train", "step": 40, "step_time_s": 0.4},
+    {"kind": "eval", "step": 40, "tokens": 163840, "val_loss": 4.5, "val_ppl": 90.0},
+  ]
+  (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  (folder / "summary.json").write_text(json.dumps({"completed": True}))
+  record = _store(tmp_path, train_fn=None).get(run)
+  assert record["evals"] == [{"step": 40, "tokens": 163840, "val_loss": 4.5, "val_ppl": 90.0}]
+  assert record["step_time_median_s"] == pytest.approx(0.3)
+  assert record["train_time_s"] == pytest.approx(10 * 0.2 + 30 * 0.4)
+  assert json.loads((tmp_path / "runs" / f"{run.tag}.json").read_text()) == record
+  other = dataclasses.replace(run, optimizer=dataclasses.replace(run.optimizer, adam_b2=0.999))
+  with pytest.raises(ValueError, match=f"run folder .*{run.tag}.*adam_b2"):
+    conv.Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(other)
+
+
+def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
+  run = conv.grid_run("tiny", "swan", 2e-3, 0)
+  _store(tmp_path, steps=40).get(run)
+  with pytest.raises(ValueError, match="--steps 60"):
+    _store(tmp_path, train_fn=None, steps=60).get(run)
+
+
+def test_report_marks_missing_runs_and_invents_nothing(tmp_path):
+  out = tmp_path / "out"
+  conv.report(_store(tmp_path, train_fn=None), out)
+  text = (out / "convergence.md").read_text()
+  rows = [line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| adam")]
+  assert len(rows) == 2 and all(
+    cell.strip(" |").endswith("not run yet") for r in rows for cell in r
+  )
+  assert "Ablations:** not run yet" in text and "small):** not run yet" in text
+  summary = json.loads((out / "convergence.json").read_text())
+  assert summary["main"] == [] and summary["ablations"] == [] and summary["adam"] is None
+  assert (out / "convergence.png").exists()
+
+
+def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
+  store = _store(tmp_path)
+  conv.run_stages(store, ("sweep", "seeds", "ablations", "small"), tmp_path / "out", reps=1)
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "timing.json").write_text(json.dumps({
+    "reps": 1, "machine": "test",
+    "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25},
+    "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0},
+  }))  # fmt: skip
+  conv.run_stages(store, ("report",), tmp_path / "out", reps=1)
+  summary = json.loads((tmp_path / "out" / "convergence.json").read_text())
+  assert summary["final"] and summary["adam"] == "adam-b2_0.999"
+  main = {r["variant"]: r for r in summary["main"]}
+  # Evaluations at steps 20 and 40; the loss falls 0.5 between them and ends OFFSET below
+  # Adam's, so Adam's final loss is reached at step 20 + 20 (0.5 + OFFSET) / 0.5.
+  assert main["adam-b2_0.999"]["final_loss"] == pytest.approx([4 + 0.01 * s for s in conv.SEEDS])
+  assert main["swan"]["token_fraction"] == pytest.approx([0.8] * 3)
+  assert main["swan"]["wall_fraction"] == pytest.approx([0.8 * 1.5] * 3)
+  assert main["sinkgd"]["token_fraction"] == pytest.approx([0.7] * 3)
+  assert main["adam-b2_0.95"]["token_fraction"] == [conv.NOT_REACHED] * 3
+  assert len(summary["ablations"]) == 5 and len(summary["small"]) == 6
+  assert all(None not in r["final_loss"] for r in summary["ablations"] + summary["small"])
+  assert "not run yet" not in (tmp_path / "out" / "convergence.md").read_text().split("\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_a_real_run_trains_in_process_and_is_kept(tmp_path):
+  store = conv.Store(tmp_path / "runs", tmp_path / "work", 4, 4, loop.train)
+  run = conv.grid_run("tiny", "sinkgd", 0.05, 0, adam_group_lr=2e-3)
+  record = store.get(run)
+  assert [e["step"] for e in record["evals"]] == [4] and record["wall_time_s"] > 0
+  assert record["optimizer"]["adam_group_lr"] == 2e-3 and record["config"]["steps"] == 4
+  assert math.isfinite(record["evals"][-1]["val_loss"])
+
+
+# The optimizer options the ablations need.
+
+
+@pytest.fixture(scope="module")
+def params():
+  return llama.init_params(configs.get_config("tiny"), mesh_lib.make_mesh(None), 0)[1]
+
+
+def _updates(params, **fields):
+  """The update of ``OptimizerConfig(**fields)`` at peak lr (its second step) on fixed gradients."""
+  tx = optimizer.make_optimizer(OptimizerConfig(warmup_fraction=0.0, **fields), steps=10)
+  grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size).reshape(p.shape) + 1.0), params)
+  state = tx.update(grads, tx.init(params), params)[1]  # the warmup's one step at lr 0
+  updates = tx.update(grads, state, params)[0]
+  assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates))
+  return grads, updates
+
+
+def _is_embed(path) -> bool:
+  key = jax.tree_util.keystr(path)
+  return "embed" in key or "lm_head" in key
+
+
+def test_embed_lr_scale_scales_only_the_embedding_and_lm_head(params):
+  _, plain = _updates(params, name="adam", lr=1e-3)
+  _, scaled = _updates(params, name="adam", lr=1e-3, embed_lr_scale=4.0)
+  for path, a in jax.tree_util.tree_leaves_with_path(plain):
+    b = dict(jax.tree_util.tree_leaves_with_path(scaled))[path]
+    np.testing.assert_allclose(b, 4 * a if _is_embed(path) else a, rtol=1e-6)
+
+
+def test_adam_group_lr_changes_only_the_adam_group(params):
+  _, plain = _updates(params, name="sinkgd", lr=0.05)
+  _, lower = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.005)
+  labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers)
+  for a, b, label in zip(*map(jax.tree.leaves, (plain, lower, labels)), strict=True):
+    np.testing.assert_allclose(b, a / 10 if label == "adam" else a, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("operator", ["gradnorm", "whiten"])
+def test_swan_with_one_operator_applies_only_that_operator(params, operator):
+  grads, updates = _updates(params, name="swan", lr=1e-3, swan_operators=operator)
+  _, both = _updates(params, name="swan", lr=1e-3)
+  make = {"gradnorm": swan_optax.gradnorm, "whiten": swan_optax.whiten}[operator]
+  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
+  dims = jax.tree.leaves(llama.dimension_numbers(params), is_leaf=is_dims)
+  leaves = zip(*map(jax.tree.leaves, (grads, updates, both)), dims, strict=True)
+  for grad, update, swan_update, dim in leaves:
+    expected = (
+      swan_update if dim is None else -1e-3 * make(dimension_numbers=dim).update(grad, None)[0]
+    )
+    np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+  "fields, message",
+  [
+    ({"name": "adam", "adam_group_lr": 0.1}, "adam_group_lr"),
+    ({"name": "sinkgd", "adam_group_lr": -1.0}, "adam_group_lr"),
+    ({"name": "swan", "embed_lr_scale": 2.0}, "embed_lr_scale"),
+    ({"name": "sinkgd", "swan_operators": "whiten"}, "swan_operators"),
+    ({"name": "swan", "swan_operators": "sinkhorn"}, "swan_operators"),
+    ({"adam_b2": 1.0}, "--adam-b2"),
+  ],
+)
+def test_bad_optimizer_options_name_the_field(fields, message):
+  with pytest.raises(ValueError, match=message):
+    OptimizerConfig(**fields)
+
+
+def test_cli_sets_adam_b2():
+  config, _ = cli.parse_args(["--optimizer", "adam", "--adam-b2", "0.95"])
+  assert config.optimizer.adam_b2 == 0.95
