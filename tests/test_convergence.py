@@ -184,6 +184,9 @@ def test_a_real_run_trains_in_process_and_is_kept(tmp_path):
 # The optimizer options the ablations need.
 
 
+LAYOUTS = llama.dimension_numbers(configs.get_config("tiny"))
+
+
 @pytest.fixture(scope="module")
 def params():
   return llama.init_params(configs.get_config("tiny"), mesh_lib.make_mesh(None), 0)[1]
@@ -191,7 +194,8 @@ def params():
 
 def _updates(params, **fields):
   """The update of ``OptimizerConfig(**fields)`` at peak lr (its second step) on fixed gradients."""
-  tx = optimizer.make_optimizer(OptimizerConfig(warmup_fraction=0.0, **fields), steps=10)
+  config = OptimizerConfig(warmup_fraction=0.0, **fields)
+  tx = optimizer.make_optimizer(config, steps=10, dimension_numbers=LAYOUTS)
   grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size).reshape(p.shape) + 1.0), params)
   state = tx.update(grads, tx.init(params), params)[1]  # the warmup's one step at lr 0
   updates = tx.update(grads, state, params)[0]
@@ -215,7 +219,7 @@ def test_embed_lr_scale_scales_only_the_embedding_and_lm_head(params):
 def test_adam_group_lr_changes_only_the_adam_group(params):
   _, plain = _updates(params, name="sinkgd", lr=0.05)
   _, lower = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.005)
-  labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers)
+  labels = swan_optax.param_labels(params, dimension_numbers=LAYOUTS)
   for a, b, label in zip(*map(jax.tree.leaves, (plain, lower, labels)), strict=True):
     np.testing.assert_allclose(b, a / 10 if label == "adam" else a, rtol=1e-5, atol=1e-12)
 
@@ -225,8 +229,10 @@ def test_swan_with_one_operator_applies_only_that_operator(params, operator):
   grads, updates = _updates(params, name="swan", lr=1e-3, swan_operators=operator)
   _, both = _updates(params, name="swan", lr=1e-3)
   make = {"gradnorm": swan_optax.gradnorm, "whiten": swan_optax.whiten}[operator]
+  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=LAYOUTS))
   is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
-  dims = jax.tree.leaves(llama.dimension_numbers(params), is_leaf=is_dims)
+  layouts = jax.tree.leaves(LAYOUTS, is_leaf=is_dims)
+  dims = [d if label == "matrix" else None for d, label in zip(layouts, labels, strict=True)]
   leaves = zip(*map(jax.tree.leaves, (grads, updates, both)), dims, strict=True)
   for grad, update, swan_update, dim in leaves:
     expected = (
