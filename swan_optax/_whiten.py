@@ -157,9 +157,22 @@ def whiten_matrix(
   """
   _check_method(method)
   steps = DEFAULT_STEPS.get(method) if ns_steps is None else ns_steps
-  precision = DEFAULT_PRECISION[method] if precision is None else precision
-  matmul = functools.partial(jnp.matmul, precision=precision)
+  matmul = _matmul(DEFAULT_PRECISION[method] if precision is None else precision)
   return rescale(polar_factor(x, method, steps, ns_beta, eps, matmul), eps)
+
+
+def _matmul(precision: jax.lax.PrecisionLike) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``jnp.matmul`` at ``precision``.
+
+  ``DotAlgorithmPreset.BF16_BF16_F32`` is spelled as bfloat16 operands with
+  float32 accumulation (``preferred_element_type``): the same arithmetic, and
+  every backend compiles it, while XLA:CPU rejects the preset on
+  matrix-vector products (a ``(1, n)`` or ``(n, 1)`` matrix).
+  """
+  if precision == jax.lax.DotAlgorithmPreset.BF16_BF16_F32:
+    to_bf16 = lambda a: a.astype(jnp.bfloat16)
+    return lambda a, b: jnp.matmul(to_bf16(a), to_bf16(b), preferred_element_type=jnp.float32)
+  return functools.partial(jnp.matmul, precision=precision)
 
 
 def whiten(

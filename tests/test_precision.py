@@ -13,8 +13,9 @@ from train.bench import precision
 ITERATIVE = ("newton_schulz", "polar_express", "quintic")
 
 
-def _dot_precisions(method, **kwargs):
-  x = jnp.ones((16, 24))
+def _dots(method, shape=(16, 24), **kwargs):
+  """``(precision pair, operand dtype, result dtype)`` of every matmul of the whitening."""
+  x = jnp.ones(shape)
   jaxpr = jax.make_jaxpr(lambda x: _whiten.whiten_matrix(x, method, **kwargs))(x)
   found = set()
 
@@ -22,7 +23,8 @@ def _dot_precisions(method, **kwargs):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == "dot_general":
         p = eqn.params["precision"]  # an algorithm preset is stored once, not per operand
-        found.add(p if isinstance(p, tuple) else (p, p))
+        precision = p if isinstance(p, tuple) else (p, p)
+        found.add((precision, eqn.invars[0].aval.dtype.name, eqn.outvars[0].aval.dtype.name))
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         visit(sub)
 
@@ -33,9 +35,22 @@ def _dot_precisions(method, **kwargs):
 @pytest.mark.parametrize("method", ITERATIVE)
 def test_every_matmul_uses_the_method_default_unless_overridden(method):
   default = _whiten.DEFAULT_PRECISION[method]
-  assert _dot_precisions(method) == {(default, default)}
+  if default == jax.lax.DotAlgorithmPreset.BF16_BF16_F32:
+    # Spelled as bfloat16 operands with float32 accumulation, which every backend compiles.
+    assert {(dtype, out) for _, dtype, out in _dots(method)} == {("bfloat16", "float32")}
+  else:
+    assert _dots(method) == {((default, default), "float32", "float32")}
   highest = jax.lax.Precision.HIGHEST
-  assert _dot_precisions(method, precision=highest) == {(highest, highest)}
+  assert _dots(method, precision=highest) == {((highest, highest), "float32", "float32")}
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+@pytest.mark.parametrize("shape", [(1, 8), (8, 1)])
+def test_default_precision_compiles_for_one_wide_matrices(method, shape):
+  """XLA:CPU rejects the BF16_BF16_F32 preset on matrix-vector products; the default must not."""
+  g = jax.random.normal(jax.random.key(0), shape)
+  out = jax.jit(lambda g: _whiten.whiten_matrix(g, method))(g)
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(out**2)), 1.0, rtol=1e-5)
 
 
 def test_defaults_are_below_float32_for_the_iterations():
@@ -63,8 +78,10 @@ def test_default_precision_keeps_the_float32_accuracy(method, shape):
   column = precision.EMULATES[_whiten.DEFAULT_PRECISION[method]]
   at_default = precision.whiten_emulated(x, method, column)
   in_f32 = precision.whiten_emulated(x, method, "f32")
-  cosine = precision.accuracy(np.asarray(x), np.asarray(at_default))[0]
+  actual = _whiten.whiten_matrix(x, method)  # the default itself, not its emulation
   cosine_f32 = precision.accuracy(np.asarray(x), np.asarray(in_f32))[0]
-  assert cosine >= cosine_f32 - 1e-3
-  if method != "quintic":
-    assert cosine >= 0.999
+  for result in (at_default, actual):
+    cosine = precision.accuracy(np.asarray(x), np.asarray(result))[0]
+    assert cosine >= cosine_f32 - 1e-3
+    if method != "quintic":
+      assert cosine >= 0.999
