@@ -89,12 +89,20 @@ def param_labels(
     ValueError: naming the path and shape of every leaf of rank >= 2 that has
       no dimension numbers (or ones that do not fit it).
   """
+  routes = checked_routes(params, dimension_numbers, adam_pattern)
+  return jax.tree.unflatten(jax.tree.structure(params), [r.group for r in routes])
+
+
+def checked_routes(
+  params: Any, dimension_numbers: _matrix.DimensionNumbersSpec, adam_pattern: str
+) -> list[_Route]:
+  """:func:`_routes`, raising a ValueError naming the first leaf that has no layout."""
   routes = _routes(params, dimension_numbers, adam_pattern)
   problems = [r.problem for r in routes if r.problem is not None]
   if problems:
     others = f" ({len(problems) - 1} more leaves need one too)" if len(problems) > 1 else ""
     raise ValueError(f"{problems[0]}{others}")
-  return jax.tree.unflatten(jax.tree.structure(params), [r.group for r in routes])
+  return routes
 
 
 def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:

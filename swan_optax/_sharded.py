@@ -208,15 +208,11 @@ def _matrix_leaves(
   params: Any, dimension_numbers: _matrix.DimensionNumbersSpec, adam_pattern: str
 ) -> tuple[list, list, list]:
   """Paths, leaves and dimension numbers of the leaves routed to the matrix group."""
-  labels = _labels.param_labels(
-    params, dimension_numbers=dimension_numbers, adam_pattern=adam_pattern
-  )
-  resolve = _matrix.dimension_numbers_resolver(params, dimension_numbers)
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  routes = _labels.checked_routes(params, dimension_numbers, adam_pattern)
   found = [
-    (_matrix.path_str(path), x, resolve(path, x))
-    for (path, x), label in zip(flat, jax.tree.leaves(labels), strict=True)
-    if label == _labels.MATRIX
+    (r.key, x, r.dims)
+    for r, x in zip(routes, jax.tree.leaves(params), strict=True)
+    if r.group == _labels.MATRIX
   ]
   return [p for p, _, _ in found], [x for _, x, _ in found], [d for _, _, d in found]
 
