@@ -166,7 +166,7 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   assert main["swan"]["wall_fraction"] == pytest.approx([0.8 * 1.5] * 3)
   assert main["sinkgd"]["token_fraction"] == pytest.approx([0.7] * 3)
   assert main["adam-b2_0.95"]["token_fraction"] == [conv.NOT_REACHED] * 3
-  assert len(summary["ablations"]) == 5 and len(summary["small"]) == 6
+  assert len(summary["ablations"]) == 6 and len(summary["small"]) == 10
   assert all(None not in r["final_loss"] for r in summary["ablations"] + summary["small"])
   assert "not run yet" not in (tmp_path / "out" / "convergence.md").read_text().split("\n", 1)[1]
 

@@ -11,7 +11,8 @@ run's seed. Stages, in priority order:
   sits at an edge;
 * ``seeds``: seeds 1 and 2 at each variant's best;
 * ``ablations``: seeds 0 and 1 of variants that say where the gain comes from;
-* ``small``: the ``small`` model (6.8M params) at each best tiny lr and half of it;
+* ``small``: the ``small`` model (6.8M params) at each best tiny lr and its 2x
+  neighbours, and Adam with its embeddings at SinkGD's lr;
 * ``timing``: each optimizer's median step time (tiny and small), interleaved in this process;
 * ``report``: the tables, plot and summary, from the run JSONs alone.
 
@@ -288,34 +289,52 @@ def seeds_finished(store: Store, best: dict[str, float]) -> bool:
   return len(best) == len(GRID) and all(store.final(r) is not None for r in runs)
 
 
-def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, list[Run]]]:
-  """Ablation name -> (the variant it changes, its runs), at the best settings."""
+def embed_lr_run(size: str, adam: str, lr: float, embed_lr: float, seed: int) -> Run:
+  """Adam at ``lr`` with the embedding and lm_head at ``embed_lr``."""
+  run = grid_run(size, adam, lr, seed, embed_lr_scale=embed_lr / lr)
+  return dataclasses.replace(run, variant=f"{adam}+embed_lr{embed_lr:g}")
+
+
+def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, str, list[Run]]]:
+  """Ablation name -> (the variant it changes, what it changes, its runs), at the best settings."""
   a, s, k = best[adam], best["swan"], best["sinkgd"]
+  embed = "Adam with the embeddings and lm_head at {} best lr ({:g}; the rest at {:g})"
   ablations = {
-    f"sinkgd+adam_lr{a:g}": ("sinkgd", lambda seed: grid_run(
-      "tiny", "sinkgd", k, seed, adam_group_lr=a)),
-    f"{adam}+embed_lr{k:g}": (adam, lambda seed: grid_run(
-      "tiny", adam, a, seed, embed_lr_scale=k / a)),
-    "swan_gradnorm": ("swan", lambda seed: grid_run("tiny", "swan", s, seed,
-                                                   swan_operators="gradnorm")),
-    "swan_whiten": ("swan", lambda seed: grid_run("tiny", "swan", s, seed,
-                                                 swan_operators="whiten")),
-    "swan+adafactor": ("swan", lambda seed: grid_run("tiny", "swan", s, seed,
-                                                    non_matrix="adafactor")),
+    f"sinkgd+adam_lr{a:g}": ("sinkgd", "SinkGD with its Adam group (embeddings, lm_head, norms) "
+      "at Adam's best lr", lambda seed: grid_run("tiny", "sinkgd", k, seed, adam_group_lr=a)),
+    f"{adam}+embed_lr{k:g}": (adam, embed.format("SinkGD's global", k, a),
+      lambda seed: embed_lr_run("tiny", adam, a, k, seed)),
+    f"{adam}+embed_lr{s:g}": (adam, embed.format("SWAN's", s, a),
+      lambda seed: embed_lr_run("tiny", adam, a, s, seed)),
+    "swan_gradnorm": ("swan", "SWAN with GradNorm only (no whitening)",
+      lambda seed: grid_run("tiny", "swan", s, seed, swan_operators="gradnorm")),
+    "swan_whiten": ("swan", "SWAN with whitening only (no GradNorm)",
+      lambda seed: grid_run("tiny", "swan", s, seed, swan_operators="whiten")),
+    "swan+adafactor": ("swan", "nearly stateless: SWAN with Adafactor instead of Adam on "
+      "non-matrices", lambda seed: grid_run("tiny", "swan", s, seed, non_matrix="adafactor")),
   }  # fmt: skip
   return {
-    name: (base, [dataclasses.replace(make(seed), variant=name) for seed in ABLATION_SEEDS])
-    for name, (base, make) in ablations.items()
-  }
+    name: (base, question,
+           [dataclasses.replace(make(seed), variant=name) for seed in ABLATION_SEEDS])
+    for name, (base, question, make) in ablations.items()
+  }  # fmt: skip
+
+
+SMALL_LR_FACTORS = (1, 0.5, 2)  # the best tiny lr, then its neighbours on the 2x grid
 
 
 def small_runs(best: dict[str, float], adam: str) -> list[Run]:
-  """The small model at each best tiny lr, then at half of it (wider models prefer lower lrs)."""
+  """The small model at each best tiny lr and its two 2x neighbours."""
   return [
     grid_run("small", v, best[v] * factor, 0)
-    for factor in (1, 0.5)
+    for factor in SMALL_LR_FACTORS
     for v in (adam, "swan", "sinkgd")
   ]
+
+
+def small_embed_lr_run(best: dict[str, float], adam: str) -> Run:
+  """The ablation that changed the tiny reading, on the small model: Adam, embeddings at SinkGD's lr."""
+  return embed_lr_run("small", adam, best[adam], best["sinkgd"], 0)
 
 
 def tokens_to_reach(evals: list[dict], target_loss: float) -> float | None:
@@ -411,10 +430,11 @@ def collect(store: Store, timing: dict) -> dict:
     grid = "grid brackets it" if variant in final else "grid still open"
     out["main"].append({**row, "status": f"{grid}, {sum(map(bool, records))} of 3 seeds"})
   if done:
-    for name, (base, runs) in ablation_runs(best, adam).items():
+    for name, (base, question, runs) in ablation_runs(best, adam).items():
       row = _row(name, runs[0].optimizer.lr, [store.get(r) for r in runs], adam_seeds, None)
       base_row = next(r for r in out["main"] if r["variant"] == base)
-      out["ablations"].append({**row, "base": base, "base_losses": base_row["final_loss"][:2]})
+      out["ablations"].append({**row, "question": question, "base": base,
+                               "base_losses": base_row["final_loss"][:2]})
     out["small"] = _small(store, best, adam, timing.get("small"))
   return out
 
@@ -446,8 +466,8 @@ def _times(fraction: float | str | None, ratio: float | None) -> float | str | N
 
 
 def _small(store: Store, best: dict[str, float], adam: str, step_times) -> list[dict]:
-  """The small model's runs, token fractions against its best Adam run."""
-  runs = small_runs(best, adam)
+  """The small model's runs, token fractions against its best Adam run; the ablation last."""
+  runs = [*small_runs(best, adam), small_embed_lr_run(best, adam)]
   records = {r.tag: store.get(r) for r in runs}
   adam_runs = [r for r in runs if r.variant == adam and records[r.tag] is not None]
   ref = min((records[r.tag] for r in adam_runs), key=lambda x: x["evals"][-1]["val_loss"],
@@ -455,7 +475,7 @@ def _small(store: Store, best: dict[str, float], adam: str, step_times) -> list[
   rows = []
   for run in runs:
     row = _row(run.variant, run.optimizer.lr, [records[run.tag]], [ref], step_times)
-    rows.append({**row, "tiny_best_lr": best[run.variant]})
+    rows.append({**row, "tiny_best_lr": best.get(run.variant, best[adam])})
   return rows
 
 
@@ -469,10 +489,10 @@ def plot(store: Store, summary: dict, path: pathlib.Path) -> None:
     records = [r for r in map(store.get, runs) if r is not None]
     if records:
       _band(axes[0], records, f"{variant} lr {best[variant]:g} ({len(records)} seeds)")
-  for row in summary["small"]:
-    record = store.get(grid_run("small", row["variant"], row["lr"], 0))
-    if record is not None and row["lr"] == row["tiny_best_lr"]:
-      _band(axes[1], [record], f"{row['variant']} lr {row['lr']:g} (1 seed)")
+  for run in small_runs(best, summary["adam"]) if summary["adam"] else []:
+    record = store.get(run)
+    if record is not None and run.optimizer.lr == best[run.variant]:
+      _band(axes[1], [record], f"{run.variant} lr {run.optimizer.lr:g} (1 seed)")
   for ax, size in zip(axes, ("tiny", "small"), strict=True):
     params = configs.get_config(size).num_params
     ax.set(xlabel="training tokens", ylabel="validation loss",
@@ -526,9 +546,9 @@ def run_stages(store: Store, stages, out: pathlib.Path, reps: int) -> None:
     print("the sweep or the seeds are not finished: no ablations or small runs yet")
   else:
     adam = adam_reference(read_only, best)
-    for _, runs in ablation_runs(best, adam).values():
+    for *_, runs in ablation_runs(best, adam).values():
       list(map(at("ablations").get, runs))
-    list(map(at("small").get, small_runs(best, adam)))
+    list(map(at("small").get, [*small_runs(best, adam), small_embed_lr_run(best, adam)]))
   if "timing" in stages:
     timing = {size: median_step_times(size, reps) for size in ("tiny", "small")}
     out.mkdir(parents=True, exist_ok=True)
@@ -634,23 +654,13 @@ def _sweep_table(summary: dict) -> str:
   )
 
 
-ABLATION_QUESTIONS = {
-  "sinkgd+adam_lr": "SinkGD with its Adam group (embeddings, lm_head, norms) at Adam's best lr",
-  "+embed_lr": "Adam with the embeddings and lm_head at SinkGD's best global lr",
-  "swan_gradnorm": "SWAN with GradNorm only (no whitening)",
-  "swan_whiten": "SWAN with whitening only (no GradNorm)",
-  "swan+adafactor": "nearly stateless: SWAN with Adafactor instead of Adam on non-matrices",
-}
-
-
 def _ablation_table(summary: dict) -> str:
   if not summary["ablations"]:
     return "**Ablations:** not run yet (they need the best settings of every optimizer).\n"
   cells = []
   for r in summary["ablations"]:
-    question = next(q for key, q in ABLATION_QUESTIONS.items() if key in r["variant"])
     cells.append([
-      f"`{r['variant']}`", question, f"{r['lr']:g}", _spread(r["final_loss"], ".3f"),
+      f"`{r['variant']}`", r["question"], f"{r['lr']:g}", _spread(r["final_loss"], ".3f"),
       _spread(r["base_losses"], ".3f"), _fractions(r["token_fraction"]), _reading(r),
     ])  # fmt: skip
   columns = ["run", "what changes", "lr", "final val loss (2 seeds)", "its base, same seeds",
@@ -678,37 +688,41 @@ def _small_table(summary: dict, store: Store) -> str:
   if not summary["small"]:
     return "**Second size (small):** not run yet.\n"
   tokens = store.steps["small"] * BATCH * SEQ_LEN
+  variants = list(dict.fromkeys(r["variant"] for r in summary["small"]))
+  rows = sorted(summary["small"], key=lambda r: (variants.index(r["variant"]), r["lr"]))
   cells = [
     [r["variant"], f"{r['lr']:g}", f"{r['tiny_best_lr']:g}", _spread(r["final_loss"], ".3f"),
      _spread(r["token_fraction"], ".2f"), _wall(r)]
-    for r in summary["small"]
+    for r in rows
   ]  # fmt: skip
   columns = ["variant", "lr", "best tiny lr", "final val loss", "token fraction",
              "wall-clock fraction"]  # fmt: skip
   params = configs.get_config("small").num_params
+  *optimizers, ablation = variants
   return (
     f"**Second size:** small LLaMA ({params / 1e6:.1f}M params, vocab 4096), seed 0, "
     f"{store.steps['small']} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
-    "half of it; the token fraction is against the better of the two Adam runs.\n\n"
+    f"its 2x neighbours, and `{ablation}` (the ablation that matched SinkGD on tiny); the token "
+    "fraction is against the best of the Adam runs.\n\n"
     + harness.markdown_table(columns, cells, "lrrrrr")
-    + "".join(_size_reading(summary, variant) for variant in dict.fromkeys(
-      r["variant"] for r in summary["small"]))
+    + "".join(_size_reading(summary, variant) for variant in optimizers)
+    + _small_ablation_reading(summary, ablation)
     + "\n"
   )  # fmt: skip
 
 
 def _size_reading(summary: dict, variant: str) -> str:
   """One line: does ``variant``'s best tiny lr transfer, and does its token fraction near 1?"""
-  rows = [r for r in summary["small"] if r["variant"] == variant]
+  rows = sorted((r for r in summary["small"] if r["variant"] == variant), key=lambda r: r["lr"])
   if any(None in r["final_loss"] for r in rows):
     return f"\n* {variant}: not run yet."
   best = min(rows, key=lambda r: r["final_loss"][0])
   tiny_lr = best["tiny_best_lr"]
-  transfer = (
-    f"the best tiny lr {tiny_lr:g} transfers"
-    if best["lr"] == tiny_lr
-    else f"{best['lr']:g} beats the best tiny lr {tiny_lr:g}"
-  )
+  if best["lr"] == tiny_lr:
+    transfer = f"the best tiny lr {tiny_lr:g} is also the best of {len(rows)} on small"
+  else:
+    edge = " (an edge of the lrs tried)" if best in (rows[0], rows[-1]) else ""
+    transfer = f"{best['lr']:g}{edge} beats the best tiny lr {tiny_lr:g} on small"
   tiny = next((r["token_fraction_mean"] for r in summary["main"] if r["variant"] == variant), None)
   small = best["token_fraction"][0]
   if variant == summary["adam"]:
@@ -718,8 +732,23 @@ def _size_reading(summary: dict, variant: str) -> str:
   change = abs(1 - small) - abs(1 - tiny)
   direction = "unchanged" if abs(change) < 0.005 else "toward 1" if change < 0 else "away from 1"
   return (
-    f"\n* {variant}: {transfer}; token fraction {tiny:.2f} (tiny) -> {small:.2f} (small), "
-    f"{direction}."
+    f"\n* {variant}: {transfer}; token fraction at the best lr {tiny:.2f} (tiny) -> "
+    f"{small:.2f} (small), {direction}."
+  )
+
+
+def _small_ablation_reading(summary: dict, ablation: str) -> str:
+  """One line: does the ablation keep its tiny effect (loss against the best small Adam)?"""
+  row = next(r for r in summary["small"] if r["variant"] == ablation)
+  adam = [r["final_loss"][0] for r in summary["small"] if r["variant"] == summary["adam"]]
+  tiny = next((r for r in summary["ablations"] if r["variant"] == ablation), None)
+  loss = row["final_loss"][0]
+  if loss is None or None in adam:
+    return f"\n* {ablation}: not run yet."
+  on_tiny = f"; on tiny {_fractions(tiny['token_fraction'])}" if tiny else ""
+  return (
+    f"\n* {ablation}: {loss:.3f}, {loss - min(adam):+.3f} nats against the best small Adam; "
+    f"token fraction {_fractions(row['token_fraction'])}{on_tiny}."
   )
 
 
@@ -746,7 +775,8 @@ def _papers(summary: dict) -> str:
                   f"{paper:g}")  # fmt: skip
       if len(done) < len(values) or not summary["final"]:
         said[-1] += f" (PROVISIONAL: {len(done)} of {len(values)} seeds, grids not all closed)"
-  return "**Against the papers:** " + "; ".join(said) + ".\n"
+  return ("**Against the papers** (against an Adam with one lr for every parameter; the ablations "
+          "qualify this): " + "; ".join(said) + ".\n")
 
 
 if __name__ == "__main__":
