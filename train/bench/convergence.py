@@ -333,7 +333,7 @@ def small_runs(best: dict[str, float], adam: str) -> list[Run]:
 
 
 def small_embed_lr_run(best: dict[str, float], adam: str) -> Run:
-  """The ablation that changed the tiny reading, on the small model: Adam, embeddings at SinkGD's lr."""
+  """The ablation that changed the tiny reading, on small: Adam, embeddings at SinkGD's lr."""
   return embed_lr_run("small", adam, best[adam], best["sinkgd"], 0)
 
 
@@ -433,8 +433,9 @@ def collect(store: Store, timing: dict) -> dict:
     for name, (base, question, runs) in ablation_runs(best, adam).items():
       row = _row(name, runs[0].optimizer.lr, [store.get(r) for r in runs], adam_seeds, None)
       base_row = next(r for r in out["main"] if r["variant"] == base)
-      out["ablations"].append({**row, "question": question, "base": base,
-                               "base_losses": base_row["final_loss"][:2]})
+      out["ablations"].append(
+        {**row, "question": question, "base": base, "base_losses": base_row["final_loss"][:2]}
+      )
     out["small"] = _small(store, best, adam, timing.get("small"))
   return out
 
@@ -775,8 +776,10 @@ def _papers(summary: dict) -> str:
                   f"{paper:g}")  # fmt: skip
       if len(done) < len(values) or not summary["final"]:
         said[-1] += f" (PROVISIONAL: {len(done)} of {len(values)} seeds, grids not all closed)"
-  return ("**Against the papers** (against an Adam with one lr for every parameter; the ablations "
-          "qualify this): " + "; ".join(said) + ".\n")
+  return (
+    "**Against the papers** (against an Adam with one lr for every parameter; the ablations "
+    "qualify this): " + "; ".join(said) + ".\n"
+  )
 
 
 if __name__ == "__main__":
