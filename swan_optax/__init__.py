@@ -12,6 +12,7 @@ from swan_optax._sharded import Route
 from swan_optax._sharded import whitening_plan
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._table import routing_table
+from swan_optax._whiten import WhiteningMethod
 from swan_optax._whiten import whiten
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
   "sinkhorn",
   "swan",
   "whiten",
+  "WhiteningMethod",
   "whitening_plan",
 ]

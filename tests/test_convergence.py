@@ -166,7 +166,7 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   assert main["swan"]["wall_fraction"] == pytest.approx([0.8 * 1.5] * 3)
   assert main["sinkgd"]["token_fraction"] == pytest.approx([0.7] * 3)
   assert main["adam-b2_0.95"]["token_fraction"] == [conv.NOT_REACHED] * 3
-  assert len(summary["ablations"]) == 6 and len(summary["small"]) == 10
+  assert len(summary["ablations"]) == 7 and len(summary["small"]) == 10
   assert all(None not in r["final_loss"] for r in summary["ablations"] + summary["small"])
   assert "not run yet" not in (tmp_path / "out" / "convergence.md").read_text().split("\n", 1)[1]
 
@@ -241,6 +241,32 @@ def test_swan_with_one_operator_applies_only_that_operator(params, operator):
     np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("operators", ["both", "whiten"])
+def test_whiten_method_reaches_swan_whitening(params, operators):
+  """``--whiten-method svd``: the matrix update is ``-lr whiten_svd(op(G))`` (``op``: GradNorm
+  or the identity); the default method gives another update."""
+  fields = {"name": "swan", "lr": 1e-3, "swan_operators": operators}
+  grads, updates = _updates(params, whiten_method="svd", **fields)
+  _, default = _updates(params, **fields)
+  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=LAYOUTS))
+  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
+  layouts = jax.tree.leaves(LAYOUTS, is_leaf=is_dims)
+  leaves = zip(*map(jax.tree.leaves, (grads, updates, default)), layouts, labels, strict=True)
+  for grad, update, default_update, dim, label in leaves:
+    if label != "matrix":
+      continue
+    if operators == "both":
+      grad = swan_optax.gradnorm(dimension_numbers=dim).update(grad, None)[0]
+    svd = swan_optax.whiten(dimension_numbers=dim, method="svd").update(grad, None)[0]
+    np.testing.assert_allclose(update, -1e-3 * svd, rtol=1e-4, atol=1e-9)
+    assert not np.allclose(update, default_update, rtol=1e-3, atol=0)
+
+
+def test_cli_sets_whiten_method():
+  config, _ = cli.parse_args(["--whiten-method", "polar_express"])
+  assert config.optimizer.whiten_method == "polar_express"
+
+
 @pytest.mark.parametrize(
   "fields, message",
   [
@@ -250,6 +276,7 @@ def test_swan_with_one_operator_applies_only_that_operator(params, operator):
     ({"name": "sinkgd", "swan_operators": "whiten"}, "swan_operators"),
     ({"name": "swan", "swan_operators": "sinkhorn"}, "swan_operators"),
     ({"adam_b2": 1.0}, "--adam-b2"),
+    ({"whiten_method": "cholesky"}, "--whiten-method"),
   ],
 )
 def test_bad_optimizer_options_name_the_field(fields, message):

@@ -15,6 +15,7 @@ from typing import get_args
 
 import jax
 
+import swan_optax
 from models import configs
 from train import build
 from train import config as config_lib
@@ -62,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     choices=get_args(config_lib.WhitenLayout),
     help="swan on a mesh: each device whitens its share of whole matrices, exchanged by "
     "all-to-alls (whole: swan(mesh=...)), or XLA lays out each parameter's whitening (param)",
+  )
+  add(
+    "--whiten-method",
+    default=_OPT.whiten_method,
+    choices=get_args(swan_optax.WhiteningMethod),
+    help="swan: how the polar factor is computed (newton_schulz: the paper's 10 coupled steps; "
+    "polar_express: closer to the polar factor on ill-conditioned gradients)",
   )
   add("--steps", type=int, default=_RUN.steps, help="optimizer steps")
   add("--batch-size", type=int, default=_RUN.batch_size, help="global batch, in sequences")
@@ -132,6 +140,7 @@ def to_config(args: argparse.Namespace) -> TrainConfig:
     adam_b2=args.adam_b2,
     non_matrix=args.non_matrix,
     whiten_layout=args.whiten_layout,
+    whiten_method=args.whiten_method,
   )
   return TrainConfig(
     model=args.config,

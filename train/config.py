@@ -12,6 +12,7 @@ from typing import Literal
 from typing import get_args
 
 from models import configs
+from swan_optax import WhiteningMethod
 from train.data import DataConfig
 
 OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
@@ -51,6 +52,7 @@ class OptimizerConfig:
     whiten_layout: swan on a mesh: each device whitens its share of whole matrices,
       exchanged by all-to-alls (``whole``: ``swan(mesh=mesh)``), or the partitioner lays
       out each parameter's whitening (``param``: ``mesh=None``).
+    whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
   """
 
   name: OptimizerName = "swan"
@@ -65,11 +67,13 @@ class OptimizerConfig:
   swan_operators: SwanOperators = "both"
   non_matrix: NonMatrix = "adam"
   whiten_layout: WhitenLayout = "whole"
+  whiten_method: WhiteningMethod = "newton_schulz"
 
   def __post_init__(self):
     _check_choice("--optimizer", self.name, OptimizerName)
     _check_choice("--non-matrix", self.non_matrix, NonMatrix)
     _check_choice("--whiten-layout", self.whiten_layout, WhitenLayout)
+    _check_choice("--whiten-method", self.whiten_method, WhiteningMethod)
     _check_choice("swan_operators", self.swan_operators, SwanOperators)
     if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
       raise ValueError(f"--lr must be a positive number, got {self.lr}")

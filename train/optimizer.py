@@ -56,7 +56,7 @@ def make_optimizer(
       dimension_numbers=dimension_numbers,
       weight_decay=config.weight_decay,
       non_matrix_optimizer=_adam_group(config, steps),
-      **_whiten_layout(config, mesh),
+      **_whitening(config, mesh),
     )
   else:
     if config.name == "adam":
@@ -119,7 +119,7 @@ def _swan_one_operator(
   if config.swan_operators == "gradnorm":
     operator = swan_optax.gradnorm(dimension_numbers=dims)
   else:
-    operator = swan_optax.whiten(dimension_numbers=dims, **_whiten_layout(config, mesh))
+    operator = swan_optax.whiten(dimension_numbers=dims, **_whitening(config, mesh))
   matrix = optax.chain(
     operator, optax.add_decayed_weights(config.weight_decay), optax.scale_by_learning_rate(lr)
   )
@@ -134,8 +134,10 @@ def _embed_mask(params) -> object:
   )
 
 
-def _whiten_layout(config: OptimizerConfig, mesh: jax.sharding.Mesh | None) -> dict:
-  """swan keyword for ``--whiten-layout whole``: whole matrices per device, by all-to-alls."""
-  if config.name != "swan" or mesh is None or config.whiten_layout == "param":
+def _whitening(config: OptimizerConfig, mesh: jax.sharding.Mesh | None) -> dict:
+  """swan's whitening keywords: its method, and ``mesh`` for ``--whiten-layout whole`` (whole
+  matrices per device, by all-to-alls)."""
+  if config.name != "swan":
     return {}
-  return {"mesh": mesh}
+  whole = config.whiten_layout == "whole"
+  return {"method": config.whiten_method, "mesh": mesh if whole else None}

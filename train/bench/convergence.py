@@ -310,6 +310,9 @@ def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, str
       lambda seed: grid_run("tiny", "swan", s, seed, swan_operators="gradnorm")),
     "swan_whiten": ("swan", "SWAN with whitening only (no GradNorm)",
       lambda seed: grid_run("tiny", "swan", s, seed, swan_operators="whiten")),
+    "swan_polar_express": ("swan", "SWAN whitening by Polar Express (closer to the polar factor "
+      "on real gradients than the paper's 10 Newton-Schulz steps)",
+      lambda seed: grid_run("tiny", "swan", s, seed, whiten_method="polar_express")),
     "swan+adafactor": ("swan", "nearly stateless: SWAN with Adafactor instead of Adam on "
       "non-matrices", lambda seed: grid_run("tiny", "swan", s, seed, non_matrix="adafactor")),
   }  # fmt: skip
