@@ -12,7 +12,8 @@ run's seed. Stages, in priority order:
 * ``seeds``: seeds 1 and 2 at each variant's best;
 * ``ablations``: seeds 0 and 1 of variants that say where the gain comes from;
 * ``small``: the ``small`` model (6.8M params) at each best tiny lr and its 2x
-  neighbours, and Adam with its embeddings at SinkGD's lr;
+  neighbours, widened 2x while the best sits at an edge, and Adam with its
+  embeddings at SinkGD's lr;
 * ``timing``: each optimizer's median step time (tiny and small), interleaved in this process;
 * ``report``: the tables, plot and summary, from the run JSONs alone.
 
@@ -228,10 +229,18 @@ class Store:
     return None if record is None else record["evals"][-1]["val_loss"]
 
 
-def sweep(store: Store, size: str = "tiny") -> dict[str, dict[float, float | None]]:
-  """Seed-0 final losses over each variant's grid, widened 2x at an edge holding the best."""
-  grid = {variant: list(lrs) for variant, lrs in GRID.items()}
-  for i in GRID_ORDER:
+def sweep(
+  store: Store,
+  size: str = "tiny",
+  grid: dict[str, tuple[float, ...]] = GRID,
+  order: tuple[int, ...] = GRID_ORDER,
+) -> dict[str, dict[float, float | None]]:
+  """Seed-0 final losses over each variant's grid, widened 2x at an edge holding the best.
+
+  ``order``: the grid points' indices in the order they run, every variant in turn.
+  """
+  grid = {variant: list(lrs) for variant, lrs in grid.items()}
+  for i in order:
     for variant, lrs in grid.items():
       store.get(grid_run(size, variant, lrs[i], 0))
   losses = {v: {lr: store.final(grid_run(size, v, lr, 0)) for lr in lrs} for v, lrs in grid.items()}
@@ -323,16 +332,15 @@ def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, str
   }  # fmt: skip
 
 
-SMALL_LR_FACTORS = (1, 0.5, 2)  # the best tiny lr, then its neighbours on the 2x grid
+SMALL_LR_FACTORS = (0.5, 1, 2)  # the best tiny lr and its 2x neighbours, widened like the sweep
+SMALL_ORDER = (1, 0, 2)
 
 
-def small_runs(best: dict[str, float], adam: str) -> list[Run]:
-  """The small model at each best tiny lr and its two 2x neighbours."""
-  return [
-    grid_run("small", v, best[v] * factor, 0)
-    for factor in SMALL_LR_FACTORS
-    for v in (adam, "swan", "sinkgd")
-  ]
+def small_sweep(store: Store, best: dict[str, float], adam: str) -> dict[str, dict[float, float]]:
+  """The small model's seed-0 losses from each best tiny lr and its 2x neighbours, widened 2x
+  while the best sits at an edge (as the tiny sweep)."""
+  grid = {v: tuple(best[v] * f for f in SMALL_LR_FACTORS) for v in (adam, "swan", "sinkgd")}
+  return sweep(store, "small", grid, SMALL_ORDER)
 
 
 def small_embed_lr_run(best: dict[str, float], adam: str) -> Run:
@@ -471,7 +479,9 @@ def _times(fraction: float | str | None, ratio: float | None) -> float | str | N
 
 def _small(store: Store, best: dict[str, float], adam: str, step_times) -> list[dict]:
   """The small model's runs, token fractions against its best Adam run; the ablation last."""
-  runs = [*small_runs(best, adam), small_embed_lr_run(best, adam)]
+  lrs = small_sweep(store, best, adam)
+  runs = [grid_run("small", v, lr, 0) for v, ls in lrs.items() for lr in ls]
+  runs.append(small_embed_lr_run(best, adam))
   records = {r.tag: store.get(r) for r in runs}
   adam_runs = [r for r in runs if r.variant == adam and records[r.tag] is not None]
   ref = min((records[r.tag] for r in adam_runs), key=lambda x: x["evals"][-1]["val_loss"],
@@ -493,14 +503,15 @@ def plot(store: Store, summary: dict, path: pathlib.Path) -> None:
     records = [r for r in map(store.get, runs) if r is not None]
     if records:
       _band(axes[0], records, f"{variant} lr {best[variant]:g} ({len(records)} seeds)")
-  for run in small_runs(best, summary["adam"]) if summary["adam"] else []:
-    record = store.get(run)
-    if record is not None and run.optimizer.lr == best[run.variant]:
-      _band(axes[1], [record], f"{run.variant} lr {run.optimizer.lr:g} (1 seed)")
+  small = [r for r in summary["small"] if r["variant"] in best and r["final_loss"][0] is not None]
+  for variant in dict.fromkeys(r["variant"] for r in small):
+    lr = min((r for r in small if r["variant"] == variant), key=lambda r: r["final_loss"][0])["lr"]
+    record = store.get(grid_run("small", variant, lr, 0))
+    _band(axes[1], [record], f"{variant} lr {lr:g} (1 seed)")
   for ax, size in zip(axes, ("tiny", "small"), strict=True):
     params = configs.get_config(size).num_params
     ax.set(xlabel="training tokens", ylabel="validation loss",
-           title=f"{size} LLaMA ({params / 1e6:.1f}M params), best tiny lr")  # fmt: skip
+           title=f"{size} LLaMA ({params / 1e6:.1f}M params), each at its best lr")  # fmt: skip
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
@@ -552,7 +563,8 @@ def run_stages(store: Store, stages, out: pathlib.Path, reps: int) -> None:
     adam = adam_reference(read_only, best)
     for *_, runs in ablation_runs(best, adam).values():
       list(map(at("ablations").get, runs))
-    list(map(at("small").get, [*small_runs(best, adam), small_embed_lr_run(best, adam)]))
+    small_sweep(at("small"), best, adam)
+    at("small").get(small_embed_lr_run(best, adam))
   if "timing" in stages:
     timing = {size: median_step_times(size, reps) for size in ("tiny", "small")}
     out.mkdir(parents=True, exist_ok=True)
@@ -706,8 +718,9 @@ def _small_table(summary: dict, store: Store) -> str:
   return (
     f"**Second size:** small LLaMA ({params / 1e6:.1f}M params, vocab 4096), seed 0, "
     f"{store.steps['small']} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
-    f"its 2x neighbours, and `{ablation}` (the ablation that matched SinkGD on tiny); the token "
-    "fraction is against the best of the Adam runs.\n\n"
+    "its 2x neighbours (widened 2x while the best sat at an edge), and "
+    f"`{ablation}` (the ablation that matched SinkGD on tiny); the token fraction is against "
+    "the best of the Adam runs.\n\n"
     + harness.markdown_table(columns, cells, "lrrrrr")
     + "".join(_size_reading(summary, variant) for variant in optimizers)
     + _small_ablation_reading(summary, ablation)
