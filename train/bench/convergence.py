@@ -336,7 +336,9 @@ SMALL_LR_FACTORS = (0.5, 1, 2)  # the best tiny lr and its 2x neighbours, widene
 SMALL_ORDER = (1, 0, 2)
 
 
-def small_sweep(store: Store, best: dict[str, float], adam: str) -> dict[str, dict[float, float]]:
+def small_sweep(
+  store: Store, best: dict[str, float], adam: str
+) -> dict[str, dict[float, float | None]]:
   """The small model's seed-0 losses from each best tiny lr and its 2x neighbours, widened 2x
   while the best sits at an edge (as the tiny sweep)."""
   grid = {v: tuple(best[v] * f for f in SMALL_LR_FACTORS) for v in (adam, "swan", "sinkgd")}
