@@ -177,10 +177,12 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   assert small_lrs("adam-b2_0.999") == pytest.approx([5e-4, 1e-3, 2e-3])
   assert small_lrs("swan") == pytest.approx([5e-4, 1e-3, 2e-3, 4e-3, 8e-3])
   assert small_lrs("adam-b2_0.999+embed_lr0.05") == pytest.approx([1e-3])
+  assert small_lrs("swan_polar_express") == pytest.approx([1e-3])  # SWAN's best small lr
   text = (tmp_path / "out" / "convergence.md").read_text()
   assert "not run yet" not in text.split("\n", 1)[1]
   assert "* swan: 0.001 beats the best tiny lr 0.004 on small" in text
   assert "* sinkgd: the best tiny lr 0.05 is also the best of 3 on small" in text
+  assert "* swan_polar_express: 3.800, +0.000 nats against `swan` at the same lr" in text
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ run's seed. Stages, in priority order:
 * ``seeds``: seeds 1 and 2 at each variant's best;
 * ``ablations``: seeds 0 and 1 of variants that say where the gain comes from;
 * ``small``: the ``small`` model (6.8M params) at each best tiny lr and its 2x
-  neighbours, widened 2x while the best sits at an edge, and Adam with its
-  embeddings at SinkGD's lr;
+  neighbours, widened 2x while the best sits at an edge, then Adam with its
+  embeddings at SinkGD's lr and SWAN by Polar Express at its best small lr;
 * ``timing``: each optimizer's median step time (tiny and small), interleaved in this process;
 * ``report``: the tables, plot and summary, from the run JSONs alone.
 
@@ -345,9 +345,17 @@ def small_sweep(
   return sweep(store, "small", grid, SMALL_ORDER)
 
 
-def small_embed_lr_run(best: dict[str, float], adam: str) -> Run:
-  """The ablation that changed the tiny reading, on small: Adam, embeddings at SinkGD's lr."""
-  return embed_lr_run("small", adam, best[adam], best["sinkgd"], 0)
+def small_ablations(
+  best: dict[str, float], adam: str, small: dict[str, dict[float, float | None]]
+) -> dict[str, Run]:
+  """Base variant -> the ablation rerun on small: Adam with the embeddings at SinkGD's best lr
+  (the tiny ablation that matched SinkGD), and SWAN whitening by Polar Express at SWAN's best
+  small lr (once the small SWAN grid brackets it)."""
+  runs = {adam: embed_lr_run("small", adam, best[adam], best["sinkgd"], 0)}
+  if swan := best_lrs(small).get("swan"):
+    polar = grid_run("small", "swan", swan, 0, whiten_method="polar_express")
+    runs["swan"] = dataclasses.replace(polar, variant="swan_polar_express")
+  return runs
 
 
 def tokens_to_reach(evals: list[dict], target_loss: float) -> float | None:
@@ -482,8 +490,10 @@ def _times(fraction: float | str | None, ratio: float | None) -> float | str | N
 def _small(store: Store, best: dict[str, float], adam: str, step_times) -> list[dict]:
   """The small model's runs, token fractions against its best Adam run; the ablation last."""
   lrs = small_sweep(store, best, adam)
+  ablations = small_ablations(best, adam, lrs)
   runs = [grid_run("small", v, lr, 0) for v, ls in lrs.items() for lr in ls]
-  runs.append(small_embed_lr_run(best, adam))
+  runs += ablations.values()
+  base = {run.variant: variant for variant, run in ablations.items()}
   records = {r.tag: store.get(r) for r in runs}
   adam_runs = [r for r in runs if r.variant == adam and records[r.tag] is not None]
   ref = min((records[r.tag] for r in adam_runs), key=lambda x: x["evals"][-1]["val_loss"],
@@ -491,7 +501,8 @@ def _small(store: Store, best: dict[str, float], adam: str, step_times) -> list[
   rows = []
   for run in runs:
     row = _row(run.variant, run.optimizer.lr, [records[run.tag]], [ref], step_times)
-    rows.append({**row, "tiny_best_lr": best.get(run.variant, best[adam])})
+    rows.append({**row, "tiny_best_lr": best[base.get(run.variant, run.variant)],
+                 "base": base.get(run.variant)})  # fmt: skip
   return rows
 
 
@@ -565,8 +576,8 @@ def run_stages(store: Store, stages, out: pathlib.Path, reps: int) -> None:
     adam = adam_reference(read_only, best)
     for *_, runs in ablation_runs(best, adam).values():
       list(map(at("ablations").get, runs))
-    small_sweep(at("small"), best, adam)
-    at("small").get(small_embed_lr_run(best, adam))
+    small = small_sweep(at("small"), best, adam)
+    list(map(at("small").get, small_ablations(best, adam, small).values()))
   if "timing" in stages:
     timing = {size: median_step_times(size, reps) for size in ("tiny", "small")}
     out.mkdir(parents=True, exist_ok=True)
@@ -716,16 +727,17 @@ def _small_table(summary: dict, store: Store) -> str:
   columns = ["variant", "lr", "best tiny lr", "final val loss", "token fraction",
              "wall-clock fraction"]  # fmt: skip
   params = configs.get_config("small").num_params
-  *optimizers, ablation = variants
+  optimizers = [v for v in variants if v in summary["best_lr"]]
+  ablations = [v for v in variants if v not in summary["best_lr"]]
   return (
     f"**Second size:** small LLaMA ({params / 1e6:.1f}M params, vocab 4096), seed 0, "
     f"{store.steps['small']} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
-    "its 2x neighbours (widened 2x while the best sat at an edge), and "
-    f"`{ablation}` (the ablation that matched SinkGD on tiny); the token fraction is against "
-    "the best of the Adam runs.\n\n"
+    "its 2x neighbours (widened 2x while the best sat at an edge), and two ablations of the "
+    "tiny model (Adam with the embeddings at SinkGD's lr, SWAN by Polar Express at its best "
+    "small lr); the token fraction is against the best of the Adam runs.\n\n"
     + harness.markdown_table(columns, cells, "lrrrrr")
     + "".join(_size_reading(summary, variant) for variant in optimizers)
-    + _small_ablation_reading(summary, ablation)
+    + "".join(_small_ablation_reading(summary, ablation) for ablation in ablations)
     + "\n"
   )  # fmt: skip
 
@@ -757,17 +769,17 @@ def _size_reading(summary: dict, variant: str) -> str:
 
 
 def _small_ablation_reading(summary: dict, ablation: str) -> str:
-  """One line: does the ablation keep its tiny effect (loss against the best small Adam)?"""
+  """One line: does the ablation keep its tiny effect (against its base at the same lr)?"""
   row = next(r for r in summary["small"] if r["variant"] == ablation)
-  adam = [r["final_loss"][0] for r in summary["small"] if r["variant"] == summary["adam"]]
+  base = next(r for r in summary["small"] if r["variant"] == row["base"] and r["lr"] == row["lr"])
   tiny = next((r for r in summary["ablations"] if r["variant"] == ablation), None)
-  loss = row["final_loss"][0]
-  if loss is None or None in adam:
+  loss, base_loss = row["final_loss"][0], base["final_loss"][0]
+  if loss is None or base_loss is None:
     return f"\n* {ablation}: not run yet."
-  on_tiny = f"; on tiny {_fractions(tiny['token_fraction'])}" if tiny else ""
+  on_tiny = f" (on tiny: {_fractions(tiny['token_fraction'])})" if tiny else ""
   return (
-    f"\n* {ablation}: {loss:.3f}, {loss - min(adam):+.3f} nats against the best small Adam; "
-    f"token fraction {_fractions(row['token_fraction'])}{on_tiny}."
+    f"\n* {ablation}: {loss:.3f}, {loss - base_loss:+.3f} nats against `{row['base']}` at the "
+    f"same lr; token fraction {_fractions(row['token_fraction'])}{on_tiny}."
   )
 
 
