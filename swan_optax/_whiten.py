@@ -196,8 +196,11 @@ def whiten(
   * ``'newton_schulz'`` (default, 10 steps): the paper's coupled
     inverse-square-root iteration on the short-side Gram ``A``,
     ``T = 3I - ZY; Y <- beta Y T; Z <- beta T Z``; exact for well-conditioned
-    inputs. ``ns_beta != 0.5`` is a different, inexact operator.
-  * ``'polar_express'`` (8 steps): Polar Express quintic iteration on ``X``.
+    inputs, far from ``U V^T`` on ill-conditioned real gradients (README
+    "Whitening precision"). ``ns_beta != 0.5`` is a different, inexact operator.
+  * ``'polar_express'`` (8 steps): Polar Express quintic iteration on ``X``;
+    close to ``U V^T`` on real gradients, and the better SWAN in the
+    convergence benchmark (README "Convergence").
   * ``'quintic'`` (5 steps): Muon's fixed quintic; approximate by design.
   * ``'svd'`` / ``'eigh'``: exact references (slow; for tests and checks).
 

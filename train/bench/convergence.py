@@ -515,12 +515,12 @@ def plot(store: Store, summary: dict, path: pathlib.Path) -> None:
   for variant, runs in seed_runs(best).items():
     records = [r for r in map(store.get, runs) if r is not None]
     if records:
-      _band(axes[0], records, f"{variant} lr {best[variant]:g} ({len(records)} seeds)")
+      _band(axes[0], records, f"{variant} lr {best[variant]:g} ({len(records)} seeds)", variant)
   small = [r for r in summary["small"] if r["variant"] in best and r["final_loss"][0] is not None]
   for variant in dict.fromkeys(r["variant"] for r in small):
     lr = min((r for r in small if r["variant"] == variant), key=lambda r: r["final_loss"][0])["lr"]
     record = store.get(grid_run("small", variant, lr, 0))
-    _band(axes[1], [record], f"{variant} lr {lr:g} (1 seed)")
+    _band(axes[1], [record], f"{variant} lr {lr:g} (1 seed)", variant)
   for ax, size in zip(axes, ("tiny", "small"), strict=True):
     params = configs.get_config(size).num_params
     ax.set(xlabel="training tokens", ylabel="validation loss",
@@ -537,11 +537,13 @@ def plot(store: Store, summary: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def _band(ax, records: list[dict], label: str) -> None:
+def _band(ax, records: list[dict], label: str, variant: str) -> None:
+  """Mean and min–max of the records' curves, in the variant's colour on both panels."""
+  color = f"C{list(GRID).index(variant)}"
   tokens = np.array([e["tokens"] for e in records[0]["evals"]])
   loss = np.array([[e["val_loss"] for e in r["evals"]] for r in records])
-  ax.plot(tokens, loss.mean(0), "o-", ms=2, label=label)
-  ax.fill_between(tokens, loss.min(0), loss.max(0), alpha=0.25)
+  ax.plot(tokens, loss.mean(0), "o-", ms=2, label=label, color=color)
+  ax.fill_between(tokens, loss.min(0), loss.max(0), alpha=0.25, color=color)
 
 
 def main() -> None:
