@@ -128,6 +128,20 @@ def test_a_run_folder_of_the_trainer_before_trainconfig_is_adopted(tmp_path):
     conv.Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(other)
 
 
+def test_a_run_folder_without_a_newer_optimizer_field_is_adopted_as_its_default(tmp_path):
+  run = conv.grid_run("tiny", "swan", 4e-3, 0)
+  config = conv.train_config(run, 40, tmp_path / "work")
+  _fake_train(config)
+  metrics_path = config.run_dir / "metrics.jsonl"
+  records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+  del records[0]["config"]["optimizer"]["whiten_method"]  # written before the field existed
+  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert _store(tmp_path, train_fn=None).get(run)["evals"][-1]["step"] == 40
+  polar = conv.grid_run("tiny", "swan", 4e-3, 0, whiten_method="polar_express")
+  with pytest.raises(ValueError, match="other optimizer settings"):
+    conv.Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
+
+
 def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
   run = conv.grid_run("tiny", "swan", 2e-3, 0)
   _store(tmp_path, steps=40).get(run)

@@ -129,7 +129,11 @@ def run_record(run: Run, config: TrainConfig, folder: pathlib.Path, wall_time_s:
   if found != expected:
     diff = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
     raise ValueError(f"run folder {folder} is not {run.tag}: (found, expected) {diff}")
-  if "config" in header and header["config"]["optimizer"] != json.loads(_to_json(o)):
+  # A field the folder's trainer did not have yet ran at its default (fields are added so).
+  defaults = json.loads(_to_json(OptimizerConfig()))
+  if "config" in header and {**defaults, **header["config"]["optimizer"]} != json.loads(
+    _to_json(o)
+  ):
     raise ValueError(f"run folder {folder} has other optimizer settings than {run.tag}")
   train = [r for r in records if r["kind"] == "train"]
   return {
