@@ -252,15 +252,20 @@ def test_adam_group_lr_changes_only_the_adam_group(params):
     np.testing.assert_allclose(b, a / 10 if label == "adam" else a, rtol=1e-5, atol=1e-12)
 
 
+def _matrix_layouts(params) -> list:
+  """Per leaf, in ``jax.tree.leaves`` order: its layout if in the matrix group, else None."""
+  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=LAYOUTS))
+  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
+  layouts = jax.tree.leaves(LAYOUTS, is_leaf=is_dims)
+  return [d if label == "matrix" else None for d, label in zip(layouts, labels, strict=True)]
+
+
 @pytest.mark.parametrize("operator", ["gradnorm", "whiten"])
 def test_swan_with_one_operator_applies_only_that_operator(params, operator):
   grads, updates = _updates(params, name="swan", lr=1e-3, swan_operators=operator)
   _, both = _updates(params, name="swan", lr=1e-3)
   make = {"gradnorm": swan_optax.gradnorm, "whiten": swan_optax.whiten}[operator]
-  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=LAYOUTS))
-  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
-  layouts = jax.tree.leaves(LAYOUTS, is_leaf=is_dims)
-  dims = [d if label == "matrix" else None for d, label in zip(layouts, labels, strict=True)]
+  dims = _matrix_layouts(params)
   leaves = zip(*map(jax.tree.leaves, (grads, updates, both)), dims, strict=True)
   for grad, update, swan_update, dim in leaves:
     expected = (
@@ -276,12 +281,10 @@ def test_whiten_method_reaches_swan_whitening(params, operators):
   fields = {"name": "swan", "lr": 1e-3, "swan_operators": operators}
   grads, updates = _updates(params, whiten_method="svd", **fields)
   _, default = _updates(params, **fields)
-  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=LAYOUTS))
-  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
-  layouts = jax.tree.leaves(LAYOUTS, is_leaf=is_dims)
-  leaves = zip(*map(jax.tree.leaves, (grads, updates, default)), layouts, labels, strict=True)
-  for grad, update, default_update, dim, label in leaves:
-    if label != "matrix":
+  dims = _matrix_layouts(params)
+  leaves = zip(*map(jax.tree.leaves, (grads, updates, default)), dims, strict=True)
+  for grad, update, default_update, dim in leaves:
+    if dim is None:
       continue
     if operators == "both":
       grad = swan_optax.gradnorm(dimension_numbers=dim).update(grad, None)[0]
