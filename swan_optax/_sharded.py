@@ -119,7 +119,7 @@ def layout(
   matrix_dims = fan_in_dims + _matrix._axes_tuple(dims.output_axes, ndim)
   batch_dims = view.transpose[: ndim - len(matrix_dims)]
   dim_axes = _dim_axes(spec, ndim)
-  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  size = lambda axes: _sizes(axes, mesh)
   used = {a for axes in dim_axes for a in axes}
   return Layout(
     view=view,
