@@ -14,10 +14,10 @@ from models import configs
 from train import cli
 from train import mesh as mesh_lib
 
-INT_FLAGS = [
-  "--steps", "--batch-size", "--seq-len", "--grad-accum", "--eval-every", "--eval-batches",
-  "--log-every", "--checkpoint-every", "--keep-checkpoints",
-]  # fmt: skip
+INT_FLAGS = (
+  "--steps --batch-size --seq-len --grad-accum --eval-every --eval-batches --log-every "
+  "--checkpoint-every --keep-checkpoints"
+).split()
 FLOAT_FLAGS = ["--lr", "--warmup", "--weight-decay", "--max-grad-norm", "--adam-b2"]
 CHOICE_FLAGS = ["--config", "--optimizer", "--non-matrix", "--on-nonfinite", "--param-dtype"]
 # Where each flag lands in the TrainConfig (default: the field named like the flag).
@@ -76,7 +76,7 @@ def test_parse_args_accepts_or_exits_with_a_message(flag, value):
         st.sampled_from(["data", "fsdp", "tensor", "pipe", "", "Data"]),
         st.sampled_from(["=", ":", "=="]),
         st.sampled_from(["1", "2", "4", "8", "0", "-2", "x", "", "٢", "²"]),
-      ),  # fmt: skip
+      ),
       max_size=4,
     ).map(lambda parts: ",".join(a + s + v for a, s, v in parts)),
   )
@@ -90,8 +90,10 @@ def test_mesh_spec_is_valid_or_a_clear_error(spec):
   assert set(sizes) == set(mesh_lib.AXES) and math.prod(sizes.values()) == 8
 
 
-FIELDS = ["vocab_size", "dim", "ffn_dim", "num_layers", "num_heads", "head_dim", "max_seq_len",
-          "norm_eps", "rope_theta", "init_std", "dtype", "hidden"]  # fmt: skip
+FIELDS = (
+  "vocab_size dim ffn_dim num_layers num_heads head_dim max_seq_len norm_eps rope_theta "
+  "init_std dtype hidden"
+).split()
 
 
 @settings(max_examples=300, deadline=None)
@@ -100,7 +102,7 @@ FIELDS = ["vocab_size", "dim", "ffn_dim", "num_layers", "num_heads", "head_dim",
   field=st.sampled_from(FIELDS),
   value=st.one_of(
     st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5), st.booleans(), st.none()
-  ),  # fmt: skip
+  ),
 )
 def test_config_overrides_are_valid_or_a_clear_error(name, field, value):
   try:
@@ -121,8 +123,9 @@ def test_startup_xla_errors_name_the_config_and_mesh(tmp_path, monkeypatch, caps
 
   monkeypatch.setattr(llama, "init_params", out_of_memory)
   with pytest.raises(SystemExit):
-    cli.main(["--config", "1b", "--seq-len", "64", "--batch-size", "8",
-                   "--mesh", "data=2,fsdp=4", "--out", str(tmp_path)])  # fmt: skip
+    cli.main(
+      [*"--config 1b --seq-len 64 --batch-size 8 --mesh data=2,fsdp=4 --out".split(), str(tmp_path)]
+    )
   line = capsys.readouterr().err.strip().splitlines()[-1]
   assert "--config 1b" in line and "{'data': 2, 'fsdp': 4, 'tensor': 1}" in line, line
   assert "RESOURCE_EXHAUSTED: Out of memory" in line and "--grad-accum" in line

@@ -37,26 +37,27 @@ def _losses(records: list[dict]) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["swan", "sinkgd", "adam", "adamw"])
 def test_loss_decreases_on_the_shipped_corpus(tmp_path, optimizer):
-  records = _run(tmp_path, "--optimizer", optimizer, "--steps", "30", "--log-every", "1",
-                 "--eval-every", "15")  # fmt: skip
+  records = _run(
+    tmp_path, "--optimizer", optimizer, "--steps", "30", "--log-every", "1", "--eval-every", "15"
+  )
   losses = list(_losses(records).values())
   evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
   assert np.mean(losses[-5:]) < losses[0] - 1.0, losses
   assert evals[-1] < evals[0], evals
   assert (tmp_path / "loss.png").stat().st_size > 0
   header = records[0]
-  assert header["optimizer_state_bytes"] > 0 and header["mesh"] == {"data": 8, "fsdp": 1,
-                                                                      "tensor": 1}  # fmt: skip
+  assert header["optimizer_state_bytes"] > 0
+  assert header["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["step"] == 30 and np.isclose(summary["val_ppl"], np.exp(evals[-1]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype_flags", [[], ["--param-dtype", "bfloat16", "--bf16"]],
-                         ids=["f32", "bf16"])  # fmt: skip
+@pytest.mark.parametrize(
+  "dtype_flags", [[], ["--param-dtype", "bfloat16", "--bf16"]], ids=["f32", "bf16"]
+)
 def test_resume_continues_exactly(tmp_path, dtype_flags):
-  flags = ["--steps", "8", "--checkpoint-every", "4", "--log-every", "1", "--eval-every", "8",
-           *dtype_flags]  # fmt: skip
+  flags = [*"--steps 8 --checkpoint-every 4 --log-every 1 --eval-every 8".split(), *dtype_flags]
   records = _run(tmp_path, *flags)
   assert records[0]["config"]["param_dtype"] == ("bfloat16" if dtype_flags else "float32")
   straight = _losses(records)

@@ -1,19 +1,20 @@
-"""The run configuration: one frozen ``TrainConfig`` nesting the model, data and optimizer configs.
+"""The run configuration: one frozen ``TrainConfig`` nesting the data and optimizer configs.
 
-Every setting has its one default here; the CLI (``train/cli.py``) only maps
-flags onto these fields, and each config checks its own fields when it is
-built, naming the flag to change.
+Every setting is declared here once, with its default and (in ``Attributes:``) its doc;
+the CLI (``train/cli.py``) derives a flag from each field (``train/flags.py``). Each
+config checks its own fields when it is built and raises ``ConfigError`` naming the field.
 """
 
 import dataclasses
 import math
 import pathlib
 from typing import Literal
-from typing import get_args
 
 from models import configs
 from swan_optax import WhiteningMethod
+from train import flags
 from train.data import DataConfig
+from train.flags import ConfigError
 
 OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
 NonMatrix = Literal["adam", "adafactor"]
@@ -26,9 +27,12 @@ SwanOperators = Literal["both", "gradnorm", "whiten"]
 DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 
 
-def _check_choice(flag: str, value: str, choices: type) -> None:
-  if value not in get_args(choices):
-    raise ValueError(f"{flag} must be one of {get_args(choices)}, got {value!r}")
+def _check_choices(config) -> None:
+  """Raises for a field whose value is not one of its choices (``Literal`` or metadata)."""
+  for field in dataclasses.fields(config):
+    allowed, value = flags.choices(field), getattr(config, field.name)
+    if allowed is not None and value not in allowed:
+      raise ConfigError(config, field.name, f"must be one of {list(allowed)}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,7 @@ class OptimizerConfig:
 
   Attributes:
     name: swan/sinkgd are stateless on attention and MLP kernels, Adam on the rest.
-    lr: peak learning rate; ``None``: ``DEFAULT_LR[name]``.
+    lr: peak learning rate; ``None``: the optimizer's, ``DEFAULT_LR[name]``.
     warmup_fraction: linear warmup, as a fraction of the run's steps.
     final_lr_fraction: the cosine ends at this fraction of the peak.
     weight_decay: decoupled weight decay.
@@ -55,9 +59,12 @@ class OptimizerConfig:
     whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
   """
 
-  name: OptimizerName = "swan"
-  lr: float | None = None
-  warmup_fraction: float = 0.1
+  name: OptimizerName = dataclasses.field(default="swan", metadata={"flag": "--optimizer"})
+  lr: float | None = dataclasses.field(
+    default=None,
+    metadata={"shown_default": ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())},
+  )
+  warmup_fraction: float = dataclasses.field(default=0.1, metadata={"flag": "--warmup"})
   final_lr_fraction: float = 0.1
   weight_decay: float = 0.0
   max_grad_norm: float | None = None
@@ -70,40 +77,44 @@ class OptimizerConfig:
   whiten_method: WhiteningMethod = "newton_schulz"
 
   def __post_init__(self):
-    _check_choice("--optimizer", self.name, OptimizerName)
-    _check_choice("--non-matrix", self.non_matrix, NonMatrix)
-    _check_choice("--whiten-layout", self.whiten_layout, WhitenLayout)
-    _check_choice("--whiten-method", self.whiten_method, WhiteningMethod)
-    _check_choice("swan_operators", self.swan_operators, SwanOperators)
+    _check_choices(self)
     if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-      raise ValueError(f"--lr must be a positive number, got {self.lr}")
+      raise ConfigError(self, "lr", f"must be a positive number, got {self.lr}")
     if not 0 <= self.warmup_fraction < 1:
-      raise ValueError(f"--warmup must be in [0, 1), got {self.warmup_fraction}")
+      raise ConfigError(self, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
     if not 0 <= self.final_lr_fraction <= 1:
-      raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+      raise ConfigError(
+        self, "final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}"
+      )
     if not 0 <= self.weight_decay < math.inf:
-      raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
+      raise ConfigError(self, "weight_decay", f"must be a number >= 0, got {self.weight_decay}")
     if self.max_grad_norm is not None and not 0 < self.max_grad_norm < math.inf:
-      raise ValueError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}")
+      raise ConfigError(
+        self, "max_grad_norm", f"must be a positive number, got {self.max_grad_norm}"
+      )
     if not 0 <= self.adam_b2 < 1:
-      raise ValueError(f"--adam-b2 must be in [0, 1), got {self.adam_b2}")
+      raise ConfigError(self, "adam_b2", f"must be in [0, 1), got {self.adam_b2}")
     self._check_group_options()
 
   def _check_group_options(self) -> None:
     """Raises for a per-group option the optimizer ``name`` does not have."""
     stateless = self.name in ("swan", "sinkgd")
     if self.adam_group_lr is not None and not (stateless and 0 < self.adam_group_lr < math.inf):
-      raise ValueError(
-        f"adam_group_lr must be a positive number, for swan or sinkgd only; got "
-        f"{self.adam_group_lr} with --optimizer {self.name}"
+      raise ConfigError(
+        self,
+        "adam_group_lr",
+        f"must be a positive number, for swan or sinkgd only; got {self.adam_group_lr} "
+        f"with optimizer {self.name}",
       )
     if self.embed_lr_scale != 1 and not (not stateless and 0 < self.embed_lr_scale < math.inf):
-      raise ValueError(
-        f"embed_lr_scale must be a positive number, for adam or adamw only; got "
-        f"{self.embed_lr_scale} with --optimizer {self.name}"
+      raise ConfigError(
+        self,
+        "embed_lr_scale",
+        f"must be a positive number, for adam or adamw only; got {self.embed_lr_scale} "
+        f"with optimizer {self.name}",
       )
     if self.swan_operators != "both" and self.name != "swan":
-      raise ValueError(f"swan_operators is for --optimizer swan only, got {self.name}")
+      raise ConfigError(self, "swan_operators", f"is for swan only, got optimizer {self.name}")
 
   @property
   def peak_lr(self) -> float:
@@ -111,13 +122,23 @@ class OptimizerConfig:
 
 
 def model_data(model: str, **fields) -> DataConfig:
-  """A ``DataConfig`` whose BPE (trained when there is no tokenizer file) has ``model``'s vocab."""
+  """A ``DataConfig`` whose BPE (trained when there is no tokenizer file) has ``model``'s vocab.
+
+  A ``TrainConfig`` does this itself for a ``DataConfig`` whose ``vocab_size`` is ``None``.
+  """
   return DataConfig(vocab_size=configs.get_config(model).vocab_size, **fields)
 
 
-_DEFAULT_MODEL = "tiny"
-_POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every",
-             "checkpoint_every", "keep_checkpoints")  # fmt: skip
+_POSITIVE = (
+  "steps",
+  "batch_size",
+  "grad_accum",
+  "eval_every",
+  "eval_batches",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,21 +146,22 @@ class TrainConfig:
   """One training run.
 
   Attributes:
-    model: name of a ``models.configs.CONFIGS`` preset; its ``max_seq_len`` is
-      ``data.seq_len``.
+    model: the ``models.configs.CONFIGS`` preset; its ``max_seq_len`` is ``data.seq_len``.
     bf16: bfloat16 activations.
     param_dtype: dtype of the params and hence of the gradients (``bfloat16``
       with ``bf16``: the papers' pure-BF16 setting). The optimizer computes in
       float32 and keeps float32 state whatever it is (``train/optimizer.py``).
-    data: the corpus, tokenizer and sequence length (``data.vocab_size``: the
-      size of the BPE trained when there is no tokenizer file).
+    data: the corpus, tokenizer and sequence length; a ``data.vocab_size`` of ``None``
+      becomes the model's.
     optimizer: the optimizer and schedule.
     steps: optimizer steps.
     batch_size: global batch, in sequences.
     grad_accum: micro-batches per step.
-    eval_every, eval_batches: steps between validation runs, batches per run.
+    eval_every: steps between validation runs.
+    eval_batches: validation batches per run.
     log_every: steps between train-metric records.
-    checkpoint_every, keep_checkpoints: steps between checkpoints, checkpoints kept.
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: checkpoints kept.
     out: run folder; ``None``: ``runs/MODEL-OPTIMIZER``.
     tensorboard: also write metrics to ``out/tensorboard`` (tensorboardX).
     mesh: e.g. ``data=2,fsdp=2,tensor=2``; ``None``: every device on data.
@@ -148,10 +170,12 @@ class TrainConfig:
     on_nonfinite: a NaN/Inf loss or gradient: skip that update, or stop.
   """
 
-  model: str = _DEFAULT_MODEL
+  model: str = dataclasses.field(
+    default="tiny", metadata={"flag": "--config", "choices": tuple(sorted(configs.CONFIGS))}
+  )
   bf16: bool = False
   param_dtype: ParamDtype = "float32"
-  data: DataConfig = model_data(_DEFAULT_MODEL)
+  data: DataConfig = DataConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   steps: int = 300
   batch_size: int = 16
@@ -171,13 +195,12 @@ class TrainConfig:
   def __post_init__(self):
     for name in _POSITIVE:
       if getattr(self, name) < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-    if self.data.seq_len < 1:
-      raise ValueError(f"--seq-len must be >= 1, got {self.data.seq_len}")
-    _check_choice("--on-nonfinite", self.on_nonfinite, OnNonFinite)
-    if self.model not in configs.CONFIGS:
-      raise ValueError(f"--config must be one of {sorted(configs.CONFIGS)}, got {self.model!r}")
-    _check_choice("--param-dtype", self.param_dtype, ParamDtype)
+        raise ConfigError(self, name, f"must be >= 1, got {getattr(self, name)}")
+    _check_choices(self)
+    if self.data.vocab_size is None:
+      vocab_size = configs.get_config(self.model).vocab_size
+      # Frozen: the one place a None vocab becomes the model's, before anything reads it.
+      object.__setattr__(self, "data", dataclasses.replace(self.data, vocab_size=vocab_size))
 
   @property
   def model_config(self) -> configs.LlamaConfig:

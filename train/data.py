@@ -19,12 +19,14 @@ import numpy as np
 
 from train import text
 from train import tokenizer as tokenizer_lib
+from train.flags import ConfigError
 from train.text import Piece
 from train.tokenizer import EOS
 from train.tokenizer import Tokenizer
 from train.tokenizer import load_tokenizer
 
 DEFAULT_CORPUS = pathlib.Path(__file__).resolve().parent / "data" / "shakespeare.txt.gz"
+DEFAULT_VOCAB_SIZE = 4096  # of the BPE of a DataConfig used alone, without a model
 # The windows are in memory: prefetch threads would only contend for the GIL.
 _IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
@@ -39,7 +41,8 @@ class DataConfig:
       Hugging Face dataset with a ``text`` field.
     tokenizer: a ``tokenizers`` ``tokenizer.json`` or a sentencepiece
       ``.model``; ``None`` trains a byte-level BPE on the training split.
-    vocab_size: size of that BPE (unused with ``tokenizer``).
+    vocab_size: size of that BPE (unused with ``tokenizer``); ``None``: the model's
+      (``TrainConfig`` sets it; ``DEFAULT_VOCAB_SIZE`` for a ``DataConfig`` used alone).
     seq_len: tokens per sequence; each split must hold one window of ``seq_len + 1``.
     val_fraction: share of the text held out for validation (unused for a
       ``hf:`` dataset that has a validation split).
@@ -49,18 +52,22 @@ class DataConfig:
 
   data: str = str(DEFAULT_CORPUS)
   tokenizer: str | None = None
-  vocab_size: int = 4096
+  vocab_size: int | None = None
   seq_len: int = 256
   val_fraction: float = 0.05
   max_documents: int = 20_000
 
   def __post_init__(self):
+    if self.seq_len < 1:
+      raise ConfigError(self, "seq_len", f"must be >= 1, got {self.seq_len}")
     if not 0 < self.val_fraction < 1:
-      raise ValueError(f"DataConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
-    if self.tokenizer is None and self.vocab_size <= 256:
-      raise ValueError(
-        f"vocab_size {self.vocab_size} is too small for a byte-level BPE (256 bytes + {EOS}): "
-        "use at least 257, or pass --tokenizer"
+      raise ConfigError(self, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+    if self.tokenizer is None and self.vocab_size is not None and self.vocab_size <= 256:
+      raise ConfigError(
+        self,
+        "vocab_size",
+        f"must be at least 257 for a byte-level BPE (256 bytes + {EOS}), got "
+        f"{self.vocab_size}; or give a tokenizer file",
       )
 
 
@@ -82,9 +89,8 @@ def load_corpus(config: DataConfig) -> Corpus:
   train, val, data_dir = text.read_split(config.data, config.val_fraction, config.max_documents)
   if config.tokenizer is None:
     blocks = [block for piece in train for block in piece]
-    tokenizer = tokenizer_lib.bpe_tokenizer(
-      blocks, config.vocab_size, tokenizer_lib.cache_dir(data_dir)
-    )
+    vocab_size = config.vocab_size or DEFAULT_VOCAB_SIZE
+    tokenizer = tokenizer_lib.bpe_tokenizer(blocks, vocab_size, tokenizer_lib.cache_dir(data_dir))
   else:
     tokenizer = load_tokenizer(config.tokenizer)
   corpus = Corpus(tokenizer, _encode(tokenizer, train), _encode(tokenizer, val))

@@ -1,0 +1,159 @@
+"""Command-line flags derived from frozen config dataclasses, so each option is declared once.
+
+A field ``seq_len`` of a config, nested at any depth, is the flag ``--seq-len``. Its type
+gives the parsing (``int``, ``float``, ``str``, ``pathlib.Path``, ``X | None`` with default
+``None``, ``Literal[...]`` choices, ``bool``: a switch), its default the flag's default, and
+its entry in the ``Attributes:`` section of its class docstring the flag's help. A field's
+``metadata`` may add ``flag`` (another name, to keep an established one), ``choices`` (the
+values a ``str`` field allows) and ``shown_default`` (the default as ``--help`` tells it).
+
+A config checks its own fields and raises ``ConfigError``, which names the field and its
+flag; ``ConfigParser`` reports it as a usage error under the flag alone.
+"""
+
+import argparse
+import dataclasses
+import inspect
+import pathlib
+import re
+import types
+import typing
+from typing import Any
+from typing import Literal
+from typing import TypeVar
+
+Config = TypeVar("Config")
+_METADATA = {"flag", "choices", "shown_default"}
+_PARSED = (int, float, str, pathlib.Path)
+
+
+def flag(field: dataclasses.Field) -> str:
+  """The flag of a config field: ``metadata["flag"]``, else ``--`` and its name in kebab-case."""
+  return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def choices(field: dataclasses.Field) -> tuple | None:
+  """The values a field allows: ``metadata["choices"]``, or those of its ``Literal`` type."""
+  kind = _strip_none(field.type)
+  literal = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+  return field.metadata.get("choices", literal)
+
+
+class ConfigError(ValueError):
+  """A config field's invalid value, e.g. ``OptimizerConfig.lr must be ... (flag --lr)``."""
+
+  def __init__(self, config: Any, field: str, problem: str):
+    self.field = {f.name: f for f in dataclasses.fields(config)}[field]
+    self.problem = problem
+    super().__init__(f"{type(config).__name__}.{field} {problem} (flag {flag(self.field)})")
+
+
+class ConfigParser(argparse.ArgumentParser):
+  """An ``ArgumentParser`` whose flags are the fields of config dataclasses, a group per class."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self._owners: dict[str, str] = {}  # flag -> the field it sets, to refuse a second one
+
+  def add_config(self, cls: type, title: str, default: Any = None) -> None:
+    """Adds the flags of every field of ``cls``, nested configs flattened into their own groups.
+
+    Args:
+      cls: a dataclass whose fields all have defaults.
+      title: the help's heading of the group of ``cls``'s own flags.
+      default: the instance whose values are the flags' defaults; ``None``: the fields'.
+    """
+    group = self.add_argument_group(title, _flag_docs(cls, inspect.getdoc(cls).splitlines()[0]))
+    docs = _attribute_docs(cls)
+    for field in dataclasses.fields(cls):
+      value = field.default if default is None else getattr(default, field.name)
+      if dataclasses.is_dataclass(field.type):
+        self.add_config(field.type, field.name, value)
+        continue
+      if unknown := set(field.metadata) - _METADATA:
+        raise TypeError(f"{cls.__name__}.{field.name}: unknown metadata {sorted(unknown)}")
+      name, owner = flag(field), f"{cls.__name__}.{field.name}"
+      if name in self._owners:
+        raise TypeError(f"{owner} and {self._owners[name]} both derive {name}: rename one")
+      self._owners[name] = owner
+      if field.name not in docs:
+        raise TypeError(f"{owner} has no entry in the Attributes: section of its docstring")
+      shown = field.metadata.get("shown_default", value)
+      text = _flag_docs(cls, docs[field.name]).removesuffix(".") + f" (default: {shown})"
+      help_text = text.replace("%", "%%")
+      group.add_argument(name, dest=_dest(field), default=value, help=help_text, **_parsing(field))
+
+  def config(self, cls: type[Config], args: argparse.Namespace) -> Config:
+    """The ``cls`` the parsed ``args`` describe; an invalid value exits 2 naming its flag."""
+    try:
+      return _build(cls, args)
+    except ConfigError as e:
+      self.error(f"{flag(e.field)} {e.problem}")
+    except ValueError as e:
+      self.error(str(e))
+
+
+def _build(cls: type[Config], args: argparse.Namespace) -> Config:
+  return cls(
+    **{
+      field.name: _build(field.type, args)
+      if dataclasses.is_dataclass(field.type)
+      else getattr(args, _dest(field))
+      for field in dataclasses.fields(cls)
+    }
+  )
+
+
+def _dest(field: dataclasses.Field) -> str:
+  return flag(field).removeprefix("--").replace("-", "_")
+
+
+def _strip_none(kind: Any) -> Any:
+  """``X`` of ``X | None``, else ``kind``."""
+  args = typing.get_args(kind)
+  if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+    return next(a for a in args if a is not type(None)) if len(args) == 2 else kind
+  return kind
+
+
+def _parsing(field: dataclasses.Field) -> dict[str, Any]:
+  """``add_argument``'s keywords that parse ``field``'s type."""
+  kind = _strip_none(field.type)
+  if kind is bool:
+    return {"action": argparse.BooleanOptionalAction if field.default else "store_true"}
+  if allowed := choices(field):
+    return {"choices": allowed}
+  if kind in _PARSED:
+    return {"type": kind}
+  raise TypeError(f"{field.name}: no flag parses {field.type}; use one of {_PARSED}")
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+  """The ``name: text`` entries of the ``Attributes:`` section of ``cls``'s docstring."""
+  docs, name = {}, None
+  section = inspect.getdoc(cls).partition("\nAttributes:\n")[2]
+  for line in section.splitlines():
+    if not line.startswith("  "):  # a blank line or the next section ends it
+      break
+    if entry := re.fullmatch(r"  (\w+): (.*)", line):
+      name, docs[entry[1]] = entry[1], entry[2]
+    else:
+      docs[name] += " " + line.strip()
+  return docs
+
+
+def _flag_docs(cls: type, doc: str) -> str:
+  """``doc`` for the command line: a ``field`` of ``cls`` as its flag, other ``code`` plain."""
+  flags = _flags(cls)
+  return re.sub(r"``([^`]+)``", lambda m: flags.get(m[1], m[1]), doc)
+
+
+def _flags(cls: type, prefix: str = "") -> dict[str, str]:
+  """Field path (e.g. ``data.seq_len``) -> flag, for ``cls`` and its nested configs."""
+  paths = {}
+  for field in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(field.type):
+      paths |= _flags(field.type, f"{prefix}{field.name}.")
+    else:
+      paths[prefix + field.name] = flag(field)
+  return paths
