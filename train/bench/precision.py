@@ -88,7 +88,7 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
   """Layer 0's attention and MLP kernels' gradients, as matrices, after one batch at init."""
   config = configs.get_config(name, max_seq_len=seq_len)
   # A small BPE vocabulary is enough for one gradient; token ids stay below the model's vocab.
-  vocab = min(config.vocab_size, data.DataConfig.vocab_size)
+  vocab = min(config.vocab_size, data.DEFAULT_VOCAB_SIZE)
   corpus = data.load_corpus(data.DataConfig(vocab_size=vocab, seq_len=seq_len))
   batch = next(data.train_batches(corpus, batch_size=batch_size, seq_len=seq_len, seed=0))
   auto = (jax.sharding.AxisType.Auto,) * 3
