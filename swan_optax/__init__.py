@@ -8,10 +8,10 @@ from swan_optax._labels import param_labels
 from swan_optax._layouts import dimension_numbers_from_einsum
 from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
-from swan_optax._sharded import Route
-from swan_optax._sharded import whitening_plan
 from swan_optax._sinkhorn import sinkhorn
+from swan_optax._table import Route
 from swan_optax._table import routing_table
+from swan_optax._table import whitening_plan
 from swan_optax._whiten import WhiteningMethod
 from swan_optax._whiten import whiten
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _transform
 
 
 def standardize(x: jax.Array, eps: jax.typing.ArrayLike = 1e-8) -> jax.Array:
@@ -55,6 +56,6 @@ def gradnorm(
     Ma et al., `SWAN: SGD with Normalization and Whitening Enables Stateless LLM
     Training <https://arxiv.org/abs/2412.13148>`_, 2024 (Algorithm 3).
   """
-  return _matrix.stateless_matrix_transform(
+  return _transform.stateless_matrix_transform(
     lambda x: standardize(x, eps), dimension_numbers, name="gradnorm"
   )

@@ -12,13 +12,13 @@ from swan_optax import _matrix
 
 MATRIX = "matrix"
 ADAM = "adam"
-# Embeddings, the output head, norms and biases go to Adam (docs/algorithms.md, section 5.3).
+# Embeddings, the output head, norms and biases go to Adam, as in both papers.
 DEFAULT_ADAM_PATTERN = r"embed|lm_head|norm|bias"
 
 LabelsSpec = Any | Callable[[Any], Any] | None
 
 
-class _Route(NamedTuple):
+class LeafGroup(NamedTuple):
   """Where one leaf goes: its group and matrix view, or why it cannot be routed."""
 
   key: str
@@ -28,13 +28,13 @@ class _Route(NamedTuple):
   problem: _matrix.LayoutError | None
 
 
-def _routes(
+def leaf_groups(
   params: Any,
   dimension_numbers: _matrix.DimensionNumbersSpec,
   adam_pattern: str,
   labels: LabelsSpec = None,
-) -> list[_Route]:
-  """The route of every leaf of ``params``, in ``jax.tree.leaves`` order.
+) -> list[LeafGroup]:
+  """The group of every leaf of ``params``, in ``jax.tree.leaves`` order.
 
   Groups come from ``labels`` when given, else from ``adam_pattern`` and the
   leaf's rank and dimension numbers; every matrix leaf gets its dimension
@@ -45,23 +45,23 @@ def _routes(
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
   given = [None] * len(flat) if labels is None else jax.tree.leaves(_label_tree(params, labels))
 
-  def route(path, leaf, label):
+  def group(path, leaf, label):
     key, shape = _matrix.path_str(path), tuple(np.shape(leaf))
     to_adam = pattern.search(key.lower()) or pattern.search(_matrix.unboxed_key(path).lower())
     if label == ADAM or (label is None and (to_adam or len(shape) < 2)):
-      return _Route(key, shape, ADAM, None, None)
+      return LeafGroup(key, shape, ADAM, None, None)
     try:
       dims = resolver(path, leaf)
     except _matrix.LayoutError as e:
-      return _Route(key, shape, None, None, e)
+      return LeafGroup(key, shape, None, None, e)
     if dims is None and label == MATRIX:
       where = f"leaf '{key}' with shape {shape}"
-      return _Route(
+      return LeafGroup(
         key, shape, MATRIX, None, _matrix.LayoutError(where, "has None dimension numbers")
       )
-    return _Route(key, shape, ADAM if dims is None else MATRIX, dims, None)
+    return LeafGroup(key, shape, ADAM if dims is None else MATRIX, dims, None)
 
-  return [route(path, leaf, label) for (path, leaf), label in zip(flat, given, strict=True)]
+  return [group(path, leaf, label) for (path, leaf), label in zip(flat, given, strict=True)]
 
 
 def _label_tree(params: Any, labels: LabelsSpec) -> Any:
@@ -89,20 +89,20 @@ def param_labels(
     ValueError: naming the path and shape of every leaf of rank >= 2 that has
       no dimension numbers (or ones that do not fit it).
   """
-  routes = checked_routes(params, dimension_numbers, adam_pattern)
-  return jax.tree.unflatten(jax.tree.structure(params), [r.group for r in routes])
+  groups = checked_leaf_groups(params, dimension_numbers, adam_pattern)
+  return jax.tree.unflatten(jax.tree.structure(params), [g.group for g in groups])
 
 
-def checked_routes(
+def checked_leaf_groups(
   params: Any, dimension_numbers: _matrix.DimensionNumbersSpec, adam_pattern: str
-) -> list[_Route]:
-  """:func:`_routes`, raising a ValueError naming the first leaf that has no layout."""
-  routes = _routes(params, dimension_numbers, adam_pattern)
-  problems = [r.problem for r in routes if r.problem is not None]
+) -> list[LeafGroup]:
+  """:func:`leaf_groups`, raising a ValueError naming the first leaf that has no layout."""
+  groups = leaf_groups(params, dimension_numbers, adam_pattern)
+  problems = [g.problem for g in groups if g.problem is not None]
   if problems:
     others = f" ({len(problems) - 1} more leaves need one too)" if len(problems) > 1 else ""
     raise ValueError(f"{problems[0]}{others}")
-  return routes
+  return groups
 
 
 def resolve_labels(params: Any, labels: LabelsSpec, **routing: Any) -> Any:

@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.experimental.shard_alike import shard_alike
 
 Axes = int | Sequence[int]
@@ -44,7 +43,7 @@ def is_dimension_numbers(x: Any) -> bool:
   return isinstance(x, MatrixDimensionNumbers)
 
 
-def _axes_tuple(axes: Axes, ndim: int) -> tuple[int, ...]:
+def normalize_axes(axes: Axes, ndim: int) -> tuple[int, ...]:
   axes = (axes,) if isinstance(axes, int) else tuple(axes)
   bad = [ax for ax in axes if not -ndim <= ax < ndim]
   if bad:
@@ -80,8 +79,8 @@ def matrix_view(shape: Sequence[int], dims: MatrixDimensionNumbers) -> MatrixVie
   ndim = len(shape)
   if ndim < 2:
     raise ValueError(f"a matrix leaf needs rank >= 2, got shape {tuple(shape)}")
-  reduction = _axes_tuple(dims.reduction_axes, ndim)
-  output = _axes_tuple(dims.output_axes, ndim)
+  reduction = normalize_axes(dims.reduction_axes, ndim)
+  output = normalize_axes(dims.output_axes, ndim)
   if not reduction or not output:
     raise ValueError(f"{dims} names no reduction or no output axis")
   if len(set(reduction + output)) != len(reduction) + len(output):
@@ -256,35 +255,3 @@ def resolve_dimension_numbers(
     return dims
 
   return jax.tree_util.tree_map_with_path(resolve, updates)
-
-
-def stateless_matrix_transform(
-  operator: Callable[[jax.Array], jax.Array],
-  dimension_numbers: DimensionNumbersSpec,
-  *,
-  name: str,
-  mesh: jax.sharding.Mesh | None = None,
-) -> optax.GradientTransformation:
-  """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix.
-
-  With ``mesh``, every device applies ``operator`` to its share of whole
-  matrices, received and returned by explicit all-to-alls (see
-  :func:`swan_optax._sharded.map_matrices_on_mesh`); without, the partitioner
-  lays out each leaf's computation.
-  """
-  # _sharded builds on this module's matrix views.
-  from swan_optax import _sharded  # noqa: PLC0415
-
-  def update_fn(updates, state, params=None):
-    del params
-    dims = resolve_dimension_numbers(updates, dimension_numbers, name=name)
-    if mesh is None:
-      return jax.tree.map(
-        lambda g, d: map_matrices(operator, g, d), updates, dims, is_leaf=is_dimension_numbers
-      ), state
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = jax.tree.leaves(dims, is_leaf=is_dimension_numbers)
-    leaves = _sharded.map_matrices_on_mesh(operator, leaves, dims, mesh)
-    return jax.tree.unflatten(treedef, leaves), state
-
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)

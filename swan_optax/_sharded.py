@@ -35,7 +35,6 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from swan_optax import _labels
 from swan_optax import _matrix
 
 AxisNames = tuple[str, ...]
@@ -56,23 +55,11 @@ class Layout(NamedTuple):
     """S: the mesh axes splitting the matrices, in all-to-all order."""
     return sum(self.matrix_axes, ())
 
-
-class Route(NamedTuple):
-  """How a leaf is transformed on a mesh, and what it moves (bytes per device).
-
-  ``strategy`` is ``'local'`` (whole matrices already, each on one device),
-  ``'all-to-all'`` (over ``sharded_axes``), ``'replicated + all-gather'``
-  (``1/|F|`` per device, then gathered over ``spread_axes``) or both.
-  ``bytes_per_device`` is the leaf's share of its group's collective results,
-  padding included; ``leaf_bytes`` the size of the whole leaf.
-  """
-
-  strategy: str
-  sharded_axes: AxisNames
-  spread_axes: AxisNames
-  group_size: int
-  bytes_per_device: int
-  leaf_bytes: int
+  @property
+  def strategy(self) -> str:
+    """``'all-to-all'`` over S, ``'replicated + all-gather'`` over F, both, or ``'local'``."""
+    parts = ("all-to-all",) * bool(self.sharded) + ("replicated + all-gather",) * bool(self.spread)
+    return " + ".join(parts) or "local"
 
 
 def _dim_axes(spec: PartitionSpec, ndim: int) -> tuple[AxisNames, ...]:
@@ -115,11 +102,11 @@ def layout(
   """The :class:`Layout` of a leaf of ``shape`` with ``spec`` on ``mesh``."""
   view = _matrix.matrix_view(shape, dims)
   ndim = len(shape)
-  fan_in_dims = _matrix._axes_tuple(dims.reduction_axes, ndim)
-  matrix_dims = fan_in_dims + _matrix._axes_tuple(dims.output_axes, ndim)
+  fan_in_dims = _matrix.normalize_axes(dims.reduction_axes, ndim)
+  matrix_dims = fan_in_dims + _matrix.normalize_axes(dims.output_axes, ndim)
   batch_dims = view.transpose[: ndim - len(matrix_dims)]
   dim_axes = _dim_axes(spec, ndim)
-  size = lambda axes: _sizes(axes, mesh)
+  size = lambda axes: sizes(axes, mesh)
   used = {a for axes in dim_axes for a in axes}
   return Layout(
     view=view,
@@ -131,7 +118,7 @@ def layout(
   )
 
 
-def _layouts_and_groups(
+def layouts_and_groups(
   leaves: list, dims: list, specs: list[PartitionSpec], mesh: Mesh
 ) -> tuple[list[Layout], list[list[int]]]:
   """Each leaf's layout, and the leaves stacked and sent together (e.g. q, k and v).
@@ -147,74 +134,21 @@ def _layouts_and_groups(
   return lays, list(groups.values())
 
 
-def _sizes(axes: AxisNames, mesh: Mesh) -> int:
+def sizes(axes: AxisNames, mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
 def _padded(count: int, lay: Layout, mesh: Mesh) -> int:
   """``count`` rounded up so every device of ``S x F`` gets an equal share."""
-  n = _sizes(lay.sharded, mesh) * _sizes(lay.spread, mesh)
+  n = sizes(lay.sharded, mesh) * sizes(lay.spread, mesh)
   return -(-count // n) * n
 
 
-def _group_bytes(count: int, lay: Layout, itemsize: int, mesh: Mesh) -> int:
+def group_bytes(count: int, lay: Layout, itemsize: int, mesh: Mesh) -> int:
   """Bytes of the collective results, per device, for a group of ``count`` local matrices."""
   local = _padded(count, lay, mesh) * math.prod(lay.local_matrix) * itemsize
-  s, f = _sizes(lay.sharded, mesh), _sizes(lay.spread, mesh)
+  s, f = sizes(lay.sharded, mesh), sizes(lay.spread, mesh)
   return (local + local // f if s > 1 else 0) + (local if f > 1 else 0)
-
-
-def _strategy(lay: Layout) -> str:
-  parts = ("all-to-all",) * bool(lay.sharded) + ("replicated + all-gather",) * bool(lay.spread)
-  return " + ".join(parts) or "local"
-
-
-def whitening_plan(
-  params: Any,
-  dimension_numbers: _matrix.DimensionNumbersSpec,
-  mesh: Mesh,
-  *,
-  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
-) -> dict[str, Route]:
-  """How each leaf of the matrix group is whitened on ``mesh``, and the bytes it moves.
-
-  Args:
-    params: arrays or ``jax.ShapeDtypeStruct`` with their ``NamedSharding``
-      (the gradients have the params' layout).
-    dimension_numbers: the layouts, as ``swan(dimension_numbers=...)`` takes
-      them.
-    mesh: the device mesh.
-    adam_pattern: as in ``swan``; leaves it matches are not whitened.
-
-  Returns:
-    ``{path: Route}`` for every leaf that ``swan`` whitens, in tree order.
-  """
-  paths, leaves, dims = _matrix_leaves(params, dimension_numbers, adam_pattern)
-  specs = [leaf_spec(x, mesh) for x in leaves]
-  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
-  routes = {}
-  for members in groups:
-    count = sum(lays[i].local_batch for i in members)
-    lay, itemsize = lays[members[0]], jnp.dtype(leaves[members[0]].dtype).itemsize
-    total = _group_bytes(count, lay, itemsize, mesh)
-    for i in members:
-      share = total * lays[i].local_batch // count
-      whole = math.prod(jnp.shape(leaves[i])) * itemsize
-      routes[i] = Route(_strategy(lay), lay.sharded, lay.spread, len(members), share, whole)
-  return {paths[i]: routes[i] for i in range(len(paths))}
-
-
-def _matrix_leaves(
-  params: Any, dimension_numbers: _matrix.DimensionNumbersSpec, adam_pattern: str
-) -> tuple[list, list, list]:
-  """Paths, leaves and dimension numbers of the leaves routed to the matrix group."""
-  routes = _labels.checked_routes(params, dimension_numbers, adam_pattern)
-  found = [
-    (r.key, x, r.dims)
-    for r, x in zip(routes, jax.tree.leaves(params), strict=True)
-    if r.group == _labels.MATRIX
-  ]
-  return [p for p, _, _ in found], [x for _, x, _ in found], [d for _, _, d in found]
 
 
 def map_matrices_on_mesh(
@@ -227,7 +161,7 @@ def map_matrices_on_mesh(
   results keep the leaves' shardings.
   """
   specs = [leaf_spec(x, mesh) for x in leaves]
-  lays, groups = _layouts_and_groups(leaves, dims, specs, mesh)
+  lays, groups = layouts_and_groups(leaves, dims, specs, mesh)
 
   def body(*blocks):
     out = [None] * len(blocks)
@@ -275,7 +209,7 @@ def _transform_group(fn, stacked: list[jax.Array], lay: Layout, mesh: Mesh) -> l
   x = jnp.concatenate(stacked)
   total = _padded(x.shape[0], lay, mesh)
   x = jnp.pad(x, [(0, total - x.shape[0])] + [(0, 0)] * len(lay.local_matrix))
-  s, f = _sizes(lay.sharded, mesh), _sizes(lay.spread, mesh)
+  s, f = sizes(lay.sharded, mesh), sizes(lay.spread, mesh)
   if s > 1:
     x = _assemble(jax.lax.all_to_all(x, lay.sharded, 0, 0, tiled=True), lay, mesh)
   share = x.shape[0] // f
@@ -299,7 +233,7 @@ def _apply(fn, x: jax.Array, lay: Layout) -> jax.Array:
 
 def _assemble(x: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
   """``(s * c, *local dims)``, block ``j`` from device ``j`` of ``S`` -> ``(c, *whole dims)``."""
-  parts = tuple(_sizes(axes, mesh) for axes in lay.matrix_axes)
+  parts = tuple(sizes(axes, mesh) for axes in lay.matrix_axes)
   k = len(parts)
   x = x.reshape(parts + (-1,) + lay.local_matrix)
   order = (k,) + tuple(i for d in range(k) for i in (d, k + 1 + d))
@@ -309,7 +243,7 @@ def _assemble(x: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
 
 def _disassemble(y: jax.Array, lay: Layout, mesh: Mesh) -> jax.Array:
   """The inverse of :func:`_assemble`: ``(c, *whole dims)`` -> ``(s * c, *local dims)``."""
-  parts = tuple(_sizes(axes, mesh) for axes in lay.matrix_axes)
+  parts = tuple(sizes(axes, mesh) for axes in lay.matrix_axes)
   k = len(parts)
   split = (y.shape[0],) + tuple(
     i for p, n in zip(parts, lay.local_matrix, strict=True) for i in (p, n)

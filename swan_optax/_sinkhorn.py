@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _transform
 
 
 def _rescaled(scale: jax.Array, norm_without_scale: jax.Array, target, eps) -> jax.Array:
@@ -78,6 +79,6 @@ def sinkhorn(
     <https://arxiv.org/abs/2502.06742>`_, 2025 (Algorithm 3).
   """
   del mesh
-  return _matrix.stateless_matrix_transform(
+  return _transform.stateless_matrix_transform(
     lambda x: sr_sinkhorn(x, num_iters, eps), dimension_numbers, name="sinkhorn"
   )

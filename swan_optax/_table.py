@@ -1,12 +1,33 @@
-"""The routing table: every leaf's group, matrix view and, on a mesh, SWAN's whitening layout."""
+"""The routing table and the whitening plan: every leaf's group, matrix view and mesh layout."""
 
+import math
 from typing import Any
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from swan_optax import _labels
 from swan_optax import _matrix
 from swan_optax import _sharded
+
+
+class Route(NamedTuple):
+  """How a leaf is transformed on a mesh, and what it moves (bytes per device).
+
+  ``strategy`` is ``'local'`` (whole matrices already, each on one device),
+  ``'all-to-all'`` (over ``sharded_axes``), ``'replicated + all-gather'``
+  (``1/|F|`` per device, then gathered over ``spread_axes``) or both.
+  ``bytes_per_device`` is the leaf's share of its group's collective results,
+  padding included; ``leaf_bytes`` the size of the whole leaf.
+  """
+
+  strategy: str
+  sharded_axes: _sharded.AxisNames
+  spread_axes: _sharded.AxisNames
+  group_size: int
+  bytes_per_device: int
+  leaf_bytes: int
 
 
 def routing_table(
@@ -37,11 +58,11 @@ def routing_table(
     w      (4, 3)     matrix        1 x 4 x 3
     1 leaf needs a layout: pass dimension_numbers for it (or send it to Adam).
   """
-  routes = _labels._routes(params, dimension_numbers, adam_pattern, labels)
+  routes = _labels.leaf_groups(params, dimension_numbers, adam_pattern, labels)
   header = ("path", "shape", "group", "matrices (batch x fan_in x fan_out)")
   rows = [(r.key, str(r.shape), r.group or "NEEDS LAYOUT", _view(r)) for r in routes]
   if mesh is not None:
-    plan = _sharded.whitening_plan(params, dimension_numbers, mesh, adam_pattern=adam_pattern)
+    plan = whitening_plan(params, dimension_numbers, mesh, adam_pattern=adam_pattern)
     header += ("swan on the mesh (per device)",)
     rows = [row + (_on_mesh(plan.get(r.key)),) for row, r in zip(rows, routes, strict=True)]
   rows.insert(0, header)
@@ -58,7 +79,7 @@ def routing_table(
   return "\n".join(lines)
 
 
-def _view(route: _labels._Route) -> str:
+def _view(route: _labels.LeafGroup) -> str:
   """The ``batch x fan_in x fan_out`` cell of a routing-table row."""
   if route.problem is not None:
     return route.problem.reason
@@ -67,7 +88,7 @@ def _view(route: _labels._Route) -> str:
   return "{} x {} x {}".format(*_matrix.matrix_view(route.shape, route.dims).flat_shape)
 
 
-def _on_mesh(route: _sharded.Route | None) -> str:
+def _on_mesh(route: Route | None) -> str:
   """The mesh cell: strategy, axes and bytes moved per device."""
   if route is None:
     return ""
@@ -75,3 +96,45 @@ def _on_mesh(route: _sharded.Route | None) -> str:
   return (
     f"{route.strategy}{f' over {axes}' if axes else ''}, {route.bytes_per_device / 2**20:.2f} MiB"
   )
+
+
+def whitening_plan(
+  params: Any,
+  dimension_numbers: _matrix.DimensionNumbersSpec,
+  mesh: jax.sharding.Mesh,
+  *,
+  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
+) -> dict[str, Route]:
+  """How each leaf of the matrix group is whitened on ``mesh``, and the bytes it moves.
+
+  Args:
+    params: arrays or ``jax.ShapeDtypeStruct`` with their ``NamedSharding``
+      (the gradients have the params' layout).
+    dimension_numbers: the layouts, as ``swan(dimension_numbers=...)`` takes
+      them.
+    mesh: the device mesh.
+    adam_pattern: as in ``swan``; leaves it matches are not whitened.
+
+  Returns:
+    ``{path: Route}`` for every leaf that ``swan`` whitens, in tree order.
+  """
+  groups = _labels.checked_leaf_groups(params, dimension_numbers, adam_pattern)
+  found = [
+    (g, x)
+    for g, x in zip(groups, jax.tree.leaves(params), strict=True)
+    if g.group == _labels.MATRIX
+  ]
+  leaves = [x for _, x in found]
+  specs = [_sharded.leaf_spec(x, mesh) for x in leaves]
+  dims = [g.dims for g, _ in found]
+  lays, stacks = _sharded.layouts_and_groups(leaves, dims, specs, mesh)
+  routes = [None] * len(found)
+  for members in stacks:
+    count = sum(lays[i].local_batch for i in members)
+    lay, itemsize = lays[members[0]], jnp.dtype(leaves[members[0]].dtype).itemsize
+    total = _sharded.group_bytes(count, lay, itemsize, mesh)
+    for i in members:
+      share = total * lays[i].local_batch // count
+      whole = math.prod(jnp.shape(leaves[i])) * itemsize
+      routes[i] = Route(lay.strategy, lay.sharded, lay.spread, len(members), share, whole)
+  return {g.key: route for (g, _), route in zip(found, routes, strict=True)}

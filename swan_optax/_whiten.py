@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _transform
 
 WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "eigh"]
 
@@ -247,4 +248,6 @@ def whiten(
     eps=eps,
     precision=precision,
   )
-  return _matrix.stateless_matrix_transform(operator, dimension_numbers, name="whiten", mesh=mesh)
+  return _transform.stateless_matrix_transform(
+    operator, dimension_numbers, name="whiten", mesh=mesh
+  )

@@ -1,0 +1,42 @@
+"""The stateless transform that applies a per-matrix operator to every matrix leaf."""
+
+from collections.abc import Callable
+
+import jax
+import optax
+
+from swan_optax import _matrix
+from swan_optax import _sharded
+
+
+def stateless_matrix_transform(
+  operator: Callable[[jax.Array], jax.Array],
+  dimension_numbers: _matrix.DimensionNumbersSpec,
+  *,
+  name: str,
+  mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix.
+
+  With ``mesh``, every device applies ``operator`` to its share of whole
+  matrices, received and returned by explicit all-to-alls
+  (:func:`swan_optax._sharded.map_matrices_on_mesh`); without, the partitioner
+  lays out each leaf's computation.
+  """
+
+  def update_fn(updates, state, params=None):
+    del params
+    dims = _matrix.resolve_dimension_numbers(updates, dimension_numbers, name=name)
+    if mesh is None:
+      return jax.tree.map(
+        lambda g, d: _matrix.map_matrices(operator, g, d),
+        updates,
+        dims,
+        is_leaf=_matrix.is_dimension_numbers,
+      ), state
+    leaves, treedef = jax.tree.flatten(updates)
+    dims = jax.tree.leaves(dims, is_leaf=_matrix.is_dimension_numbers)
+    leaves = _sharded.map_matrices_on_mesh(operator, leaves, dims, mesh)
+    return jax.tree.unflatten(treedef, leaves), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
