@@ -130,15 +130,8 @@ def model_data(model: str, **fields) -> DataConfig:
 
 
 _POSITIVE = (
-  "steps",
-  "batch_size",
-  "grad_accum",
-  "eval_every",
-  "eval_batches",
-  "log_every",
-  "checkpoint_every",
-  "keep_checkpoints",
-)
+  "steps batch_size grad_accum eval_every eval_batches log_every checkpoint_every keep_checkpoints"
+).split()
 
 
 @dataclasses.dataclass(frozen=True)

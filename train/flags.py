@@ -66,7 +66,7 @@ class ConfigParser(argparse.ArgumentParser):
     group = self.add_argument_group(title, _flag_docs(cls, inspect.getdoc(cls).splitlines()[0]))
     docs = _attribute_docs(cls)
     for field in dataclasses.fields(cls):
-      value = field.default if default is None else getattr(default, field.name)
+      value = _default(field) if default is None else getattr(default, field.name)
       if dataclasses.is_dataclass(field.type):
         self.add_config(field.type, field.name, value)
         continue
@@ -94,14 +94,19 @@ class ConfigParser(argparse.ArgumentParser):
 
 
 def _build(cls: type[Config], args: argparse.Namespace) -> Config:
-  return cls(
-    **{
-      field.name: _build(field.type, args)
-      if dataclasses.is_dataclass(field.type)
-      else getattr(args, _dest(field))
-      for field in dataclasses.fields(cls)
-    }
-  )
+  values = {}
+  for field in dataclasses.fields(cls):
+    nested = dataclasses.is_dataclass(field.type)
+    values[field.name] = _build(field.type, args) if nested else getattr(args, _dest(field))
+  return cls(**values)
+
+
+def _default(field: dataclasses.Field) -> Any:
+  if field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  if field.default is dataclasses.MISSING:
+    raise TypeError(f"{field.name} has no default, which its flag needs")
+  return field.default
 
 
 def _dest(field: dataclasses.Field) -> str:
