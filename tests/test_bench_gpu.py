@@ -5,6 +5,7 @@ import pytest
 
 from train import build
 from train.bench import gpu
+from train.bench import harness
 
 
 def _out_of_memory() -> jax.errors.JaxRuntimeError:
@@ -74,8 +75,8 @@ def test_smoke_run_writes_every_row(tmp_path):
   assert jax.devices()[0].device_kind in text
   cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
   rows = [cells(line) for line in text.splitlines() if line.startswith("| tiny |")]
-  train = [r for r in rows if r[1] in gpu.OPTIMIZERS]
-  assert [r[1] for r in train] == list(gpu.OPTIMIZERS)
+  train = [r for r in rows if r[1] in harness.OPTIMIZERS]
+  assert [r[1] for r in train] == list(harness.OPTIMIZERS)
   for r in train:  # batch 2 (the smoke cap), positive step time and tokens/s
     assert r[2] == "2" and r[3] == "cap 2" and float(r[4]) > 0 and float(r[5].replace(",", "")) > 0
   whiten = [r for r in rows if r[2] in gpu.METHODS]

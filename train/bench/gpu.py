@@ -28,10 +28,7 @@ their own ``--out`` split a run that would not fit one session.
 
 ``--smoke``: the tiny config at batch 2, sequence length 16, one whitening
 shape, 2 rounds: every code path, in about a minute on two CPU cores (tested in
-CI; its other flags are ignored).
-Writes ``train/bench/results/gpu.md``. **Not yet measured on a GPU**: no
-accelerator was available when this was written; the committed results file is
-a placeholder until someone runs the command above.
+CI; its other flags are ignored). Writes ``train/bench/results/gpu.md``.
 """
 
 import dataclasses
@@ -49,17 +46,13 @@ import optax
 import swan_optax
 from models import configs
 from models import llama
-from train import build
-from train import mesh as mesh_lib
 from train import step as step_lib
 from train.bench import harness
-from train.bench import step as step_bench
 from train.config import OptimizerConfig
 from train.config import ParamDtype
 from train.config import TrainConfig
 from train.data import DataConfig
 
-OPTIMIZERS = ("adam", "swan", "sinkgd")
 METHODS = ("newton_schulz", "polar_express", "quintic")
 PRESET = jax.lax.DotAlgorithmPreset
 PRECISIONS: dict[str, jax.lax.PrecisionLike] = {
@@ -131,19 +124,6 @@ def largest_batch(run: Callable[[int], Any], start: int, cap: int) -> Fit:
   return fit._replace(stop=f"cap {cap}")
 
 
-def _step_seconds(exp: build.Experiment, reps: int) -> float:
-  """Median seconds of the compiled train step, after one warm-up step (the state donated)."""
-  batch = exp.random_batch()
-  state, _ = exp.train_step(exp.state, batch)
-
-  def step():
-    nonlocal state
-    state, metrics = exp.train_step(state, batch)
-    return metrics["loss"]
-
-  return harness.interleaved_medians({"step": lambda: step}, reps)["step"]
-
-
 def train_row(model: str, optimizer: str, batch_size: int, settings: Settings) -> dict:
   """Builds ``model`` with ``optimizer`` at ``batch_size`` on one device and times its step."""
   config = TrainConfig(
@@ -155,31 +135,38 @@ def train_row(model: str, optimizer: str, batch_size: int, settings: Settings) -
     steps=STEPS,
     batch_size=batch_size,
   )
-  exp = build.build(config, mesh_lib.make_mesh(None, jax.devices()[:1]))
-  step_s = _step_seconds(exp, settings.reps)
+  exp = harness.experiment(config)
+  step_s = harness.interleaved_medians({"step": harness.Stepper(exp).setup}, settings.reps)["step"]
   return {
     "step_ms": 1e3 * step_s,
     "tokens_per_s": config.tokens_per_step / step_s,
-    "step_gib": step_bench.compiled_bytes(exp.train_step) / 2**30,
+    "step_gib": harness.compiled_bytes(exp.train_step) / 2**30,
     "state_mib": step_lib.state_bytes(exp.state.opt_state) / 2**20,
   }
 
 
 def bench_training(model: str, settings: Settings) -> list[dict]:
   rows = []
-  for optimizer in OPTIMIZERS:
+  for optimizer in harness.OPTIMIZERS:
     print(f"  {optimizer}: largest batch ...", flush=True)
     run = lambda batch, optimizer=optimizer: train_row(model, optimizer, batch, settings)
     fit = largest_batch(run, settings.start_batch, settings.max_batch)
-    rows.append({"config": model, "optimizer": optimizer, "batch": fit.batch,
-                 "stop": fit.stop, **(fit.result or {})})  # fmt: skip
+    rows.append(
+      {
+        "config": model,
+        "optimizer": optimizer,
+        "batch": fit.batch,
+        "stop": fit.stop,
+        **(fit.result or {}),
+      }
+    )
   return rows
 
 
 def whitening_shapes(config: configs.LlamaConfig) -> list[tuple[int, int, int]]:
   """``(layers, fan_in, fan_out)`` of every kernel SWAN whitens, from the model's own layouts."""
   params = llama.abstract_params(config)
-  layouts = llama.dimension_numbers(config)
+  layouts = harness.dimension_numbers(config)
   labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=layouts))
   is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
   dims = jax.tree.leaves(layouts, is_leaf=is_dims)
@@ -190,13 +177,6 @@ def whitening_shapes(config: configs.LlamaConfig) -> list[tuple[int, int, int]]:
       fan_in, fan_out = size(leaf_dims.reduction_axes), size(leaf_dims.output_axes)
       shapes.add((leaf.size // (fan_in * fan_out), fan_in, fan_out))
   return sorted(shapes)
-
-
-def _cosine_to_polar(update: np.ndarray, grad: np.ndarray) -> float:
-  """cos(update, U V^T) for the thin SVD ``grad = U S V^T``, in float64."""
-  left, _, right = np.linalg.svd(grad.astype(np.float64), full_matrices=False)
-  polar, update = left @ right, update.astype(np.float64)
-  return float(np.sum(update * polar) / (np.linalg.norm(update) * np.linalg.norm(polar)))
 
 
 def _compiled_whitening(method: str, precision, grads: jax.Array) -> Callable | str:
@@ -215,43 +195,48 @@ def _compiled_whitening(method: str, precision, grads: jax.Array) -> Callable | 
 def whitening_rows(model: str, shape: tuple[int, ...], reps: int) -> list[dict]:
   """Every method and precision whitening a Gaussian gradient of ``shape``, timed interleaved."""
   grads = jax.random.normal(jax.random.key(0), shape)
-  ops = {(m, p): _compiled_whitening(m, PRECISIONS[p], grads) for m in METHODS
-         for p in PRECISIONS}  # fmt: skip
+  ops = {(m, p): _compiled_whitening(m, PRECISIONS[p], grads) for m in METHODS for p in PRECISIONS}
   runnable = {key: op for key, op in ops.items() if callable(op)}
   medians = harness.interleaved_medians(
     {key: (lambda op=op: lambda: op(grads)) for key, op in runnable.items()}, reps
   )
   rows = []
   for (method, precision), op in ops.items():
-    row = {"config": model, "shape": "x".join(map(str, shape)), "method": method,
-           "precision": precision, "note": "" if callable(op) else op}  # fmt: skip
+    row = {
+      "config": model,
+      "shape": "x".join(map(str, shape)),
+      "method": method,
+      "precision": precision,
+      "note": "" if callable(op) else op,
+    }
     if callable(op):
       row["ms"] = 1e3 * medians[(method, precision)]
       row["vs_f32"] = medians[(method, precision)] / medians[(method, "f32")]
-      row["cosine"] = _cosine_to_polar(np.asarray(op(grads)[0]), np.asarray(grads[0]))
+      row["cosine"] = harness.cosine_to_polar(op(grads)[0], grads[0])
     rows.append(row)
   return rows
 
 
-Column = tuple[str, str, str, str]  # row key, header, format, alignment ('l' or 'r')
-TRAIN_COLUMNS: tuple[Column, ...] = (
-  ("config", "config", "", "l"), ("optimizer", "optimizer", "", "l"),
-  ("batch", "largest batch", "", "r"), ("stop", "stop", "", "l"),
-  ("step_ms", "step ms", ".1f", "r"), ("tokens_per_s", "tokens/s", ",.0f", "r"),
-  ("step_gib", "step GiB", ".2f", "r"), ("state_mib", "optimizer state MiB", ".1f", "r"),
-)  # fmt: skip
-WHITEN_COLUMNS: tuple[Column, ...] = (
-  ("config", "config", "", "l"), ("shape", "layers x fan_in x fan_out", "", "l"),
-  ("method", "method", "", "l"), ("precision", "precision", "", "l"), ("ms", "ms", ".3f", "r"),
-  ("vs_f32", "x f32", ".2f", "r"), ("cosine", "cosine", ".5f", "r"), ("note", "note", "", "l"),
-)  # fmt: skip
-
-
-def _table(columns: tuple[Column, ...], rows: list[dict]) -> str:
-  """A Markdown table of ``rows``, one column per ``columns`` entry; '' where a row has none."""
-  cells = [["" if r.get(key) is None else format(r[key], f) for key, _, f, _ in columns]
-           for r in rows]  # fmt: skip
-  return harness.markdown_table([c[1] for c in columns], cells, "".join(c[3] for c in columns))
+TRAIN_COLUMNS: tuple[harness.Column, ...] = (
+  ("config", "config", "", "l"),
+  ("optimizer", "optimizer", "", "l"),
+  ("batch", "largest batch", "", "r"),
+  ("stop", "stop", "", "l"),
+  ("step_ms", "step ms", ".1f", "r"),
+  ("tokens_per_s", "tokens/s", ",.0f", "r"),
+  ("step_gib", "step GiB", ".2f", "r"),
+  ("state_mib", "optimizer state MiB", ".1f", "r"),
+)
+WHITEN_COLUMNS: tuple[harness.Column, ...] = (
+  ("config", "config", "", "l"),
+  ("shape", "layers x fan_in x fan_out", "", "l"),
+  ("method", "method", "", "l"),
+  ("precision", "precision", "", "l"),
+  ("ms", "ms", ".3f", "r"),
+  ("vs_f32", "x f32", ".2f", "r"),
+  ("cosine", "cosine", ".5f", "r"),
+  ("note", "note", "", "l"),
+)
 
 
 def to_markdown(train_rows: list[dict], whiten_rows: list[dict], settings: Settings) -> str:
@@ -273,7 +258,10 @@ def to_markdown(train_rows: list[dict], whiten_rows: list[dict], settings: Setti
     "polar factor U V^T.\n\n"
   )
   return (
-    header + _table(TRAIN_COLUMNS, train_rows) + whiten_intro + _table(WHITEN_COLUMNS, whiten_rows)
+    header
+    + harness.table(TRAIN_COLUMNS, train_rows)
+    + whiten_intro
+    + harness.table(WHITEN_COLUMNS, whiten_rows)
   )
 
 
@@ -290,10 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     "--smoke", action="store_true", help="tiny config, batch 2, one shape: a minute on a CPU"
   )
   args = parser.parse_args(argv)
-  settings = SMOKE if args.smoke else Settings(
-    tuple(args.configs.split(",")), args.seq_len, args.start_batch, args.max_batch, args.reps,
-    args.param_dtype,
-  )  # fmt: skip
+  settings = SMOKE
+  if not args.smoke:
+    settings = Settings(
+      configs=tuple(args.configs.split(",")),
+      seq_len=args.seq_len,
+      start_batch=args.start_batch,
+      max_batch=args.max_batch,
+      reps=args.reps,
+      param_dtype=args.param_dtype,
+    )
   train_rows, whiten_rows = [], []
   for model in settings.configs:
     print(f"benchmarking {model} ...", flush=True)

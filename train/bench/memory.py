@@ -19,9 +19,6 @@ import sys
 import jax
 
 import swan_optax
-from models import llama
-from train import build
-from train import mesh as mesh_lib
 from train import step as step_lib
 from train.bench import harness
 from train.config import OptimizerConfig
@@ -30,29 +27,42 @@ from train.data import DataConfig
 
 CONFIGS = ("60m", "130m", "350m", "1b")
 VARIANTS = {
-  "adam": OptimizerConfig(name="adam"),
-  "swan": OptimizerConfig(name="swan"),
-  "sinkgd": OptimizerConfig(name="sinkgd"),
+  **{name: OptimizerConfig(name=name) for name in harness.OPTIMIZERS},
   "swan + adafactor": OptimizerConfig(name="swan", non_matrix="adafactor"),
   "sinkgd + adafactor": OptimizerConfig(name="sinkgd", non_matrix="adafactor"),
 }
 MIB = 2**20
+COLUMNS: tuple[harness.Column, ...] = (
+  ("config", "config", "", "l"),
+  ("params", "params", ",", "r"),
+  ("optimizer", "optimizer", "", "l"),
+  ("state_mib", "optimizer state MiB", ",.1f", "r"),
+  ("state_vs_adam", "x Adam", ".3f", "r"),
+  ("spec_mib", "spec model MiB", ",.1f", "r"),
+  ("training_mib", "training state MiB", ",.1f", "r"),
+  ("training_vs_adam", "x Adam", ".3f", "r"),
+  ("rss_mib", "peak RSS MiB (measured, batch 2x256)", ",.0f", "r"),
+)
 
 
 def _config(name: str, variant: str, batch_size: int = 2) -> TrainConfig:
-  return TrainConfig(model=name, optimizer=VARIANTS[variant], batch_size=batch_size,
-                     steps=1000, data=DataConfig(seq_len=256))  # fmt: skip
+  return TrainConfig(
+    model=name,
+    optimizer=VARIANTS[variant],
+    batch_size=batch_size,
+    steps=1000,
+    data=DataConfig(seq_len=256),
+  )
 
 
 def state_bytes(name: str) -> dict[str, dict[str, int]]:
   """Per variant: param, optimizer-state and Adam-routed-param bytes, from abstract trees."""
-  mesh = mesh_lib.make_mesh(None, jax.devices()[:1])
   result = {}
   for variant in VARIANTS:
-    exp = build.build(_config(name, variant), mesh, abstract=True)
+    exp = harness.experiment(_config(name, variant), abstract=True)
     params = exp.state.params
     labels = swan_optax.param_labels(
-      params, dimension_numbers=llama.dimension_numbers(exp.model_config)
+      params, dimension_numbers=harness.dimension_numbers(exp.model_config)
     )
     adam_routed = sum(
       p.size
@@ -70,15 +80,14 @@ def state_bytes(name: str) -> dict[str, dict[str, int]]:
 
 def measure_peak_rss(name: str, variant: str, steps: int = 3) -> int:
   """Peak RSS (bytes) of a fresh process that trains ``steps`` steps of ``name``."""
-  code = f"from train.bench.memory import _train_and_report; " \
-         f"_train_and_report({name!r}, {variant!r}, {steps})"  # fmt: skip
+  code = f"from train.bench import memory; memory.train_and_report({name!r}, {variant!r}, {steps})"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss"]
 
 
-def _train_and_report(name: str, variant: str, steps: int) -> None:
+def train_and_report(name: str, variant: str, steps: int) -> None:
   """In the subprocess: a few train steps on random tokens, then print the peak RSS as JSON."""
-  exp = build.build(_config(name, variant), mesh_lib.make_mesh(None))
+  exp = harness.experiment(_config(name, variant))
   batch, state = exp.random_batch(), exp.state
   for _ in range(steps):
     state, metrics = exp.train_step(state, batch)
@@ -92,23 +101,28 @@ def to_markdown(rows: dict[str, dict], measured: dict[tuple[str, str], int]) -> 
     "+ grads + optimizer state (activations excluded). Spec model: Adam 8 B/param; SWAN/SinkGD "
     "8 B per Adam-routed param.\n\n"
   )
-  cells = []
+  table = []
   for name, variants in rows.items():
     adam = variants["adam"]
     adam_total = 2 * adam["params"] + adam["opt_state"]
     for variant, b in variants.items():
-      model = 8 * (b["num_params"] if variant == "adam" else b["adam_routed_params"])
+      spec = 8 * (b["num_params"] if variant == "adam" else b["adam_routed_params"])
       total = 2 * b["params"] + b["opt_state"]
       rss = measured.get((name, variant))
-      cells.append([
-        name, f"{b['num_params']:,}", variant, f"{b['opt_state'] / MIB:,.1f}",
-        f"{b['opt_state'] / adam['opt_state']:.3f}",
-        f"{model / MIB:,.1f}" if "adafactor" not in variant else "–", f"{total / MIB:,.1f}",
-        f"{total / adam_total:.3f}", "" if rss is None else f"{rss / MIB:,.0f}",
-      ])  # fmt: skip
-  columns = ["config", "params", "optimizer", "optimizer state MiB", "x Adam", "spec model MiB",
-             "training state MiB", "x Adam", "peak RSS MiB (measured, batch 2x256)"]  # fmt: skip
-  return header + harness.markdown_table(columns, cells, "lrlrrrrrr")
+      table.append(
+        {
+          "config": name,
+          "params": b["num_params"],
+          "optimizer": variant,
+          "state_mib": b["opt_state"] / MIB,
+          "state_vs_adam": b["opt_state"] / adam["opt_state"],
+          "spec_mib": "–" if "adafactor" in variant else spec / MIB,
+          "training_mib": total / MIB,
+          "training_vs_adam": total / adam_total,
+          "rss_mib": None if rss is None else rss / MIB,
+        }
+      )
+  return header + harness.table(COLUMNS, table)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from optax.contrib import _muon
 
@@ -23,6 +22,14 @@ from train.bench import harness
 SHAPES = ((512, 512), (512, 1376), (1024, 4096), (8, 512, 1376))
 WHITEN_METHODS = ("newton_schulz", "polar_express", "quintic", "eigh", "svd")
 MUON = "muon newton-schulz (5 steps)"
+COLUMNS: tuple[harness.Column, ...] = (
+  ("shape", "shape", "", "l"),
+  ("operator", "operator", "", "l"),
+  ("median_ms", "median ms", ".2f", "r"),
+  ("vs_adam", "x Adam update", ".2f", "r"),
+  ("vs_muon", "x Muon NS", ".2f", "r"),
+  ("cosine", "cosine to U V^T", ".5f", "r"),
+)
 
 
 def _dims(shape: tuple[int, ...]) -> MatrixDimensionNumbers:
@@ -48,17 +55,6 @@ def _operators(shape) -> dict[str, Callable]:
   return ops
 
 
-def _cosine_to_polar(updates: np.ndarray, grads: np.ndarray) -> float:
-  """Mean over the batch of matrices of cos(update, U V^T)."""
-  cosines = []
-  as_matrices = lambda x: x.reshape(-1, *grads.shape[-2:])
-  for u, g in zip(as_matrices(updates), as_matrices(grads), strict=True):
-    left, _, right = np.linalg.svd(g.astype(np.float64), full_matrices=False)
-    polar = left @ right
-    cosines.append(float((u * polar).sum() / (np.linalg.norm(u) * np.linalg.norm(polar))))
-  return float(np.mean(cosines))
-
-
 def _on_fresh_copy(fn: Callable, *args) -> harness.Setup:
   """Times ``fn(*copies of args)``: each call donates fresh copies, made untimed."""
 
@@ -78,7 +74,7 @@ def bench_shape(shape: tuple[int, ...], reps: int) -> list[dict]:
   for name, op in ops.items():
     out = op(grads.copy())  # compiles and warms up
     if "whiten" in name or "muon" in name:
-      accuracy[name] = _cosine_to_polar(np.asarray(out, np.float64), np.asarray(grads))
+      accuracy[name] = harness.cosine_to_polar(out, grads)
   adam_update(grads.copy(), adam.init(grads))
   setups = {"adam update": _on_fresh_copy(adam_update, grads, adam.init(grads))}
   setups |= {name: _on_fresh_copy(op, grads) for name, op in ops.items()}
@@ -103,14 +99,7 @@ def to_markdown(rows: list[dict], reps: int) -> str:
     "optax.contrib.muon's orthogonalization on the same gradient; cosine is to the exact polar "
     "factor U V^T of that (Gaussian) gradient.\n\n"
   )
-  cosine = lambda r: "" if r["cosine"] is None else f"{r['cosine']:.5f}"
-  cells = [
-    [r["shape"], r["operator"], f"{r['median_ms']:.2f}", f"{r['vs_adam']:.2f}",
-     f"{r['vs_muon']:.2f}", cosine(r)]
-    for r in rows
-  ]  # fmt: skip
-  columns = ["shape", "operator", "median ms", "x Adam update", "x Muon NS", "cosine to U V^T"]
-  return header + harness.markdown_table(columns, cells, "llrrrr")
+  return header + harness.table(COLUMNS, rows)
 
 
 def main() -> None:

@@ -68,12 +68,10 @@ def whiten_emulated(x: jax.Array, method: str, precision: str) -> jax.Array:
 
 def accuracy(x: np.ndarray, result: np.ndarray) -> tuple[float, float, float]:
   """Cosine to the exact pseudo-polar factor; nonzero singular values' range / sqrt(max dim)."""
-  u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-  keep = s > _EXACT_RTOL * s[0]
-  polar = (u * keep) @ vt
-  r = result.astype(np.float64)
-  cosine = float(np.sum(polar * r) / (np.linalg.norm(polar) * np.linalg.norm(r)))
-  sv = np.linalg.svd(r, compute_uv=False)[: int(keep.sum())] / np.sqrt(max(x.shape))
+  x, result = np.asarray(x, np.float64), np.asarray(result, np.float64)
+  cosine = harness.cosine_to_polar(result, x, rtol=_EXACT_RTOL)
+  rank = np.linalg.matrix_rank(x, tol=_EXACT_RTOL * np.linalg.norm(x, 2))
+  sv = np.linalg.svd(result, compute_uv=False)[:rank] / np.sqrt(max(x.shape))
   return cosine, float(sv.min()), float(sv.max())
 
 
@@ -100,7 +98,7 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
   grads = jax.jit(jax.grad(loss))(params)
-  dims = llama.dimension_numbers(config)
+  dims = harness.dimension_numbers(config)
   out = {}
   for kernel in KERNELS:
     group = "attn" if kernel in ("q", "o") else "mlp"

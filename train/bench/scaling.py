@@ -15,9 +15,6 @@ import functools
 import jax
 import numpy as np
 
-from models import llama
-from train import build
-from train import mesh as mesh_lib
 from train import optimizer
 from train import step as step_lib
 from train.bench import harness
@@ -25,25 +22,24 @@ from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
 
-OPTIMIZERS = ("adam", "swan", "sinkgd")
 # The GaLore/SWAN/SinkGD LLaMA pretraining batch: 512 sequences x 256 tokens.
 PAPER_TOKENS = 131_072
 
 
 def bench(name: str, batches: list[int], seq_len: int, reps: int) -> list[dict]:
-  mesh = mesh_lib.make_mesh(None, jax.devices()[:1])
   config = TrainConfig(model=name, steps=1000, data=DataConfig(seq_len=seq_len))
-  exp = build.build(config, mesh)
+  exp = harness.experiment(config)
   params = exp.state.params
   loss_fn = step_lib.make_loss_fn(exp.apply)
   grad_fn = jax.jit(lambda p, tokens: jax.grad(loss_fn)(p, {"inputs": tokens, "targets": tokens}))
   rng = np.random.default_rng(0)
-  token_batches = {b: rng.integers(0, exp.model_config.vocab_size, (b, seq_len), np.int32)
-                   for b in batches}  # fmt: skip
+  token_batches = {
+    b: rng.integers(0, exp.model_config.vocab_size, (b, seq_len), np.int32) for b in batches
+  }
   grads = grad_fn(params, token_batches[batches[0]])
-  dims = llama.dimension_numbers(exp.model_config)
+  dims = harness.dimension_numbers(exp.model_config)
   setups = {}
-  for opt in OPTIMIZERS:
+  for opt in harness.OPTIMIZERS:
     tx = optimizer.make_optimizer(OptimizerConfig(name=opt), config.steps, dimension_numbers=dims)
     update = jax.jit(functools.partial(step_lib.apply_optimizer, tx))
     opt_state = tx.init(params)
@@ -56,18 +52,20 @@ def bench(name: str, batches: list[int], seq_len: int, reps: int) -> list[dict]:
   fb = {b * seq_len: medians[b] for b in batches}
   slope, intercept = np.polyfit(list(fb), list(fb.values()), 1)
   rows = []
-  for opt in OPTIMIZERS:
+  for opt in harness.OPTIMIZERS:
     upd = medians[opt]
     share = lambda tokens, upd=upd: upd / (upd + intercept + slope * tokens)
     under_5 = max(0.0, (19 * upd - intercept) / slope) if slope > 0 else float("nan")
-    rows.append({
-      "config": name,
-      "optimizer": opt,
-      "update_vs_adam_update": upd / medians["adam"],
-      "update_vs_fb_at": {t: upd / s for t, s in fb.items()},
-      "share_at_paper_batch": share(PAPER_TOKENS),
-      "tokens_for_5pct": under_5,
-    })  # fmt: skip
+    rows.append(
+      {
+        "config": name,
+        "optimizer": opt,
+        "update_vs_adam_update": upd / medians["adam"],
+        "update_vs_fb_at": {t: upd / s for t, s in fb.items()},
+        "share_at_paper_batch": share(PAPER_TOKENS),
+        "tokens_for_5pct": under_5,
+      }
+    )
   return rows
 
 
@@ -79,11 +77,16 @@ def to_markdown(rows: list[dict], reps: int, seq_len: int) -> str:
     "forward+backward time in tokens.\n\n"
   )
   cells = [
-    [r["config"], r["optimizer"], f"{r['update_vs_adam_update']:.2f}",
-     ", ".join(f"{t:,}: {v:.2f}" for t, v in r["update_vs_fb_at"].items()),
-     f"{100 * r['share_at_paper_batch']:.2f}%", f"{r['tokens_for_5pct']:,.0f}"]
+    [
+      r["config"],
+      r["optimizer"],
+      f"{r['update_vs_adam_update']:.2f}",
+      ", ".join(f"{t:,}: {v:.2f}" for t, v in r["update_vs_fb_at"].items()),
+      f"{100 * r['share_at_paper_batch']:.2f}%",
+      f"{r['tokens_for_5pct']:,.0f}",
+    ]
     for r in rows
-  ]  # fmt: skip
+  ]
   columns = [
     "config",
     "optimizer",

@@ -17,84 +17,83 @@ import functools
 import jax
 
 from train import build
-from train import mesh as mesh_lib
 from train import step as step_lib
 from train.bench import harness
 from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
 
-OPTIMIZERS = ("adam", "swan", "sinkgd")
 # Batches small enough for 2 CPU cores; the ratios, not the absolute times, are the result.
 DEFAULT_BATCH = {"tiny": 16, "60m": 2}
 STEPS = 1000  # the schedule's length; only a few steps run
-
-
-def compiled_bytes(compiled) -> int:
-  """Peak memory XLA plans for one call: arguments + outputs + temporaries - aliased (donated)."""
-  m = compiled.memory_analysis()
-  return (
-    m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-  )
+COLUMNS: tuple[harness.Column, ...] = (
+  ("config", "config", "", "l"),
+  ("params", "params", ",", "r"),
+  ("tokens", "tokens/step", ",", "r"),
+  ("optimizer", "optimizer", "", "l"),
+  ("step_ms", "step ms", ".1f", "r"),
+  ("step_vs_adam", "step x Adam", ".2f", "r"),
+  ("optimizer_share", "optimizer share", ".1%", "r"),
+  ("step_peak_mib", "step peak MiB", ".1f", "r"),
+  ("state_mib", "optimizer state MiB", ".2f", "r"),
+  ("state_vs_adam", "state x Adam", ".3f", "r"),
+)
 
 
 class _Runner:
-  """One optimizer's compiled train step and jitted update, advancing its own state."""
+  """One optimizer's train step, advancing its own state, and its jitted update."""
 
   def __init__(self, exp: build.Experiment, batch: dict, grads):
-    self.exp, self.batch, self.grads = exp, batch, grads
+    self.stepper, self.grads = harness.Stepper(exp, batch), grads
     self.update = jax.jit(
       functools.partial(step_lib.apply_optimizer, exp.tx), donate_argnums=(1, 2)
     )
-    self.state, _ = exp.train_step(exp.state, batch)  # warm up
     jax.block_until_ready(self.setup_update()())  # compile, on inputs like the timed ones
-
-  def step(self):
-    """Times one train step; the new state replaces the donated one."""
-    self.state, metrics = self.exp.train_step(self.state, self.batch)
-    return metrics["loss"]
 
   def setup_update(self):
     """The update on fresh copies of the current params and optimizer state (donated)."""
-    params, opt_state = jax.tree.map(lambda x: x.copy(), (self.state.params, self.state.opt_state))
+    state = self.stepper.state
+    params, opt_state = jax.tree.map(lambda x: x.copy(), (state.params, state.opt_state))
     jax.block_until_ready((params, opt_state))
     return lambda: self.update(self.grads, opt_state, params)
 
 
 def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[dict]:
-  config = TrainConfig(model=name, batch_size=batch_size, steps=STEPS,
-                       data=DataConfig(seq_len=seq_len))  # fmt: skip
-  mesh = mesh_lib.make_mesh(None)
+  config = TrainConfig(
+    model=name, batch_size=batch_size, steps=STEPS, data=DataConfig(seq_len=seq_len)
+  )
   runners = {}
-  for opt in OPTIMIZERS:
-    exp = build.build(dataclasses.replace(config, optimizer=OptimizerConfig(name=opt)), mesh)
+  for opt in harness.OPTIMIZERS:
+    exp = harness.experiment(dataclasses.replace(config, optimizer=OptimizerConfig(name=opt)))
     if not runners:  # the same params, batch and gradients for every optimizer
       batch = exp.random_batch()
       grads = jax.jit(jax.grad(step_lib.make_loss_fn(exp.apply)))(exp.state.params, batch)
-    step_bytes = compiled_bytes(exp.train_step)
+    step_bytes = harness.compiled_bytes(exp.train_step)
     runners[opt] = (_Runner(exp, batch, grads), step_bytes)
   setups = {}
   for opt, (runner, _) in runners.items():
-    setups[f"{opt} step"] = lambda runner=runner: runner.step
+    setups[f"{opt} step"] = runner.stepper.setup
     setups[f"{opt} update"] = runner.setup_update
   medians = harness.interleaved_medians(setups, reps)
-  adam_bytes = step_lib.state_bytes(runners["adam"][0].state.opt_state)
+  adam_bytes = step_lib.state_bytes(runners["adam"][0].stepper.state.opt_state)
   rows = []
   for opt, (runner, step_bytes) in runners.items():
     step_s, update_s = medians[f"{opt} step"], medians[f"{opt} update"]
-    state_bytes = step_lib.state_bytes(runner.state.opt_state)
-    rows.append({
-      "config": name,
-      "params": config.model_config.num_params,
-      "tokens": config.tokens_per_step,
-      "optimizer": opt,
-      "step_ms": 1e3 * step_s,
-      "step_vs_adam": step_s / medians["adam step"],
-      "optimizer_share": update_s / step_s,
-      "step_peak_mib": step_bytes / 2**20,
-      "state_mib": state_bytes / 2**20,
-      "state_vs_adam": state_bytes / adam_bytes,
-    })  # fmt: skip
+    state_bytes = step_lib.state_bytes(runner.stepper.state.opt_state)
+    rows.append(
+      {
+        "config": name,
+        "params": config.model_config.num_params,
+        "tokens": config.tokens_per_step,
+        "optimizer": opt,
+        "step_ms": 1e3 * step_s,
+        "step_vs_adam": step_s / medians["adam step"],
+        "optimizer_share": update_s / step_s,
+        "step_peak_mib": step_bytes / 2**20,
+        "state_mib": state_bytes / 2**20,
+        "state_vs_adam": state_bytes / adam_bytes,
+      }
+    )
   return rows
 
 
@@ -106,15 +105,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
     "apply_updates time / full step time; 'step peak' = XLA's planned memory of the compiled "
     "step (arguments + outputs + temporaries - donated).\n\n"
   )
-  cells = [
-    [r["config"], f"{r['params']:,}", f"{r['tokens']:,}", r["optimizer"], f"{r['step_ms']:.1f}",
-     f"{r['step_vs_adam']:.2f}", f"{100 * r['optimizer_share']:.1f}%",
-     f"{r['step_peak_mib']:.1f}", f"{r['state_mib']:.2f}", f"{r['state_vs_adam']:.3f}"]
-    for r in rows
-  ]  # fmt: skip
-  columns = ["config", "params", "tokens/step", "optimizer", "step ms", "step x Adam",
-             "optimizer share", "step peak MiB", "optimizer state MiB", "state x Adam"]  # fmt: skip
-  return header + harness.markdown_table(columns, cells, "lrrlrrrrrr")
+  return header + harness.table(COLUMNS, rows)
 
 
 def main() -> None:
