@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import pathlib
 import shutil
 
 import jax
@@ -17,7 +18,13 @@ from train import cli
 from train import loop
 from train import mesh as mesh_lib
 from train import optimizer
-from train.bench import convergence as conv
+from train.bench.convergence import analysis
+from train.bench.convergence import protocol
+from train.bench.convergence import report
+from train.bench.convergence import search
+from train.bench.convergence import stages
+from train.bench.convergence.store import Store
+from train.bench.convergence.store import to_json
 from train.config import OptimizerConfig
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
@@ -33,7 +40,7 @@ def _fake_loss(config, step: int) -> float:
   o = config.optimizer
   variant = next(
     v
-    for v, f in conv.VARIANTS.items()
+    for v, f in protocol.VARIANTS.items()
     if f["name"] == o.name and f.get("adam_b2", 0.999) == o.adam_b2
   )
   optimum = OPTIMUM[variant] * (SMALL_SHIFT.get(variant, 1) if config.model == "small" else 1)
@@ -45,71 +52,81 @@ def _fake_train(config) -> None:
   """Writes a completed run folder as ``loop.train`` would, without training."""
   out = config.run_dir
   out.mkdir(parents=True)
-  header = {"kind": "run", "config": json.loads(conv._to_json(config)), "params": 7}
+  header = {"kind": "run", "config": json.loads(to_json(config)), "params": 7}
   records = [header]
   for step in range(config.eval_every, config.steps + 1, config.eval_every):
     tokens = step * config.tokens_per_step
     records.append({"kind": "train", "step": step, "tokens": tokens, "step_time_s": 0.5})
     loss = _fake_loss(config, step)
-    records.append({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss,
-                    "val_ppl": math.exp(loss)})  # fmt: skip
+    records.append(
+      {"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(loss)}
+    )
   (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   (out / "summary.json").write_text(json.dumps({"completed": True}))
 
 
-def _store(tmp_path, train_fn=_fake_train, steps=40) -> conv.Store:
-  return conv.Store(tmp_path / "runs", tmp_path / "work", steps, steps, train_fn)
+def _store(tmp_path, train_fn=_fake_train, steps=40) -> Store:
+  return Store(tmp_path / "runs", tmp_path / "work", steps, steps, train_fn)
 
 
 def test_tokens_to_reach_interpolates_between_evaluations():
   evals = [{"tokens": 100, "val_loss": 5.0}, {"tokens": 200, "val_loss": 3.0}]
-  assert conv.tokens_to_reach(evals, 4.0) == pytest.approx(150)
-  assert conv.tokens_to_reach(evals, 5.5) == 100
-  assert conv.tokens_to_reach(evals, 2.9) is None
+  assert analysis.tokens_to_reach(evals, 4.0) == pytest.approx(150)
+  assert analysis.tokens_to_reach(evals, 5.5) == 100
+  assert analysis.tokens_to_reach(evals, 2.9) is None
 
 
 def test_sweep_widens_each_grid_until_it_brackets_the_best(tmp_path):
-  losses = conv.sweep(_store(tmp_path))
-  best = conv.best_lrs(losses)
+  losses = search.sweep(_store(tmp_path))
+  best = search.best_lrs(losses)
   assert best == {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 0.05}
   # 2.5e-4 sat at the widened edge once more, so 1.25e-4 was run too.
-  assert sorted(losses["adam-b2_0.95"]) == [1.25e-4, 2.5e-4, *conv.ADAM_LRS]
-  assert sorted(losses["swan"]) == list(conv.ADAM_LRS)
+  assert sorted(losses["adam-b2_0.95"]) == [1.25e-4, 2.5e-4, *protocol.ADAM_LRS]
+  assert sorted(losses["swan"]) == list(protocol.ADAM_LRS)
   kept = {p.stem for p in (tmp_path / "runs").glob("*.json")}
   assert "tiny-adam-b2_0.95-lr0.000125-seed0" in kept and len(kept) == 22
 
 
 def test_finished_runs_are_reused_and_a_read_only_store_never_trains(tmp_path):
   store = _store(tmp_path)
-  conv.sweep(store)
+  search.sweep(store)
 
   def refuse(config):
     raise AssertionError(f"trained {config.run_dir} again")
 
-  again = conv.sweep(_store(tmp_path, train_fn=refuse))
-  assert conv.best_lrs(again)["sinkgd"] == 0.05
+  again = search.sweep(_store(tmp_path, train_fn=refuse))
+  assert search.best_lrs(again)["sinkgd"] == 0.05
   fresh = _store(tmp_path / "other", train_fn=None)
-  assert conv.sweep(fresh)["swan"] == {lr: None for lr in conv.ADAM_LRS}
+  assert search.sweep(fresh)["swan"] == {lr: None for lr in protocol.ADAM_LRS}
 
 
 def test_a_grid_open_at_an_edge_has_no_best_yet_but_a_best_so_far(tmp_path):
-  conv.sweep(_store(tmp_path))
+  search.sweep(_store(tmp_path))
   tag = "tiny-adam-b2_0.95-lr0.000125-seed0"
   (tmp_path / "runs" / f"{tag}.json").unlink()
   shutil.rmtree(tmp_path / "work" / tag)
-  losses = conv.sweep(_store(tmp_path, train_fn=None))
+  losses = search.sweep(_store(tmp_path, train_fn=None))
   assert losses["adam-b2_0.95"][1.25e-4] is None
-  assert "adam-b2_0.95" not in conv.best_lrs(losses) and conv.best_lrs(losses)["swan"] == 4e-3
-  assert conv.best_so_far(losses)["adam-b2_0.95"] == 2.5e-4
+  assert "adam-b2_0.95" not in search.best_lrs(losses) and search.best_lrs(losses)["swan"] == 4e-3
+  assert search.best_so_far(losses)["adam-b2_0.95"] == 2.5e-4
 
 
 def test_a_run_folder_of_the_trainer_before_trainconfig_is_adopted(tmp_path):
-  run = conv.grid_run("tiny", "adam-b2_0.95", 2e-3, 1)
+  run = protocol.grid_run("tiny", "adam-b2_0.95", 2e-3, 1)
   folder = tmp_path / "work" / run.tag
   folder.mkdir(parents=True)
-  args = {"config": "tiny", "optimizer": "adam", "lr": "0.002", "adam_b2": "0.95",
-          "max_grad_norm": "1.0", "non_matrix": "adam", "seed": "1", "steps": "40",
-          "batch_size": "16", "seq_len": "256"}  # fmt: skip
+  args = {
+    "config": "tiny",
+    "optimizer": "adam",
+    "lr": "0.002",
+    "adam_b2": "0.95",
+    "max_grad_norm": "1.0",
+    "non_matrix": "adam",
+    "seed": "1",
+    "steps": "40",
+    "batch_size": "16",
+    "seq_len": "256",
+  }
   records = [
     {"kind": "run", "args": args, "params": 5},
     {"kind": "train", "step": 10, "step_time_s": 0.2},
@@ -123,27 +140,28 @@ def test_a_run_folder_of_the_trainer_before_trainconfig_is_adopted(tmp_path):
   assert record["step_time_median_s"] == pytest.approx(0.3)
   assert record["train_time_s"] == pytest.approx(10 * 0.2 + 30 * 0.4)
   assert json.loads((tmp_path / "runs" / f"{run.tag}.json").read_text()) == record
+  assert not pathlib.Path(record["source"]).is_absolute()  # no directory of this machine
   other = dataclasses.replace(run, optimizer=dataclasses.replace(run.optimizer, adam_b2=0.999))
   with pytest.raises(ValueError, match=f"run folder .*{run.tag}.*adam_b2"):
-    conv.Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(other)
+    Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(other)
 
 
 def test_a_run_folder_without_a_newer_optimizer_field_is_adopted_as_its_default(tmp_path):
-  run = conv.grid_run("tiny", "swan", 4e-3, 0)
-  config = conv.train_config(run, 40, tmp_path / "work")
+  run = protocol.grid_run("tiny", "swan", 4e-3, 0)
+  config = protocol.train_config(run, 40, tmp_path / "work")
   _fake_train(config)
   metrics_path = config.run_dir / "metrics.jsonl"
   records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
   del records[0]["config"]["optimizer"]["whiten_method"]  # written before the field existed
   metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
   assert _store(tmp_path, train_fn=None).get(run)["evals"][-1]["step"] == 40
-  polar = conv.grid_run("tiny", "swan", 4e-3, 0, whiten_method="polar_express")
+  polar = protocol.grid_run("tiny", "swan", 4e-3, 0, whiten_method="polar_express")
   with pytest.raises(ValueError, match="other optimizer settings"):
-    conv.Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
+    Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
 
 
 def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
-  run = conv.grid_run("tiny", "swan", 2e-3, 0)
+  run = protocol.grid_run("tiny", "swan", 2e-3, 0)
   _store(tmp_path, steps=40).get(run)
   with pytest.raises(ValueError, match="--steps 60"):
     _store(tmp_path, train_fn=None, steps=60).get(run)
@@ -151,7 +169,7 @@ def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
 
 def test_report_marks_missing_runs_and_invents_nothing(tmp_path):
   out = tmp_path / "out"
-  conv.report(_store(tmp_path, train_fn=None), out)
+  report.report(_store(tmp_path, train_fn=None), out)
   text = (out / "convergence.md").read_text()
   rows = [line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| adam")]
   assert len(rows) == 2 and all(
@@ -165,24 +183,31 @@ def test_report_marks_missing_runs_and_invents_nothing(tmp_path):
 
 def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   store = _store(tmp_path)
-  conv.run_stages(store, ("sweep", "seeds", "ablations", "small"), tmp_path / "out", reps=1)
+  stages.run_stages(store, ("sweep", "seeds", "ablations", "small"), tmp_path / "out", reps=1)
   (tmp_path / "out").mkdir()
-  (tmp_path / "out" / "timing.json").write_text(json.dumps({
-    "reps": 1, "machine": "test",
-    "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25},
-    "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0},
-  }))  # fmt: skip
-  conv.run_stages(store, ("report",), tmp_path / "out", reps=1)
+  (tmp_path / "out" / "timing.json").write_text(
+    json.dumps(
+      {
+        "reps": 1,
+        "machine": "test",
+        "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25},
+        "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0},
+      }
+    )
+  )
+  stages.run_stages(store, ("report",), tmp_path / "out", reps=1)
   summary = json.loads((tmp_path / "out" / "convergence.json").read_text())
   assert summary["final"] and summary["adam"] == "adam-b2_0.999"
   main = {r["variant"]: r for r in summary["main"]}
   # Evaluations at steps 20 and 40; the loss falls 0.5 between them and ends OFFSET below
   # Adam's, so Adam's final loss is reached at step 20 + 20 (0.5 + OFFSET) / 0.5.
-  assert main["adam-b2_0.999"]["final_loss"] == pytest.approx([4 + 0.01 * s for s in conv.SEEDS])
+  assert main["adam-b2_0.999"]["final_loss"] == pytest.approx(
+    [4 + 0.01 * s for s in protocol.SEEDS]
+  )
   assert main["swan"]["token_fraction"] == pytest.approx([0.8] * 3)
   assert main["swan"]["wall_fraction"] == pytest.approx([0.8 * 1.5] * 3)
   assert main["sinkgd"]["token_fraction"] == pytest.approx([0.7] * 3)
-  assert main["adam-b2_0.95"]["token_fraction"] == [conv.NOT_REACHED] * 3
+  assert main["adam-b2_0.95"]["token_fraction"] == [analysis.NOT_REACHED] * 3
   assert len(summary["ablations"]) == 7
   assert all(None not in r["final_loss"] for r in summary["ablations"] + summary["small"])
   # The small grid starts at the best tiny lr and its 2x neighbours; SWAN's widens to 1e-3 and
@@ -201,8 +226,8 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_run_trains_in_process_and_is_kept(tmp_path):
-  store = conv.Store(tmp_path / "runs", tmp_path / "work", 4, 4, loop.train)
-  run = conv.grid_run("tiny", "sinkgd", 0.05, 0, adam_group_lr=2e-3)
+  store = Store(tmp_path / "runs", tmp_path / "work", 4, 4, loop.train)
+  run = protocol.grid_run("tiny", "sinkgd", 0.05, 0, adam_group_lr=2e-3)
   record = store.get(run)
   assert [e["step"] for e in record["evals"]] == [4] and record["wall_time_s"] > 0
   assert record["optimizer"]["adam_group_lr"] == 2e-3 and record["config"]["steps"] == 4
@@ -212,7 +237,7 @@ def test_a_real_run_trains_in_process_and_is_kept(tmp_path):
 # The optimizer options the ablations need.
 
 
-LAYOUTS = llama.dimension_numbers(configs.get_config("tiny"))
+LAYOUTS = optimizer.dimension_numbers(configs.get_config("tiny"))
 
 
 @pytest.fixture(scope="module")
