@@ -26,18 +26,19 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence
 
+from train import cli
+from train import loop
 from train import metrics
 from train.bench import harness
 
 STEPS = 40
 CHECKPOINT_EVERY = 10
-FLAGS = (
-  "--config", "tiny", "--seq-len", "64", "--batch-size", "8", "--eval-batches", "2",
-  "--steps", str(STEPS), "--checkpoint-every", str(CHECKPOINT_EVERY), "--keep-checkpoints", "3",
-  "--log-every", "1", "--eval-every", "20", "--optimizer", "swan",
-)  # fmt: skip
+FLAGS = tuple(
+  f"--config tiny --seq-len 64 --batch-size 8 --eval-batches 2 --steps {STEPS} "
+  f"--checkpoint-every {CHECKPOINT_EVERY} --keep-checkpoints 3 --log-every 1 --eval-every 20 "
+  "--optimizer swan".split()
+)
 TIMEOUT_S = 300
-EIGHT_HOST_DEVICES = "--xla_force_host_platform_device_count=8"
 
 
 class DrillFailure(AssertionError):
@@ -60,7 +61,6 @@ Trace = dict[int, tuple[float, int]]  # step -> (train loss, batch CRC32)
 
 def _kill_during_save(step: int):
   """SIGKILLs the process when every array of checkpoint ``step`` is written, before its commit."""
-  from train import loop  # noqa: PLC0415 - JAX starts only in the child
 
   def kill(saving: int) -> None:
     if saving == step:
@@ -71,8 +71,6 @@ def _kill_during_save(step: int):
 
 def _nan_batch(step: int):
   """Token ids past the vocabulary in the batch of step ``step``: a NaN loss."""
-  from train import loop  # noqa: PLC0415 - JAX starts only in the child
-
   poison = lambda done, batch: {**batch, "inputs": batch["inputs"] + 10**6}
   return loop.Hooks(batch=lambda done, batch: poison(done, batch) if done == step else batch)
 
@@ -81,9 +79,6 @@ FAULTS: dict[str, Callable] = {"kill-in-save": _kill_during_save, "nan-batch": _
 
 
 def _child(fault: str, train_argv: list[str]) -> None:
-  from train import cli  # noqa: PLC0415
-  from train import loop  # noqa: PLC0415
-
   hooks = loop.NO_HOOKS
   if fault != "none":
     name, step = fault.split(":")
@@ -96,8 +91,8 @@ def _child(fault: str, train_argv: list[str]) -> None:
 
 
 def _command(out: pathlib.Path, flags: Sequence[str], fault: str) -> list[str]:
-  return [sys.executable, "-m", "train.bench.fault_drill", "--child", fault, "--",
-          *FLAGS, "--out", str(out), *flags]  # fmt: skip
+  child = [sys.executable, "-m", "train.bench.fault_drill", "--child", fault, "--"]
+  return [*child, *FLAGS, "--out", str(out), *flags]
 
 
 def _launch(out: pathlib.Path, *flags: str, fault: str = "none") -> subprocess.Popen:
@@ -289,8 +284,6 @@ def _finite(x: float) -> bool:
 
 
 def bad_inputs(work: pathlib.Path) -> list[Outcome]:
-  from train import cli  # noqa: PLC0415 - JAX starts only when the drill gets here
-
   files = work / "bad-data"
   files.mkdir(parents=True, exist_ok=True)
   (files / "empty.txt").write_text("")
@@ -305,13 +298,19 @@ def bad_inputs(work: pathlib.Path) -> list[Outcome]:
     ("unknown --config", ["--config", "7b"], "invalid choice"),
     ("--steps -3", ["--steps", "-3"], "--steps must be >= 1"),
     ("--lr inf", ["--lr", "inf"], "--lr must be a positive number"),
-    ("--batch-size 3 in 2 micro-batches", ["--batch-size", "3", "--grad-accum", "2"],
-     "must split into --grad-accum 2"),
+    (
+      "--batch-size 3 in 2 micro-batches",
+      ["--batch-size", "3", "--grad-accum", "2"],
+      "must split into --grad-accum 2",
+    ),
     ("--mesh data=1000", ["--mesh", "data=1000"], "has 1000 devices"),
     ("--mesh pipeline=2", ["--mesh", "pipeline=2"], "pipeline"),
-    ("--resume with only unreadable checkpoints", ["--resume", "--out", str(_broken_run(work))],
-     "could be restored"),
-  ]  # fmt: skip
+    (
+      "--resume with only unreadable checkpoints",
+      ["--resume", "--out", str(_broken_run(work))],
+      "could be restored",
+    ),
+  ]
   outcomes = []
   for what, flags, expected in cases:
     stderr = io.StringIO()
@@ -369,8 +368,7 @@ def main() -> None:
   if len(sys.argv) > 2 and sys.argv[1] == "--child":
     _child(sys.argv[2], sys.argv[4:])
     return
-  # 8 simulated host devices (no effect on accelerators): the runs shard over a real mesh.
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_HOST_DEVICES}".strip()
+  harness.simulate_host_devices(8)  # the runs, children included, shard over a real mesh
   parser = harness.parser(__doc__, "fault_drill.md")
   parser.add_argument("--work", type=pathlib.Path, default=None, help="run folders (default: tmp)")
   args = parser.parse_args()

@@ -10,37 +10,32 @@ explicit all-to-alls). Reported per device: XLA's FLOPs as a ratio to the
 single-device FLOPs / 8, and the bytes of the results of each kind of
 collective (:func:`train.bench.hlo.collective_bytes`) as a ratio to M, the
 bytes of all whitened matrices; plus, for ``after``, the bytes that
-``swan_optax.whitening_plan`` predicts. Rows ``3afe9a0`` are recorded from
-``results/mesh_3afe9a0.json``: the library at commit 3afe9a0 with the
-trainer's default whole-matrix layout (``whole_matrix_sharding=
+``swan_optax.whitening_plan`` predicts. The rows labelled ``3afe9a0`` are
+recorded from ``results/mesh_recorded.json``: the library before ``mesh=``,
+with the trainer's then default whole-matrix layout (``whole_matrix_sharding=
 NamedSharding(mesh, P(('fsdp', 'data', 'tensor')))``, Auto mesh), measured
 the same way once. Writes ``train/bench/results/mesh.md``.
 """
 
-import os
+import json
+import math
+import time
 
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-  ).strip()
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec  # noqa: E402
-
-import swan_optax  # noqa: E402
-from models import configs  # noqa: E402
-from models import llama  # noqa: E402
+import swan_optax
+from models import configs
+from models import llama
 from train.bench import harness
-from train.bench import hlo  # noqa: E402
+from train.bench import hlo
 
 AXES = ("data", "fsdp", "tensor")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
-RECORDED = harness.RESULTS / "mesh_3afe9a0.json"
+DEVICES = 8
+RECORDED = harness.RESULTS / "mesh_recorded.json"
+RECORDED_LABEL = "3afe9a0"  # the library's last commit without mesh=, as the tables name it
 
 
 def fitting_spec(shape: tuple[int, ...], spec: PartitionSpec, mesh) -> PartitionSpec:
@@ -67,7 +62,8 @@ def abstract_inputs(config, mesh) -> dict:
 
 def compile_update(config, mesh, optimizer_mesh):
   """SWAN's update (``tx.update`` from fresh state), compiled for abstract params on ``mesh``."""
-  tx = swan_optax.swan(1e-3, dimension_numbers=llama.dimension_numbers(config), mesh=optimizer_mesh)
+  dims = harness.dimension_numbers(config)
+  tx = swan_optax.swan(1e-3, dimension_numbers=dims, mesh=optimizer_mesh)
   params = abstract_inputs(config, mesh)
   update = lambda grads, params: tx.update(grads, tx.init(params), params)[0]
   shardings = jax.tree.map(lambda p: p.sharding, params)  # the updates in the params' layout
@@ -76,20 +72,23 @@ def compile_update(config, mesh, optimizer_mesh):
 
 def measure(name: str) -> list[dict]:
   config = configs.get_config(name)
+  dims = harness.dimension_numbers(config)
   single_mesh = jax.make_mesh((1, 1, 1), AXES, devices=jax.devices()[:1])
   single, params = compile_update(config, single_mesh, None)
-  plan = swan_optax.whitening_plan(params, llama.dimension_numbers(config), single_mesh)
+  plan = swan_optax.whitening_plan(params, dims, single_mesh)
   base_flops, m = hlo.flops(single), sum(r.leaf_bytes for r in plan.values())
   recorded = {tuple(r["mesh"]): r for r in json.loads(RECORDED.read_text()) if r["config"] == name}
   rows = []
   for shape in MESHES:
     if shape in recorded:
-      rows.append(recorded[shape] | {"mesh": shape, "variant": "3afe9a0", "m": m, "planned": None})
+      rows.append(
+        recorded[shape] | {"mesh": shape, "variant": RECORDED_LABEL, "m": m, "planned": None}
+      )
     mesh = jax.make_mesh(shape, AXES)
     for variant, optimizer_mesh in (("before", None), ("after", mesh)):
       start = time.perf_counter()
       compiled, params = compile_update(config, mesh, optimizer_mesh)
-      plan = swan_optax.whitening_plan(params, llama.dimension_numbers(config), mesh)
+      plan = swan_optax.whitening_plan(params, dims, mesh)
       rows.append(
         {
           "config": name,
@@ -138,9 +137,15 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+  harness.simulate_host_devices(DEVICES)
   parser = harness.parser(__doc__, "mesh.md")
   parser.add_argument("--configs", default="60m,350m,1b")
   args = parser.parse_args()
+  if jax.device_count() != DEVICES:
+    raise SystemExit(
+      f"{DEVICES} devices needed, {jax.device_count()} {jax.devices()[0].platform} found: run "
+      "`JAX_PLATFORMS=cpu python -m train.bench.mesh`, which simulates them on the CPU"
+    )
   rows = [row for name in args.configs.split(",") for row in measure(name)]
   harness.save(to_markdown(rows), args.out)
 
