@@ -20,7 +20,6 @@ from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 
-import swan_optax
 from models import sharding
 from models.configs import LlamaConfig
 
@@ -156,16 +155,20 @@ def _build(config: LlamaConfig, seed: int) -> Llama:
     return Llama(config, rngs=nnx.Rngs(seed))
 
 
+def abstract_model(config: LlamaConfig) -> Llama:
+  """The model with ``jax.ShapeDtypeStruct`` params, allocating nothing."""
+  return nnx.eval_shape(lambda: _build(config, 0))
+
+
 def abstract_params(config: LlamaConfig) -> Any:
   """The params as ``jax.ShapeDtypeStruct`` (a dict like ``init_params``'), allocating nothing."""
-  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: _build(config, 0)), nnx.Param))
+  return nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
 
 
 def param_specs(config: LlamaConfig) -> Any:
   """Mesh ``PartitionSpec`` of every parameter (a dict like the params), without allocating."""
-  abstract = nnx.eval_shape(lambda: _build(config, 0))
   with nnx.logical_axis_rules(sharding.RULES):
-    specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param))
+    specs = nnx.get_partition_spec(nnx.state(abstract_model(config), nnx.Param))
   return nnx.to_pure_dict(specs)
 
 
@@ -184,7 +187,7 @@ def init_params(config: LlamaConfig, mesh: Mesh, seed: int = 0) -> tuple[nnx.Gra
   def init():
     return nnx.to_pure_dict(nnx.state(_build(config, seed), nnx.Param))
 
-  return nnx.graphdef(nnx.eval_shape(lambda: _build(config, 0))), init()
+  return nnx.graphdef(abstract_model(config)), init()
 
 
 def abstract_init(config: LlamaConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
@@ -197,7 +200,7 @@ def abstract_init(config: LlamaConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
     abstract,
     specs,
   )
-  return nnx.graphdef(nnx.eval_shape(lambda: _build(config, 0))), params
+  return nnx.graphdef(abstract_model(config)), params
 
 
 def _check_divisible(abstract_params: Any, specs: Any, mesh: Mesh, config: LlamaConfig) -> None:
@@ -223,16 +226,3 @@ def _check_divisible(abstract_params: Any, specs: Any, mesh: Mesh, config: Llama
 def apply(graphdef: nnx.GraphDef, params: Any, tokens_BxL: jax.Array) -> jax.Array:
   """Logits of the model ``graphdef`` with parameters ``params`` (a plain dict)."""
   return nnx.merge(graphdef, nnx.State(params))(tokens_BxL)
-
-
-def dimension_numbers(config: LlamaConfig) -> Any:
-  """``swan_optax`` matrix layouts of the params, derived from the model's own layers.
-
-  A dict like the params (pass it as ``dimension_numbers=`` to ``swan_optax.swan``
-  or ``sinkgd``). ``nnx.vmap``'s layer axis is a batch axis, so every stacked
-  kernel is one matrix per layer; the einsums put q/k/v's heads into fan_out
-  (``BLD,DHK->BLHK``) and o's into fan_in (``BLHK,HKD->BLD``). The embedding
-  and norms get ``None``; the lm_head gets ``(0, 1)`` and the default
-  ``adam_pattern`` sends it to Adam.
-  """
-  return swan_optax.dimension_numbers_from_model(nnx.eval_shape(lambda: _build(config, 0)))

@@ -1,6 +1,7 @@
 """swan-optax: stateless LLM optimizers (SWAN, SinkGD) as Optax transforms."""
 
 from swan_optax._alias import sinkgd
+from swan_optax._alias import stateless_partition
 from swan_optax._alias import swan
 from swan_optax._gradnorm import gradnorm
 from swan_optax._labels import DEFAULT_ADAM_PATTERN
@@ -26,6 +27,7 @@ __all__ = [
   "routing_table",
   "sinkgd",
   "sinkhorn",
+  "stateless_partition",
   "swan",
   "whiten",
   "WhiteningMethod",

@@ -1,6 +1,5 @@
 """Ready-made optimizers: SWAN and SinkGD, stateless on matrices and Adam elsewhere."""
 
-import inspect
 from typing import Any
 
 import jax
@@ -13,26 +12,73 @@ from swan_optax import _sinkhorn
 from swan_optax import _whiten
 
 
-def _stateless_partition(
-  matrix_operator: optax.GradientTransformation,
+def stateless_partition(
+  matrix_update: optax.GradientTransformation,
   learning_rate: optax.ScalarOrSchedule,
   *,
-  adam_learning_rate: optax.ScalarOrSchedule | None,
-  dimension_numbers: _matrix.DimensionNumbersSpec,
-  param_labels: _labels.LabelsSpec,
-  adam_pattern: str,
-  weight_decay: jax.typing.ArrayLike,
-  weight_decay_mask: Any,
-  adam_b1: jax.typing.ArrayLike,
-  adam_b2: jax.typing.ArrayLike,
-  adam_eps: jax.typing.ArrayLike,
-  adam_weight_decay: jax.typing.ArrayLike,
-  max_grad_norm: jax.typing.ArrayLike | None,
-  non_matrix_optimizer: optax.GradientTransformation | None,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
+  param_labels: _labels.LabelsSpec = None,
+  adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  weight_decay_mask: Any = None,
+  adam_b1: jax.typing.ArrayLike = 0.9,
+  adam_b2: jax.typing.ArrayLike = 0.999,
+  adam_eps: jax.typing.ArrayLike = 1e-8,
+  adam_weight_decay: jax.typing.ArrayLike = 0.0,
+  max_grad_norm: jax.typing.ArrayLike | None = None,
+  non_matrix_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
-  """``optax.partition`` of a stateless ``'matrix'`` group and an ``'adam'`` group."""
+  r"""A stateless update on the matrices and AdamW on everything else.
+
+  An ``optax.partition`` of two groups. Each matrix leaf steps by
+  ``matrix_update`` (e.g. ``gradnorm -> whiten`` for :func:`swan`), with no
+  optimizer state of its own:
+
+  .. math::
+    W \leftarrow W - \eta_t \, (\mathrm{update}(G) + \lambda W)
+
+  and the other leaves (embeddings, lm_head, norms, biases, vectors; see
+  :func:`param_labels`) are trained with AdamW. :func:`swan` and
+  :func:`sinkgd` are this function around their operators; an ablation that
+  keeps one operator is ``stateless_partition(gradnorm(...), lr, ...)``.
+
+  Args:
+    matrix_update: the stateless transform of the matrix group's gradients.
+    learning_rate: learning rate (or optax schedule) of the matrix group, and
+      of the Adam group unless ``adam_learning_rate`` is given.
+    adam_learning_rate: learning rate (or schedule) of the Adam group.
+    dimension_numbers: how each matrix leaf is a batch of ``(fan_in, fan_out)``
+      matrices: ``None`` (2-D kernels; a leaf of rank >= 3 raises), one
+      :class:`MatrixDimensionNumbers`, a tree of them (``None`` sends a leaf to
+      Adam, a rank >= 2 leaf missing from the tree raises) such as
+      :func:`dimension_numbers_from_model` returns, or a callable returning
+      such a tree from the params. It routes the leaves; pass the same value
+      to the operators in ``matrix_update``.
+    param_labels: replaces the routing: a tree of ``'matrix'`` / ``'adam'``
+      labels, or a callable returning one from the params.
+    adam_pattern: regex searched in each lower-cased key path (with and
+      without Flax's trailing ``/value``); a match trains the leaf with Adam.
+    weight_decay: decoupled weight decay ``lambda`` of the matrix group; the
+      step is ``learning_rate * weight_decay * W``, as in ``optax.contrib.muon``.
+    weight_decay_mask: tree or callable of booleans restricting
+      ``weight_decay``.
+    adam_b1: Adam's first-moment decay.
+    adam_b2: Adam's second-moment decay.
+    adam_eps: Adam's epsilon.
+    adam_weight_decay: AdamW's decoupled weight decay on the Adam group.
+    max_grad_norm: if set, clip the global gradient norm first; with a
+      scale-invariant ``matrix_update`` only the Adam group changes.
+    non_matrix_optimizer: an optax transform used instead of AdamW (and the
+      ``adam_*`` options) on the non-matrix leaves, e.g. ``optax.adafactor``
+      for a nearly stateless optimizer.
+
+  Returns:
+    An ``optax.GradientTransformation``: an ``optax.partition`` whose
+    ``'matrix'`` group holds no state (clipped first if ``max_grad_norm``).
+  """
   matrix = optax.chain(
-    matrix_operator,
+    matrix_update,
     optax.add_decayed_weights(weight_decay, weight_decay_mask),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -52,30 +98,16 @@ def _stateless_partition(
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
 
 
-# The keywords swan and sinkgd hand on unchanged to _stateless_partition.
-_PARTITION_KEYWORDS = tuple(inspect.signature(_stateless_partition).parameters)[2:]
-
-
-def _partition(
-  matrix_operator: optax.GradientTransformation,
-  learning_rate: optax.ScalarOrSchedule,
-  arguments: dict[str, Any],
-) -> optax.GradientTransformation:
-  """:func:`_stateless_partition` with the pass-through keywords taken from ``arguments``."""
-  options = {name: arguments[name] for name in _PARTITION_KEYWORDS}
-  return _stateless_partition(matrix_operator, learning_rate, **options)
-
-
 def swan(
   learning_rate: optax.ScalarOrSchedule,
   *,
-  adam_learning_rate: optax.ScalarOrSchedule | None = None,
   method: _whiten.WhiteningMethod = "newton_schulz",
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
-  dimension_numbers: _matrix.DimensionNumbersSpec = None,
   mesh: jax.sharding.Mesh | None = None,
+  adam_learning_rate: optax.ScalarOrSchedule | None = None,
+  dimension_numbers: _matrix.DimensionNumbersSpec = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -90,21 +122,19 @@ def swan(
   r"""SWAN: SGD with GradNorm and GradWhitening; stateless on matrices.
 
   Each matrix leaf steps by the whitened, standardized gradient, with no
-  optimizer state (docs/algorithms.md, sections 2, 3 and 5):
+  optimizer state:
 
   .. math::
     W \leftarrow W - \eta_t \, \mathrm{whiten}(\mathrm{gradnorm}(G))
 
   The update has unit RMS, Adam's scale, so to replace AdamW at learning rate
   ``X`` use ``swan(X)`` with the same schedule. Everything else (embeddings,
-  lm_head, norms, biases, vectors) is trained with AdamW; see
+  lm_head, norms, biases, vectors) is trained with AdamW at ``X``; see
   :func:`param_labels` for the routing.
 
   Args:
     learning_rate: learning rate (or optax schedule) of both groups: the
       matrix step is ``learning_rate`` times a unit-RMS update.
-    adam_learning_rate: learning rate of the Adam group, if it should differ
-      from ``learning_rate``.
     method: how :func:`whiten` computes the polar factor: ``'newton_schulz'``
       (the paper's coupled iteration), ``'polar_express'``, ``'quintic'``
       (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
@@ -113,32 +143,14 @@ def swan(
       square root.
     eps: lower clamp of GradNorm's standard deviation and of every norm in a
       denominator of the whitening.
-    dimension_numbers: how each matrix leaf is a batch of ``(fan_in, fan_out)``
-      matrices: ``None`` (2-D kernels; a leaf of rank >= 3 raises), one
-      :class:`MatrixDimensionNumbers`, a tree of them (``None`` sends a leaf to
-      Adam, a rank >= 2 leaf missing from the tree raises) such as
-      :func:`dimension_numbers_from_model` returns, or a callable returning
-      such a tree from the params.
     mesh: the device mesh the params live on, if any: each device then whitens
       its share of whole matrices, exchanged by explicit all-to-alls over the
       mesh axes that shard them (see :func:`whiten`); the result is the same.
-    param_labels: replaces the routing: a tree of ``'matrix'`` / ``'adam'``
-      labels, or a callable returning one from the params.
-    adam_pattern: regex searched in each lower-cased key path (with and
-      without Flax's trailing ``/value``); a match trains the leaf with Adam.
-    weight_decay: decoupled weight decay of the matrix group; the step is
-      ``learning_rate * weight_decay * W``, as in ``optax.contrib.muon``.
-    weight_decay_mask: tree or callable of booleans restricting
-      ``weight_decay``.
-    adam_b1: Adam's first-moment decay.
-    adam_b2: Adam's second-moment decay.
-    adam_eps: Adam's epsilon.
-    adam_weight_decay: AdamW's decoupled weight decay on the Adam group.
-    max_grad_norm: if set, clip the global gradient norm first; only the Adam
-      group changes, since every matrix operator is scale invariant.
-    non_matrix_optimizer: an optax transform used instead of AdamW (and the
-      ``adam_*`` options) on the non-matrix leaves, e.g. ``optax.adafactor``
-      for a nearly stateless optimizer.
+    adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
+      weight_decay, weight_decay_mask, adam_b1, adam_b2, adam_eps,
+      adam_weight_decay, max_grad_norm, non_matrix_optimizer: the Adam group,
+      the routing, weight decay and clipping, as in
+      :func:`stateless_partition`.
 
   Returns:
     An ``optax.GradientTransformation``: an ``optax.partition`` whose
@@ -180,7 +192,22 @@ def swan(
       mesh=mesh,
     ),
   )
-  return _partition(operator, learning_rate, locals())
+  return stateless_partition(
+    operator,
+    learning_rate,
+    adam_learning_rate=adam_learning_rate,
+    dimension_numbers=dimension_numbers,
+    param_labels=param_labels,
+    adam_pattern=adam_pattern,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    max_grad_norm=max_grad_norm,
+    non_matrix_optimizer=non_matrix_optimizer,
+  )
 
 
 def sinkgd(
@@ -189,9 +216,9 @@ def sinkgd(
   matrix_scale: jax.typing.ArrayLike = 0.05,
   num_iters: jax.typing.ArrayLike = 5,
   eps: jax.typing.ArrayLike = 1e-8,
+  mesh: jax.sharding.Mesh | None = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  mesh: jax.sharding.Mesh | None = None,
   param_labels: _labels.LabelsSpec = None,
   adam_pattern: str = _labels.DEFAULT_ADAM_PATTERN,
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -206,7 +233,7 @@ def sinkgd(
   r"""SinkGD: SGD on SR-Sinkhorn-normalized gradients; stateless on matrices.
 
   Each matrix leaf steps by its SR-Sinkhorn-normalized gradient scaled by
-  ``matrix_scale`` (docs/algorithms.md, sections 4 and 5):
+  ``matrix_scale``:
 
   .. math::
     W \leftarrow W - \eta_t \, \alpha \, \mathrm{sinkhorn}(G)
@@ -224,35 +251,16 @@ def sinkgd(
       rate, and the matrix group's before ``matrix_scale``.
     matrix_scale: factor ``alpha`` on the normalized matrix updates; the
       matrix step is ``learning_rate * matrix_scale`` (1.0 makes
-      ``learning_rate`` the matrix step).
+      ``learning_rate`` the matrix step). ``weight_decay`` is not scaled by it.
     num_iters: SR-Sinkhorn rounds ``L`` (see :func:`sinkhorn`).
     eps: SR-Sinkhorn's lower clamp of every row and column norm.
     mesh: accepted as in :func:`swan`; SR-Sinkhorn needs no layout change on
       a mesh (it all-reduces one norm vector per step, see :func:`sinkhorn`).
-    adam_learning_rate: Adam group's learning rate, if it should differ from
-      ``learning_rate``.
-    dimension_numbers: matrix views of the matrix leaves, as for
-      :func:`swan`: ``None`` (2-D kernels), one
-      :class:`MatrixDimensionNumbers`, a tree of them (``None`` entries train
-      with Adam, missing rank >= 2 entries raise; see
-      :func:`dimension_numbers_from_model`) or a callable of the params.
-    param_labels: a tree, or a callable of the params, of ``'matrix'`` and
-      ``'adam'`` labels overriding the default routing.
-    adam_pattern: regex on lower-cased key paths, searched with and without a
-      trailing Flax ``/value``; matching leaves go to Adam.
-    weight_decay: decoupled matrix-group weight decay, stepping by
-      ``learning_rate * weight_decay * W`` (not scaled by ``matrix_scale``).
-    weight_decay_mask: which leaves ``weight_decay`` applies to (a boolean
-      tree or callable).
-    adam_b1: first-moment decay of the Adam group.
-    adam_b2: second-moment decay of the Adam group.
-    adam_eps: epsilon of the Adam group.
-    adam_weight_decay: decoupled AdamW weight decay of the Adam group.
-    max_grad_norm: global-norm gradient clipping in front (if set); matrix
-      updates do not change, SR-Sinkhorn being scale invariant.
-    non_matrix_optimizer: any optax transform to train the non-matrix leaves
-      in place of AdamW and its ``adam_*`` options (``optax.adafactor`` makes
-      the optimizer nearly stateless).
+    adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
+      weight_decay, weight_decay_mask, adam_b1, adam_b2, adam_eps,
+      adam_weight_decay, max_grad_norm, non_matrix_optimizer: the Adam group,
+      the routing, weight decay and clipping, as in
+      :func:`stateless_partition`.
 
   Returns:
     The optimizer: AdamW on the non-matrix leaves, and no optimizer state at
@@ -284,4 +292,19 @@ def sinkgd(
     ),
     optax.scale(matrix_scale),
   )
-  return _partition(operator, learning_rate, locals())
+  return stateless_partition(
+    operator,
+    learning_rate,
+    adam_learning_rate=adam_learning_rate,
+    dimension_numbers=dimension_numbers,
+    param_labels=param_labels,
+    adam_pattern=adam_pattern,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    max_grad_norm=max_grad_norm,
+    non_matrix_optimizer=non_matrix_optimizer,
+  )

@@ -12,6 +12,7 @@ import swan_optax
 from models import configs
 from models import llama
 from swan_optax import MatrixDimensionNumbers as Dims
+from train import optimizer
 
 
 def _normalized(dims):
@@ -136,7 +137,7 @@ _LLAMA_BY_HAND = {
 
 def test_llama_layouts_from_the_model_match_the_hand_derived_ones():
   config = configs.get_config("60m")
-  derived = llama.dimension_numbers(config)
+  derived = optimizer.dimension_numbers(config)
   for (layer, name), expected in _LLAMA_BY_HAND.items():
     got = derived["layers"][layer][name]["kernel"]
     assert _normalized(got) == _normalized(expected), (layer, name)
@@ -249,7 +250,7 @@ def test_nnx_optimizer_with_derived_layouts():
   """``nnx.Optimizer`` hands ``nnx.State`` (paths ending in ``value``) to the optimizer."""
   model = _Model(nnx.Rngs(0), stacked=True)
   dims = swan_optax.dimension_numbers_from_model(model)
-  optimizer = nnx.Optimizer(model, swan_optax.swan(1e-2, dimension_numbers=dims), wrt=nnx.Param)
+  nnx_optimizer = nnx.Optimizer(model, swan_optax.swan(1e-2, dimension_numbers=dims), wrt=nnx.Param)
   before = nnx.to_pure_dict(nnx.clone(nnx.state(model, nnx.Param)))
 
   def loss(model):
@@ -257,10 +258,12 @@ def test_nnx_optimizer_with_derived_layouts():
     q = jax.vmap(lambda b: b.q(x))(model.block)
     return jnp.mean(jnp.square(q - 1.0))
 
-  optimizer.update(model, nnx.grad(loss)(model))
+  nnx_optimizer.update(model, nnx.grad(loss)(model))
   after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   moved = after["block"]["q"]["kernel"] - before["block"]["q"]["kernel"]
   # Three stacked layers, each one matrix of RMS step 1e-2.
   np.testing.assert_allclose(jnp.sqrt(jnp.mean(moved**2, axis=(1, 2, 3))), 1e-2, rtol=1e-4)
-  leaves = jax.tree.leaves(optimizer.opt_state, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  leaves = jax.tree.leaves(
+    nnx_optimizer.opt_state, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+  )
   assert any(isinstance(x, optax.MaskedNode) for x in leaves)

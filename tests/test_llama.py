@@ -11,6 +11,7 @@ import swan_optax
 from models import configs
 from models import llama
 from train import mesh as mesh_lib
+from train import optimizer
 
 # Untied embedding and lm_head, 4 attention and 3 MLP matrices and 2 norms a layer, a final
 # norm: total = 2 V d + layers (4 d^2 + 3 d ffn + 2 d) + d.
@@ -103,9 +104,9 @@ def test_rope_is_a_rotation_depending_on_relative_position():
 def test_routing_of_the_60m_config_stacked_kernels():
   config = configs.get_config("60m")
   params = llama.abstract_params(config)
-  table = swan_optax.routing_table(params, dimension_numbers=llama.dimension_numbers(config))
+  table = swan_optax.routing_table(params, dimension_numbers=optimizer.dimension_numbers(config))
   print(table)
-  labels = swan_optax.param_labels(params, dimension_numbers=llama.dimension_numbers(config))
+  labels = swan_optax.param_labels(params, dimension_numbers=optimizer.dimension_numbers(config))
   groups = {"/".join(k.key for k in path): label for path, label in
             jax.tree_util.tree_flatten_with_path(labels)[0]}  # fmt: skip
   for name in ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/down"):

@@ -13,6 +13,7 @@ import swan_optax
 from models import configs
 from models import llama
 from swan_optax import MatrixDimensionNumbers
+from train import optimizer
 
 AXES = ("data", "fsdp", "tensor")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
@@ -46,7 +47,7 @@ def _place(tree, mesh):
 
 
 def _update(name, mesh, grads, *, jit=True):
-  tx = OPTIMIZERS[name](1e-2, dimension_numbers=llama.dimension_numbers(CONFIG), mesh=mesh)
+  tx = OPTIMIZERS[name](1e-2, dimension_numbers=optimizer.dimension_numbers(CONFIG), mesh=mesh)
   update = lambda g: tx.update(g, tx.init(g), g)[0]
   return (jax.jit(update) if jit else update)(grads)
 
@@ -173,7 +174,7 @@ def test_gradients_on_another_mesh_raise():
 def test_routing_table_on_a_mesh_says_how_each_matrix_is_whitened():
   mesh = _mesh((1, 8, 1))
   grads = _place(_grads(), mesh)
-  dims = llama.dimension_numbers(CONFIG)
+  dims = optimizer.dimension_numbers(CONFIG)
   table = swan_optax.routing_table(grads, dimension_numbers=dims, mesh=mesh)
   plan = swan_optax.whitening_plan(grads, dims, mesh)
   rows = {line.split()[0]: line for line in table.splitlines()[2:]}

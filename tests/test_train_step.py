@@ -12,7 +12,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import swan_optax
-from models import llama
 from train import build
 from train import mesh as mesh_lib
 from train import optimizer
@@ -175,7 +174,7 @@ def test_update_on_auto_axes_moves_only_the_planned_all_to_alls():
   )
   moved = hlo.collective_bytes(compiled.as_text())
   plan = swan_optax.whitening_plan(
-    exp.state.params, llama.dimension_numbers(exp.model_config), mesh
+    exp.state.params, optimizer.dimension_numbers(exp.model_config), mesh
   )
   planned = sum(route.bytes_per_device for route in plan.values())
   assert moved.get("all-to-all", 0) > 0

@@ -100,7 +100,10 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh, *, abstract: bool = Fals
   check_batch(config, mesh)
   model_config = config.model_config
   tx = optimizer.make_optimizer(
-    config.optimizer, config.steps, mesh, dimension_numbers=llama.dimension_numbers(model_config)
+    config.optimizer,
+    config.steps,
+    mesh,
+    dimension_numbers=optimizer.dimension_numbers(model_config),
   )
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())

@@ -1,6 +1,5 @@
-"""The learning-rate schedule and the named optimizers of ``OptimizerConfig``."""
+"""The learning-rate schedule, the model's matrix layouts and the named optimizers."""
 
-import dataclasses
 import re
 from typing import Any
 
@@ -9,16 +8,19 @@ import jax.numpy as jnp
 import optax
 
 import swan_optax
+from models import llama
+from models.configs import LlamaConfig
 from train.config import OptimizerConfig
 
 
-def schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
+def schedule(config: OptimizerConfig, steps: int, peak: float | None = None) -> optax.Schedule:
   """Linear warmup from 0 over ``warmup_fraction * steps``, then cosine decay to the floor.
 
   ``lr(t) = peak * t / W`` for ``t < W``, then ``floor + (peak - floor) (1 + cos(pi (t - W) /
-  (T - W))) / 2`` with ``floor = final_lr_fraction * peak``.
+  (T - W))) / 2`` with ``floor = final_lr_fraction * peak``; ``peak`` defaults to
+  ``config.peak_lr``.
   """
-  peak = config.peak_lr
+  peak = config.peak_lr if peak is None else peak
   return optax.warmup_cosine_decay_schedule(
     0.0,
     peak,
@@ -26,6 +28,19 @@ def schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
     max(steps, 2),
     config.final_lr_fraction * peak,
   )
+
+
+def dimension_numbers(model_config: LlamaConfig) -> Any:
+  """The params' matrix layouts, derived from the model's own layers.
+
+  A dict like the params, for ``dimension_numbers=`` of ``swan_optax.swan`` or
+  ``sinkgd``. ``nnx.vmap``'s layer axis is a batch axis, so every stacked
+  kernel is one matrix per layer; the einsums put q/k/v's heads into fan_out
+  (``BLD,DHK->BLHK``) and o's into fan_in (``BLHK,HKD->BLD``). The embedding
+  and norms get ``None``; the lm_head gets ``(0, 1)`` and the default
+  ``adam_pattern`` sends it to Adam.
+  """
+  return swan_optax.dimension_numbers_from_model(llama.abstract_model(model_config))
 
 
 def make_optimizer(
@@ -44,27 +59,17 @@ def make_optimizer(
     steps: the run's optimizer steps (the schedule's length).
     mesh: the device mesh the params live on (SWAN whitens whole matrices there).
     dimension_numbers: swan/sinkgd: the params' matrix layouts (e.g.
-      ``models.llama.dimension_numbers(model_config)``); ``None``: 2-D kernels only.
+      :func:`dimension_numbers` of the model config); ``None``: 2-D kernels only.
   """
   lr = schedule(config, steps)
-  if config.name == "swan" and config.swan_operators != "both":
-    tx = _swan_one_operator(config, lr, steps, mesh, dimension_numbers)
-  elif config.name in ("swan", "sinkgd"):
-    stateless = {"swan": swan_optax.swan, "sinkgd": swan_optax.sinkgd}[config.name]
-    tx = stateless(
-      lr,
-      dimension_numbers=dimension_numbers,
-      weight_decay=config.weight_decay,
-      non_matrix_optimizer=_adam_group(config, steps),
-      **_whitening(config, mesh),
-    )
+  if config.name in ("swan", "sinkgd"):
+    return in_float32(_stateless(config, lr, steps, mesh, dimension_numbers))
+  if config.name == "adam":
+    tx = optax.adam(lr, b2=config.adam_b2)
   else:
-    if config.name == "adam":
-      tx = optax.adam(lr, b2=config.adam_b2)
-    else:
-      tx = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
-    if config.embed_lr_scale != 1:
-      tx = optax.chain(tx, optax.masked(optax.scale(config.embed_lr_scale), _embed_mask))
+    tx = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
+  if config.embed_lr_scale != 1:
+    tx = optax.chain(tx, optax.masked(optax.scale(config.embed_lr_scale), _embed_mask))
   if config.max_grad_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
   return in_float32(tx)
@@ -95,36 +100,41 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _adam_group(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
-  """swan/sinkgd's optimizer of the non-matrix leaves: AdamW, or Adafactor (absolute steps)."""
-  lr = schedule(dataclasses.replace(config, lr=config.adam_group_lr or config.peak_lr), steps)
-  if config.non_matrix == "adafactor":
-    return optax.adafactor(
-      lr, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
-    )
-  return optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
-
-
-def _swan_one_operator(
+def _stateless(
   config: OptimizerConfig,
   lr: optax.Schedule,
   steps: int,
   mesh: jax.sharding.Mesh | None,
   dims: Any,
 ) -> optax.GradientTransformation:
-  """SWAN with only GradNorm or only whitening on the matrices (an ablation), ``_adam_group`` else.
-
-  ``W <- W - eta_t (op(G) + lambda W)`` with ``op`` one of the two unit-RMS operators.
-  """
+  """swan or sinkgd through their public keywords; a one-operator SWAN (an ablation) is
+  ``swan_optax.stateless_partition`` around that operator."""
+  adam_lr = schedule(config, steps, config.adam_group_lr)
+  adafactor = optax.adafactor(
+    adam_lr, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
+  )
+  group = dict(
+    adam_learning_rate=adam_lr,
+    adam_b2=config.adam_b2,
+    adam_weight_decay=config.weight_decay,
+    weight_decay=config.weight_decay,
+    max_grad_norm=config.max_grad_norm,
+    dimension_numbers=dims,
+    non_matrix_optimizer=adafactor if config.non_matrix == "adafactor" else None,
+  )
+  if config.name == "sinkgd":
+    return swan_optax.sinkgd(lr, **group)
+  whitening = {
+    "method": config.whiten_method,
+    "mesh": mesh if config.whiten_layout == "whole" else None,
+  }
+  if config.swan_operators == "both":
+    return swan_optax.swan(lr, **whitening, **group)
   if config.swan_operators == "gradnorm":
     operator = swan_optax.gradnorm(dimension_numbers=dims)
   else:
-    operator = swan_optax.whiten(dimension_numbers=dims, **_whitening(config, mesh))
-  matrix = optax.chain(
-    operator, optax.add_decayed_weights(config.weight_decay), optax.scale_by_learning_rate(lr)
-  )
-  labels = lambda params: swan_optax.param_labels(params, dimension_numbers=dims)
-  return optax.partition({"matrix": matrix, "adam": _adam_group(config, steps)}, labels)
+    operator = swan_optax.whiten(dimension_numbers=dims, **whitening)
+  return swan_optax.stateless_partition(operator, lr, **group)
 
 
 def _embed_mask(params) -> object:
@@ -132,12 +142,3 @@ def _embed_mask(params) -> object:
   return jax.tree_util.tree_map_with_path(
     lambda path, _: bool(re.search(r"embed|lm_head", jax.tree_util.keystr(path).lower())), params
   )
-
-
-def _whitening(config: OptimizerConfig, mesh: jax.sharding.Mesh | None) -> dict:
-  """swan's whitening keywords: its method, and ``mesh`` for ``--whiten-layout whole`` (whole
-  matrices per device, by all-to-alls)."""
-  if config.name != "swan":
-    return {}
-  whole = config.whiten_layout == "whole"
-  return {"method": config.whiten_method, "mesh": mesh if whole else None}
