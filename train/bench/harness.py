@@ -79,9 +79,14 @@ def dimension_numbers(config: configs.LlamaConfig) -> Any:
   return optimizer.dimension_numbers(config)
 
 
+def one_device_mesh() -> jax.sharding.Mesh:
+  """The trainer's mesh over the first device alone."""
+  return mesh_lib.make_mesh(None, jax.devices()[:1])
+
+
 def experiment(config: TrainConfig, *, abstract: bool = False) -> build.Experiment:
   """``config`` built on the first device alone, as the trainer builds it."""
-  return build.build(config, mesh_lib.make_mesh(None, jax.devices()[:1]), abstract=abstract)
+  return build.build(config, one_device_mesh(), abstract=abstract)
 
 
 def exact_polar(x: np.ndarray, rtol: float = 0.0) -> np.ndarray:

@@ -89,9 +89,7 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
   vocab = min(config.vocab_size, data.DEFAULT_VOCAB_SIZE)
   corpus = data.load_corpus(data.DataConfig(vocab_size=vocab, seq_len=seq_len))
   batch = next(data.train_batches(corpus, batch_size=batch_size, seq_len=seq_len, seed=0))
-  auto = (jax.sharding.AxisType.Auto,) * 3
-  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), auto, devices=jax.devices()[:1])
-  graphdef, params = llama.init_params(config, mesh, seed=0)
+  graphdef, params = llama.init_params(config, harness.one_device_mesh(), seed=0)
 
   def loss(params):
     logits = llama.apply(graphdef, params, batch["inputs"])
