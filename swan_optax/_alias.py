@@ -8,6 +8,7 @@ import optax
 from swan_optax import _gradnorm
 from swan_optax import _labels
 from swan_optax import _matrix
+from swan_optax import _sharded
 from swan_optax import _sinkhorn
 from swan_optax import _whiten
 
@@ -106,6 +107,7 @@ def swan(
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
   mesh: jax.sharding.Mesh | None = None,
+  shardings: _sharded.ShardingsSpec = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
   param_labels: _labels.LabelsSpec = None,
@@ -146,6 +148,10 @@ def swan(
     mesh: the device mesh the params live on, if any: each device then whitens
       its share of whole matrices, exchanged by explicit all-to-alls over the
       mesh axes that shard them (see :func:`whiten`); the result is the same.
+    shardings: the params' (hence the gradients') layout, a tree of
+      ``NamedSharding`` or ``PartitionSpec`` as given to ``jax.jit``; needed
+      inside ``jit`` on Auto mesh axes, where the gradients do not show it
+      (see :func:`whiten`).
     adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
       weight_decay, weight_decay_mask, adam_b1, adam_b2, adam_eps,
       adam_weight_decay, max_grad_norm, non_matrix_optimizer: the Adam group,
@@ -190,6 +196,7 @@ def swan(
       eps=eps,
       dimension_numbers=dimension_numbers,
       mesh=mesh,
+      shardings=shardings,
     ),
   )
   return stateless_partition(

@@ -166,17 +166,16 @@ _LAYOUT_HINT = (
 )
 
 
-def _by_unboxed_path(tree: DimensionNumbersTree) -> dict[str, MatrixDimensionNumbers | None]:
-  """``{unboxed key path: dimension numbers}`` of a user's tree; two paths may not collide."""
-  is_leaf = lambda x: x is None or is_dimension_numbers(x)
+def by_unboxed_path(tree: Any, *, is_leaf: Callable[[Any], bool], name: str) -> dict[str, Any]:
+  """``{unboxed key path: entry}`` of a user's tree named ``name``; two paths may not collide."""
   by_path = {}
-  for path, dims in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+  for path, entry in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
     key = unboxed_key(path)
     if key in by_path:
       raise ValueError(
-        f"dimension_numbers names '{path_str(path)}' twice (with and without a trailing 'value')"
+        f"{name} names '{path_str(path)}' twice (with and without a trailing 'value')"
       )
-    by_path[key] = dims
+    by_path[key] = entry
   return by_path
 
 
@@ -203,7 +202,10 @@ def dimension_numbers_resolver(
   """
   if callable(spec) and not is_dimension_numbers(spec):
     spec = spec(tree)
-  by_path = None if spec is None or is_dimension_numbers(spec) else _by_unboxed_path(spec)
+  is_leaf = lambda x: x is None or is_dimension_numbers(x)
+  by_path = None
+  if spec is not None and not is_dimension_numbers(spec):
+    by_path = by_unboxed_path(spec, is_leaf=is_leaf, name="dimension_numbers")
 
   def resolve(path, leaf):
     where = f"leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"

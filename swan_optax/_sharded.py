@@ -38,6 +38,8 @@ from jax.sharding import PartitionSpec
 from swan_optax import _matrix
 
 AxisNames = tuple[str, ...]
+# A tree like the updates (or a callable of them) of NamedSharding or PartitionSpec.
+ShardingsSpec = Any | Callable[[Any], Any] | None
 
 
 class Layout(NamedTuple):
@@ -67,26 +69,72 @@ def _dim_axes(spec: PartitionSpec, ndim: int) -> tuple[AxisNames, ...]:
   return tuple((a,) if isinstance(a, str) else tuple(a or ()) for a in entries)
 
 
-def leaf_spec(leaf: Any, mesh: Mesh) -> PartitionSpec:
-  """The leaf's ``PartitionSpec`` on ``mesh``, as far as it is known here.
+def leaf_spec(leaf: Any) -> PartitionSpec:
+  """The leaf's ``PartitionSpec``, as far as the leaf itself shows it.
 
   Concrete arrays and ``jax.ShapeDtypeStruct`` carry their sharding; traced
   values carry it in their type only on Explicit mesh axes. Under ``jit``, a
   dimension sharded over Auto axes reads as unsharded, so the partitioner
-  gathers it before the all-to-alls (correct, but it moves more).
-
-  Raises:
-    ValueError: if the leaf is sharded over axes that ``mesh`` does not have.
+  gathers it before the all-to-alls (correct, but it moves more): there the
+  layout comes from ``shardings``.
   """
   concrete = not isinstance(leaf, jax.core.Tracer)
   sharding = getattr(leaf, "sharding", None) if concrete else None
   if isinstance(sharding, NamedSharding):
-    spec = sharding.spec
-  else:
-    typed = jax.typeof(leaf).sharding
-    explicit = set(typed.mesh.explicit_axes) if typed.mesh.axis_names else set()
-    keep = lambda axes: tuple(a for a in axes if a in explicit) or None
-    spec = PartitionSpec(*(keep(axes) for axes in _dim_axes(typed.spec, jnp.ndim(leaf))))
+    return sharding.spec
+  typed = jax.typeof(leaf).sharding
+  explicit = set(typed.mesh.explicit_axes) if typed.mesh.axis_names else set()
+  keep = lambda axes: tuple(a for a in axes if a in explicit) or None
+  return PartitionSpec(*(keep(axes) for axes in _dim_axes(typed.spec, jnp.ndim(leaf))))
+
+
+def mesh_layout(
+  updates: Any, mesh: Mesh | None, shardings: ShardingsSpec
+) -> tuple[Mesh, list[PartitionSpec]] | None:
+  """The mesh and each leaf's ``PartitionSpec`` on it, in ``jax.tree.leaves`` order.
+
+  The specs come from ``shardings`` (matched to leaves by key path, with or
+  without Flax's trailing ``value`` box) when given, else from the leaves
+  (:func:`leaf_spec`); the mesh is ``mesh``, else the one of the
+  ``NamedSharding`` entries of ``shardings``. ``None`` when there is neither.
+
+  Raises:
+    ValueError: naming what to pass, when ``shardings`` misses a leaf, holds
+      ``PartitionSpec`` entries without ``mesh`` or several meshes, or a spec
+      names axes the mesh does not have.
+  """
+  if shardings is None:
+    if mesh is None:
+      return None
+    leaves = jax.tree.leaves(updates)
+    return mesh, [_checked(leaf_spec(x), x, mesh) for x in leaves]
+  if callable(shardings):
+    shardings = shardings(updates)
+  is_leaf = lambda x: isinstance(x, NamedSharding | PartitionSpec)
+  by_path = _matrix.by_unboxed_path(shardings, is_leaf=is_leaf, name="shardings")
+  meshes = {s.mesh for s in by_path.values() if isinstance(s, NamedSharding)}
+  if mesh is None and len(meshes) != 1:
+    raise ValueError(
+      f"shardings holds {len(meshes)} meshes: give a tree of NamedSharding on one mesh, or "
+      "PartitionSpecs with mesh=..."
+    )
+  mesh = meshes.pop() if mesh is None else mesh
+  specs = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    entry = by_path.get(_matrix.unboxed_key(path))
+    if entry is None:
+      raise ValueError(
+        f"shardings has no entry for leaf '{_matrix.path_str(path)}' with shape "
+        f"{tuple(jnp.shape(leaf))}: pass the params' shardings (the tree given to jit's "
+        "in_shardings), a tree like the params"
+      )
+    spec = entry.spec if isinstance(entry, NamedSharding) else entry
+    specs.append(_checked(spec, leaf, mesh))
+  return mesh, specs
+
+
+def _checked(spec: PartitionSpec, leaf: Any, mesh: Mesh) -> PartitionSpec:
+  """``spec``, if every mesh axis it names is one of ``mesh``'s."""
   unknown = {a for axes in _dim_axes(spec, jnp.ndim(leaf)) for a in axes} - set(mesh.axis_names)
   if unknown:
     raise ValueError(
@@ -152,15 +200,19 @@ def group_bytes(count: int, lay: Layout, itemsize: int, mesh: Mesh) -> int:
 
 
 def map_matrices_on_mesh(
-  fn: Callable[[jax.Array], jax.Array], leaves: list[jax.Array], dims: list, mesh: Mesh
+  fn: Callable[[jax.Array], jax.Array],
+  leaves: list[jax.Array],
+  dims: list,
+  mesh: Mesh,
+  specs: list[PartitionSpec],
 ) -> list[jax.Array]:
   """Applies ``fn`` to every ``(fan_in, fan_out)`` matrix of ``leaves``, whole, on ``mesh``.
 
-  Same result as :func:`swan_optax._matrix.map_matrices` on each leaf; each
-  device transforms its share of the matrices (see the module docstring). The
-  results keep the leaves' shardings.
+  ``specs`` are the leaves' layouts (:func:`mesh_layout`). Same result as
+  :func:`swan_optax._matrix.map_matrices` on each leaf; each device transforms
+  its share of the matrices (see the module docstring). The results keep the
+  leaves' shardings.
   """
-  specs = [leaf_spec(x, mesh) for x in leaves]
   lays, groups = layouts_and_groups(leaves, dims, specs, mesh)
 
   def body(*blocks):
@@ -174,22 +226,9 @@ def map_matrices_on_mesh(
 
   # The operators' loops start from constants (e.g. Z = I); vma checks would reject that.
   specs = tuple(specs)
-  mapped = jax.shard_map(
-    body, mesh=_context_or(mesh), in_specs=specs, out_specs=specs, check_vma=False
-  )
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
   # On Auto axes the partitioner places the results; keep the gradients' layout.
   return [shard_alike(x, y)[1] for x, y in zip(leaves, mapped(*leaves), strict=True)]
-
-
-def _context_or(mesh: Mesh) -> Mesh | jax.sharding.AbstractMesh:
-  """The context mesh if it is ``mesh`` with other axis types, else ``mesh``.
-
-  Under ``jax.sharding.explicit_axes`` (e.g. a trainer on Auto axes that shows
-  the optimizer its params' layout) the context mesh has the same devices and
-  axes as ``mesh`` and Explicit types; ``shard_map`` must use that one.
-  """
-  context = jax.sharding.get_abstract_mesh()
-  return context if not context.empty and context.shape_tuple == mesh.shape_tuple else mesh
 
 
 def _to_local_matrices(block: jax.Array, lay: Layout) -> jax.Array:

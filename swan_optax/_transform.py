@@ -15,19 +15,22 @@ def stateless_matrix_transform(
   *,
   name: str,
   mesh: jax.sharding.Mesh | None = None,
+  shardings: _sharded.ShardingsSpec = None,
 ) -> optax.GradientTransformation:
   """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix.
 
-  With ``mesh``, every device applies ``operator`` to its share of whole
-  matrices, received and returned by explicit all-to-alls
-  (:func:`swan_optax._sharded.map_matrices_on_mesh`); without, the partitioner
-  lays out each leaf's computation.
+  On a mesh (``mesh``, or the one of ``shardings``), every device applies
+  ``operator`` to its share of whole matrices, received and returned by
+  explicit all-to-alls (:func:`swan_optax._sharded.map_matrices_on_mesh`);
+  ``shardings`` gives the gradients' layout where their types do not show it.
+  Without a mesh, the partitioner lays out each leaf's computation.
   """
 
   def update_fn(updates, state, params=None):
     del params
     dims = _matrix.resolve_dimension_numbers(updates, dimension_numbers, name=name)
-    if mesh is None:
+    on_mesh = _sharded.mesh_layout(updates, mesh, shardings)
+    if on_mesh is None:
       return jax.tree.map(
         lambda g, d: _matrix.map_matrices(operator, g, d),
         updates,
@@ -36,7 +39,7 @@ def stateless_matrix_transform(
       ), state
     leaves, treedef = jax.tree.flatten(updates)
     dims = jax.tree.leaves(dims, is_leaf=_matrix.is_dimension_numbers)
-    leaves = _sharded.map_matrices_on_mesh(operator, leaves, dims, mesh)
+    leaves = _sharded.map_matrices_on_mesh(operator, leaves, dims, *on_mesh)
     return jax.tree.unflatten(treedef, leaves), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _sharded
 from swan_optax import _transform
 
 WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "eigh"]
@@ -185,6 +186,7 @@ def whiten(
   precision: jax.lax.PrecisionLike | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
   mesh: jax.sharding.Mesh | None = None,
+  shardings: _sharded.ShardingsSpec = None,
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -225,12 +227,17 @@ def whiten(
       stacked, padded to the device count, and exchanged by one all-to-all
       over the mesh axes that shard them (and back); leaves repeated over an
       axis (data parallel) are whitened ``1/size`` per device and
-      all-gathered. The layout is read from the gradients' shardings: on
-      Explicit mesh axes (``jax.make_mesh``'s default) from their types, on
-      Auto axes only outside ``jit``. See :func:`whitening_plan`. Only the
-      layout and the cost change, never the result. ``None``: the
-      partitioner lays out each leaf, which may gather every matrix on every
-      device.
+      all-gathered. See :func:`whitening_plan`. Only the layout and the cost
+      change, never the result. ``None``: the mesh of ``shardings``; without
+      either, the partitioner lays out each leaf, which may gather every
+      matrix on every device.
+    shardings: the gradients' layout: a tree like the params (or a callable
+      of them) of ``NamedSharding`` or ``PartitionSpec``, e.g. the params'
+      shardings given to ``jax.jit(in_shardings=...)``. ``None``: read from
+      the gradients, from their types on Explicit mesh axes
+      (``jax.make_mesh``'s default), which inside ``jit`` on Auto axes show
+      no layout; the partitioner would then gather the Auto-sharded
+      dimensions before the all-to-alls (correct, but it moves more).
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -249,5 +256,5 @@ def whiten(
     precision=precision,
   )
   return _transform.stateless_matrix_transform(
-    operator, dimension_numbers, name="whiten", mesh=mesh
+    operator, dimension_numbers, name="whiten", mesh=mesh, shardings=shardings
   )

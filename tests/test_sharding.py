@@ -14,6 +14,7 @@ from models import configs
 from models import llama
 from swan_optax import MatrixDimensionNumbers
 from train import optimizer
+from train.bench import hlo
 
 AXES = ("data", "fsdp", "tensor")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
@@ -38,12 +39,13 @@ def _grads():
   return jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape, a.dtype), abstract)
 
 
-def _place(tree, mesh):
+def _shardings(mesh):
   is_spec = lambda x: isinstance(x, P)
-  shardings = jax.tree.map(
-    lambda s: NamedSharding(mesh, s), llama.param_specs(CONFIG), is_leaf=is_spec
-  )
-  return jax.device_put(tree, shardings)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), llama.param_specs(CONFIG), is_leaf=is_spec)
+
+
+def _place(tree, mesh):
+  return jax.device_put(tree, _shardings(mesh))
 
 
 def _update(name, mesh, grads, *, jit=True):
@@ -169,6 +171,41 @@ def test_gradients_on_another_mesh_raise():
   tx = swan_optax.whiten(dimension_numbers=MatrixDimensionNumbers(1, 2), mesh=mesh)
   with pytest.raises(ValueError, match=r"mesh axes \['x'\].*pass the mesh the params live on"):
     tx.update(g, ())
+
+
+@pytest.mark.parametrize("types", ["auto", "mixed"])
+@pytest.mark.parametrize("given", ["NamedSharding", "PartitionSpec"])
+def test_shardings_show_auto_axes_to_the_update_inside_jit(reference, types, given):
+  """``jax.jit(in_shardings=...)`` on Auto axes: only the planned all-to-alls move."""
+  grads, expected = reference
+  mesh = _mesh((2, 2, 2), types)
+  shardings = _shardings(mesh)
+  dims = optimizer.dimension_numbers(CONFIG)
+  if given == "NamedSharding":
+    tx = swan_optax.swan(1e-2, dimension_numbers=dims, shardings=shardings)
+  else:
+    tx = swan_optax.swan(
+      1e-2, dimension_numbers=dims, mesh=mesh, shardings=llama.param_specs(CONFIG)
+    )
+  update = jax.jit(lambda g: tx.update(g, tx.init(g), g)[0], in_shardings=(shardings,))
+  sharded = _place(grads, mesh)
+  _check_matches_and_keeps_layout(update(sharded), expected["swan"], sharded)
+  moved = hlo.collective_bytes(update.lower(sharded).compile().as_text())
+  planned = sum(r.bytes_per_device for r in swan_optax.whitening_plan(sharded, dims, mesh).values())
+  assert moved.get("all-to-all", 0) > 0
+  assert sum(moved.values()) <= 1.01 * planned + 2**16, (moved, planned)
+
+
+def test_shardings_errors_name_the_fix():
+  mesh = _mesh((2, 2, 2))
+  dims = MatrixDimensionNumbers(1, 2)
+  g = {"w": jnp.ones((4, 32, 64)), "v": jnp.ones((4, 32, 64))}
+  missing = swan_optax.whiten(dimension_numbers=dims, shardings={"w": NamedSharding(mesh, P())})
+  with pytest.raises(ValueError, match=r"shardings has no entry for leaf 'v' with shape"):
+    missing.update(g, ())
+  specs_only = swan_optax.whiten(dimension_numbers=dims, shardings={"w": P(), "v": P()})
+  with pytest.raises(ValueError, match=r"PartitionSpecs with mesh="):
+    specs_only.update(g, ())
 
 
 def test_routing_table_on_a_mesh_says_how_each_matrix_is_whitened():

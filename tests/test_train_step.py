@@ -109,7 +109,12 @@ def test_state_shardings_follow_params(name):
     "lm_head": {"kernel": P("fsdp", "tensor")},
   }
   params = _sharded(_toy_params(), specs, mesh)
-  tx = optimizer.make_optimizer(OptimizerConfig(name=name), 10, mesh, dimension_numbers=TOY_DIMS)
+  tx = optimizer.make_optimizer(
+    OptimizerConfig(name=name),
+    10,
+    dimension_numbers=TOY_DIMS,
+    shardings=jax.tree.map(lambda x: x.sharding, params),
+  )
   replicated = NamedSharding(mesh, P())
   shardings = step_lib.state_shardings(tx, params, replicated)
   state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=shardings)(params)
@@ -159,14 +164,12 @@ def test_mesh_spec_defaults():
 
 
 def test_update_on_auto_axes_moves_only_the_planned_all_to_alls():
-  """The trainer's Auto mesh hides layouts inside jit; its update still sees them."""
+  """The trainer's Auto mesh hides layouts inside jit; ``shardings=`` shows them to the update."""
   mesh = mesh_lib.make_mesh("data=2,fsdp=2,tensor=2")
   config = TrainConfig(model="tiny", batch_size=8, mesh="data=2,fsdp=2,tensor=2")
   exp = build.build(config, mesh, abstract=True)
   states = exp.state_sharding
-  update = step_lib.with_layout_in_types(
-    functools.partial(step_lib.apply_optimizer, exp.tx), states
-  )
+  update = functools.partial(step_lib.apply_optimizer, exp.tx)
   compiled = (
     jax.jit(update, out_shardings=(states.params, states.opt_state))
     .lower(exp.state.params, exp.state.opt_state, exp.state.params)

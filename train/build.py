@@ -99,12 +99,6 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh, *, abstract: bool = Fals
   """
   check_batch(config, mesh)
   model_config = config.model_config
-  tx = optimizer.make_optimizer(
-    config.optimizer,
-    config.steps,
-    mesh,
-    dimension_numbers=optimizer.dimension_numbers(model_config),
-  )
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, sharding.batch_spec())
   with _naming_config_and_mesh(config, mesh):
@@ -112,14 +106,18 @@ def build(config: TrainConfig, mesh: jax.sharding.Mesh, *, abstract: bool = Fals
       graphdef, params = llama.abstract_init(model_config, mesh)
     else:
       graphdef, params = llama.init_params(model_config, mesh, config.seed)
+    tx = optimizer.make_optimizer(
+      config.optimizer,
+      config.steps,
+      dimension_numbers=optimizer.dimension_numbers(model_config),
+      shardings=jax.tree.map(lambda x: x.sharding, params),
+    )
     state_sharding = step_lib.state_shardings(tx, params, replicated)
     init = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_sharding)
     state = jax.eval_shape(init, params) if abstract else init(params)
     apply_fn = lambda p, tokens: llama.apply(graphdef, p, tokens)
     train_step = jax.jit(
-      step_lib.make_train_step(
-        apply_fn, tx, grad_accum=config.grad_accum, state_sharding=state_sharding
-      ),
+      step_lib.make_train_step(apply_fn, tx, grad_accum=config.grad_accum),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,

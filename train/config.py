@@ -54,8 +54,8 @@ class OptimizerConfig:
     non_matrix: swan/sinkgd: optimizer of embeddings, lm_head and norms (``adafactor``:
       nearly stateless).
     whiten_layout: swan on a mesh: each device whitens its share of whole matrices,
-      exchanged by all-to-alls (``whole``: ``swan(mesh=mesh)``), or the partitioner lays
-      out each parameter's whitening (``param``: ``mesh=None``).
+      exchanged by all-to-alls (``whole``: ``swan(shardings=<the params' shardings>)``), or
+      the partitioner lays out each parameter's whitening (``param``).
     whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
   """
 

@@ -46,9 +46,9 @@ def dimension_numbers(model_config: LlamaConfig) -> Any:
 def make_optimizer(
   config: OptimizerConfig,
   steps: int,
-  mesh: jax.sharding.Mesh | None = None,
   *,
   dimension_numbers: Any = None,
+  shardings: Any = None,
 ) -> optax.GradientTransformation:
   """The named optimizer on ``schedule(config, steps)``, clipped if ``max_grad_norm`` is set.
 
@@ -57,13 +57,14 @@ def make_optimizer(
   Args:
     config: the optimizer's settings.
     steps: the run's optimizer steps (the schedule's length).
-    mesh: the device mesh the params live on (SWAN whitens whole matrices there).
     dimension_numbers: swan/sinkgd: the params' matrix layouts (e.g.
       :func:`dimension_numbers` of the model config); ``None``: 2-D kernels only.
+    shardings: the params' ``NamedSharding`` tree: on their mesh, SWAN whitens
+      whole matrices (``whiten_layout='whole'``).
   """
   lr = schedule(config, steps)
   if config.name in ("swan", "sinkgd"):
-    return in_float32(_stateless(config, lr, steps, mesh, dimension_numbers))
+    return in_float32(_stateless(config, lr, steps, dimension_numbers, shardings))
   if config.name == "adam":
     tx = optax.adam(lr, b2=config.adam_b2)
   else:
@@ -104,8 +105,8 @@ def _stateless(
   config: OptimizerConfig,
   lr: optax.Schedule,
   steps: int,
-  mesh: jax.sharding.Mesh | None,
   dims: Any,
+  shardings: Any,
 ) -> optax.GradientTransformation:
   """swan or sinkgd through their public keywords; a one-operator SWAN (an ablation) is
   ``swan_optax.stateless_partition`` around that operator."""
@@ -126,7 +127,7 @@ def _stateless(
     return swan_optax.sinkgd(lr, **group)
   whitening = {
     "method": config.whiten_method,
-    "mesh": mesh if config.whiten_layout == "whole" else None,
+    "shardings": shardings if config.whiten_layout == "whole" else None,
   }
   if config.swan_operators == "both":
     return swan_optax.swan(lr, **whitening, **group)

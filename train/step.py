@@ -49,35 +49,11 @@ def apply_optimizer(
   return optax.apply_updates(params, updates), opt_state
 
 
-def with_layout_in_types(
-  update: Callable[..., tuple[Any, Any]], state_sharding: TrainState
-) -> Callable[..., tuple[Any, Any]]:
-  """``update(grads, opt_state, params)`` run with the mesh axes Explicit.
-
-  Inside a step jitted on Auto mesh axes an array's layout is not in its type,
-  so ``swan(mesh=...)`` could not see how each gradient is sharded and would
-  gather it first. ``jax.sharding.explicit_axes`` hands the update the params'
-  and state's layout as types; the result is the same, the bytes moved are
-  the all-to-alls of whole matrices only.
-  """
-  specs = jax.tree.map(
-    lambda s: s.spec, (state_sharding.params, state_sharding.opt_state, state_sharding.params)
-  )
-  mesh = jax.tree.leaves(state_sharding)[0].mesh
-
-  def explicit_update(grads, opt_state, params):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return jax.sharding.explicit_axes(update, in_sharding=specs)(grads, opt_state, params)
-
-  return explicit_update
-
-
 def make_train_step(
   apply_fn: ApplyFn,
   tx: optax.GradientTransformation,
   *,
   grad_accum: int = 1,
-  state_sharding: TrainState | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """``train_step(state, batch) -> (state, metrics)``.
 
@@ -85,14 +61,10 @@ def make_train_step(
   averaged in float32 (a ``lax.scan``, so activations of one micro-batch at a
   time). A step whose loss or gradients are not finite leaves params and
   optimizer state unchanged and counts it in ``skipped``; ``metrics['finite']``
-  tells the caller, whose policy decides whether to stop. With
-  ``state_sharding`` (on an Auto mesh) the optimizer update sees the state's
-  layout (:func:`with_layout_in_types`).
+  tells the caller, whose policy decides whether to stop.
   """
   loss_fn = make_loss_fn(apply_fn)
   update = functools.partial(apply_optimizer, tx)
-  if state_sharding is not None:
-    update = with_layout_in_types(update, state_sharding)
 
   def micro_batches(batch):
     return jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
