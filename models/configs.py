@@ -23,8 +23,8 @@ class LlamaConfig:
   param_dtype: Literal["float32", "bfloat16"] = "float32"  # params, hence gradients
 
   def __post_init__(self):
-    sizes = {k: getattr(self, k) for k in ("vocab_size", "dim", "ffn_dim", "num_layers",
-                                           "num_heads", "head_dim", "max_seq_len")}  # fmt: skip
+    names = ("vocab_size", "dim", "ffn_dim", "num_layers", "num_heads", "head_dim", "max_seq_len")
+    sizes = {k: getattr(self, k) for k in names}
     bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
       raise ValueError(f"LlamaConfig sizes must be positive integers, got {bad}")

@@ -56,14 +56,21 @@ class Attention(nnx.Module):
     d, h, k = config.dim, config.num_heads, config.head_dim
     dtypes = _dtypes(config)
     qkv = functools.partial(
-      nnx.Einsum, "BLD,DHK->BLHK", (d, h, k), **dtypes, rngs=rngs,
+      nnx.Einsum,
+      "BLD,DHK->BLHK",
+      (d, h, k),
+      **dtypes,
+      rngs=rngs,
       kernel_init=_init(config, "embed", "heads", "head_dim"),
-    )  # fmt: skip
+    )
     self.q, self.k, self.v = qkv(), qkv(), qkv()
     self.o = nnx.Einsum(
-      "BLHK,HKD->BLD", (h, k, d), **dtypes, rngs=rngs,
+      "BLHK,HKD->BLD",
+      (h, k, d),
+      **dtypes,
+      rngs=rngs,
       kernel_init=_init(config, "heads", "head_dim", "embed"),
-    )  # fmt: skip
+    )
     self.rope_theta = config.rope_theta
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -122,9 +129,12 @@ class Llama(nnx.Module):
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     dtypes = _dtypes(config)
     self.embed = nnx.Embed(
-      config.vocab_size, config.dim, **dtypes, rngs=rngs,
+      config.vocab_size,
+      config.dim,
+      **dtypes,
+      rngs=rngs,
       embedding_init=_init(config, "vocab", "embed"),
-    )  # fmt: skip
+    )
 
     @nnx.split_rngs(splits=config.num_layers)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_STACKED)
@@ -134,9 +144,13 @@ class Llama(nnx.Module):
     self.layers = stacked_blocks(rngs)
     self.final_norm = _rms_norm(config, rngs)
     self.lm_head = nnx.Linear(
-      config.dim, config.vocab_size, use_bias=False, **dtypes, rngs=rngs,
+      config.dim,
+      config.vocab_size,
+      use_bias=False,
+      **dtypes,
+      rngs=rngs,
       kernel_init=_init(config, "embed", "vocab"),
-    )  # fmt: skip
+    )
 
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
     """Logits ``(batch, length, vocab)`` for int tokens ``(batch, length)``."""

@@ -12,7 +12,7 @@ def standardize(x: jax.Array, eps: jax.typing.ArrayLike = 1e-8) -> jax.Array:
   r"""Standardizes one ``(fan_in, fan_out)`` matrix along its longer side.
 
   With ``a = 0`` if ``fan_in >= fan_out`` else ``1`` (the paper's ``m <= n``
-  orientation, docs/algorithms.md, section 1.2):
+  orientation):
 
   .. math::
     \tilde X = (X - \mathrm{mean}_a X) / \max(\mathrm{std}_a X, \epsilon)

@@ -17,8 +17,8 @@ WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "e
 
 DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quintic": 5}
 
-# Matmul precision per method, chosen from train/bench/results/precision.md (emulated bf16 and
-# TF32 matmul inputs, float32 accumulation; README "Whitening precision"). The odd polynomials
+# Matmul precision per method, chosen by the cosine to the polar factor of real LLaMA gradients
+# with emulated bf16 and TF32 matmul inputs and float32 accumulation. The odd polynomials
 # lose <= 2e-4 of cosine to bf16 inputs, so they take bf16 tensor-core matmuls. The coupled
 # Newton-Schulz loses up to 4e-3 with bf16 inputs and <= 1e-4 with TF32: it takes HIGH (TF32 on
 # GPUs, three bf16 passes on TPUs), not full float32. The exact references keep float32.
@@ -30,7 +30,7 @@ DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "eigh": jax.lax.Precision.HIGHEST,
 }
 
-# Amsel et al. 2025, Polar Express degree-5 coefficients (docs/algorithms.md section 3.1); every
+# Amsel et al. 2025 (arXiv 2505.16932), Polar Express degree-5 coefficients; every
 # triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
 _POLAR_EXPRESS_COEFFS = (
   (8.28721201814563, -23.595886519098837, 17.300387312530933),
@@ -199,11 +199,12 @@ def whiten(
   * ``'newton_schulz'`` (default, 10 steps): the paper's coupled
     inverse-square-root iteration on the short-side Gram ``A``,
     ``T = 3I - ZY; Y <- beta Y T; Z <- beta T Z``; exact for well-conditioned
-    inputs, far from ``U V^T`` on ill-conditioned real gradients (README
-    "Whitening precision"). ``ns_beta != 0.5`` is a different, inexact operator.
+    inputs, far from ``U V^T`` on ill-conditioned real gradients (cosine
+    0.55-0.88 on square LLaMA kernels after GradNorm). ``ns_beta != 0.5`` is a
+    different, inexact operator.
   * ``'polar_express'`` (8 steps): Polar Express quintic iteration on ``X``;
-    close to ``U V^T`` on real gradients, and the better SWAN in the
-    convergence benchmark (README "Convergence").
+    close to ``U V^T`` on real gradients (cosine 0.96-1.00), and a lower
+    loss than ``'newton_schulz'`` as SWAN's whitening on small LLaMAs.
   * ``'quintic'`` (5 steps): Muon's fixed quintic; approximate by design.
   * ``'svd'`` / ``'eigh'``: exact references (slow; for tests and checks).
 

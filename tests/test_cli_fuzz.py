@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from models import configs
+from models import llama
 from train import cli
 from train import mesh as mesh_lib
 
@@ -114,8 +115,6 @@ def test_config_overrides_are_valid_or_a_clear_error(name, field, value):
 
 
 def test_startup_xla_errors_name_the_config_and_mesh(tmp_path, monkeypatch, capsys):
-  from models import llama  # noqa: PLC0415
-
   def out_of_memory(*args, **kwargs):
     raise __import__("jax").errors.JaxRuntimeError(
       "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes."

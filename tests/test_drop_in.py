@@ -57,16 +57,21 @@ class _LinenBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD):
     heads = functools.partial(
-      nn.DenseGeneral, (HEADS, HEAD_DIM), use_bias=False,
+      nn.DenseGeneral,
+      (HEADS, HEAD_DIM),
+      use_bias=False,
       kernel_init=_partitioned("embed", "heads", "head_dim"),
-    )  # fmt: skip
+    )
     y_BxLxD = nn.RMSNorm(name="attn_norm")(x_BxLxD)
     q, k, v = heads(name="query")(y_BxLxD), heads(name="key")(y_BxLxD), heads(name="value")(y_BxLxD)
     out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     x_BxLxD += nn.DenseGeneral(
-      D, axis=(-2, -1), use_bias=False, kernel_init=_partitioned("heads", "head_dim", "embed"),
+      D,
+      axis=(-2, -1),
+      use_bias=False,
+      kernel_init=_partitioned("heads", "head_dim", "embed"),
       name="attn_out",
-    )(out_BxLxHxK)  # fmt: skip
+    )(out_BxLxHxK)
     y_BxLxD = nn.RMSNorm(name="mlp_norm")(x_BxLxD)
     h_BxLxF = nn.gelu(
       nn.Dense(FFN, kernel_init=_partitioned("embed", "mlp"), name="mlp_in")(y_BxLxD)

@@ -15,8 +15,7 @@ from train import optimizer
 
 # Untied embedding and lm_head, 4 attention and 3 MLP matrices and 2 norms a layer, a final
 # norm: total = 2 V d + layers (4 d^2 + 3 d ffn + 2 d) + d.
-PARAM_COUNTS = {"60m": 58_073_600, "130m": 134_105_856, "350m": 367_969_280,
-                "1b": 1_339_082_752}  # fmt: skip
+PARAM_COUNTS = {"60m": 58_073_600, "130m": 134_105_856, "350m": 367_969_280, "1b": 1_339_082_752}
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +106,19 @@ def test_routing_of_the_60m_config_stacked_kernels():
   table = swan_optax.routing_table(params, dimension_numbers=optimizer.dimension_numbers(config))
   print(table)
   labels = swan_optax.param_labels(params, dimension_numbers=optimizer.dimension_numbers(config))
-  groups = {"/".join(k.key for k in path): label for path, label in
-            jax.tree_util.tree_flatten_with_path(labels)[0]}  # fmt: skip
+  groups = {
+    "/".join(k.key for k in path): label
+    for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
+  }
   for name in ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/down"):
     assert groups[f"layers/{name}/kernel"] == "matrix", name
-  for name in ("embed/embedding", "lm_head/kernel", "final_norm/scale", "layers/attn_norm/scale",
-               "layers/mlp_norm/scale"):  # fmt: skip
+  for name in (
+    "embed/embedding",
+    "lm_head/kernel",
+    "final_norm/scale",
+    "layers/attn_norm/scale",
+    "layers/mlp_norm/scale",
+  ):
     assert groups[name] == "adam", name
   # Per-layer matrices with heads merged: 8 layers of 512 x 512 attention, 512 x 1376 MLP.
   assert "8 x 512 x 512" in table and "8 x 512 x 1376" in table and "8 x 1376 x 512" in table

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-FLAGS = ["--config", "tiny", "--seq-len", "64", "--batch-size", "8", "--steps", "5",
-         "--log-every", "1", "--eval-every", "5", "--eval-batches", "2"]  # fmt: skip
+FLAGS = "--config tiny --seq-len 64 --batch-size 8 --steps 5 --log-every 1 --eval-every 5".split()
+FLAGS += ["--eval-batches", "2"]
 TIMEOUT_S = 240  # a hung peer fails the test instead of hanging CI
 
 
@@ -58,7 +58,7 @@ def test_two_processes_match_one_process(tmp_path):
       tmp_path / "multi",
       4,
       ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-    )  # fmt: skip
+    )
     for i in range(2)
   ]
   single = _launch(tmp_path / "single", 8, [])

@@ -76,7 +76,7 @@ def restore_latest(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
         ),
       )
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+    except Exception as e:  # any unreadable checkpoint is skipped, loudly
       log.warning("skipping unreadable checkpoint %s: %s", directory / str(step), e)
       _set_aside(directory / str(step))
       continue

@@ -81,8 +81,12 @@ def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
   ckpt = checkpoint.manager(out / "checkpoints", config.keep_checkpoints, hooks.before_commit)
   state = _resume(config, ckpt, exp.state, batches) if config.resume else exp.state
   writer = _open_metrics(config, exp, state) if jax.process_index() == 0 else None
-  progress = tqdm(range(int(state.step), config.steps), initial=int(state.step),
-                  total=config.steps, disable=writer is None)  # fmt: skip
+  progress = tqdm(
+    range(int(state.step), config.steps),
+    initial=int(state.step),
+    total=config.steps,
+    disable=writer is None,
+  )
   last_eval: dict = {}
   window_start, window_steps = time.perf_counter(), 0
   with _StopRequested() as stop:
@@ -106,8 +110,9 @@ def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
           "batch_crc32": zlib.crc32(np.ascontiguousarray(local_batch["inputs"]).tobytes()),
         }
         window_start, window_steps = time.perf_counter(), 0
-        progress.set_postfix(loss=f"{record['loss']:.3f}",
-                             **{k: f"{v:.2f}" for k, v in last_eval.items()})  # fmt: skip
+        progress.set_postfix(
+          loss=f"{record['loss']:.3f}", **{k: f"{v:.2f}" for k, v in last_eval.items()}
+        )
         if writer:
           writer.write(record)
       if done % config.eval_every == 0 or done == config.steps:

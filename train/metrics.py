@@ -4,10 +4,7 @@ import json
 import pathlib
 from collections.abc import Iterable
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 class MetricsWriter:
@@ -24,7 +21,7 @@ class MetricsWriter:
     self._tensorboard = None
     if tensorboard_dir is not None:
       try:
-        import tensorboardX  # noqa: PLC0415 - optional dependency
+        import tensorboardX  # optional: only with --tensorboard
       except ImportError:
         raise ImportError(
           "--tensorboard needs tensorboardX: pip install 'swan-optax[tensorboard]'"
@@ -69,7 +66,8 @@ def plot_losses(records: Iterable[dict], path: pathlib.Path, title: str) -> None
   records = list(records)
   train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train"]
   val = [(r["tokens"], r["val_loss"], r["val_ppl"]) for r in records if r.get("kind") == "eval"]
-  fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))  # drawn off screen: no pyplot, no backend to choose
+  ax_loss, ax_ppl = fig.subplots(1, 2)
   if train:
     ax_loss.plot(*zip(*train, strict=True), label="train", alpha=0.6)
   if val:
@@ -83,4 +81,3 @@ def plot_losses(records: Iterable[dict], path: pathlib.Path, title: str) -> None
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)

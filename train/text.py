@@ -79,7 +79,7 @@ def _read_hf(spec: str, max_documents: int) -> tuple[list[str], list[str] | None
   name, _, config_name = spec.partition(":")
   if not name:
     raise ValueError(f"--data hf:{spec}: expected hf:NAME[:CONFIG], e.g. hf:roneneldan/TinyStories")
-  datasets = import_optional("datasets", f"--data hf:{spec}")
+  datasets = import_optional("datasets", f"--data hf:{spec}", "hf")
   splits = datasets.load_dataset(name, config_name or None, streaming=True)
   if "train" not in splits:
     raise ValueError(f"--data hf:{spec} has no train split (it has {sorted(splits)})")

@@ -111,7 +111,7 @@ def _from_tokenizers(tokenizer: tokenizers.Tokenizer) -> Tokenizer:
 
 
 def _from_sentencepiece(file: pathlib.Path) -> Tokenizer:
-  sentencepiece = import_optional("sentencepiece", f"--tokenizer {file}")
+  sentencepiece = import_optional("sentencepiece", f"--tokenizer {file}", "sentencepiece")
   try:
     processor = sentencepiece.SentencePieceProcessor(model_file=str(file))
   except (OSError, RuntimeError) as e:
@@ -124,9 +124,14 @@ def _from_sentencepiece(file: pathlib.Path) -> Tokenizer:
   )
 
 
-def import_optional(module: str, user: str) -> ModuleType:
-  """``import module``, or an ImportError telling ``user`` (a flag) what to install."""
+def import_optional(module: str, user: str, extra: str) -> ModuleType:
+  """``import module``, or an ImportError telling ``user`` (a flag) what to install.
+
+  ``extra`` is the pyproject extra that declares ``module``.
+  """
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ImportError(f"{user} needs the `{module}` package: pip install {module}") from e
+    raise ImportError(
+      f"{user} needs the `{module}` package: pip install -e '.[{extra}]' (or pip install {module})"
+    ) from e
