@@ -9,6 +9,8 @@ from swan_optax._labels import param_labels
 from swan_optax._layouts import dimension_numbers_from_einsum
 from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
+from swan_optax._scale import ScaleRule
+from swan_optax._scale import shape_scale
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._table import Route
 from swan_optax._table import routing_table
@@ -25,6 +27,8 @@ __all__ = [
   "Route",
   "param_labels",
   "routing_table",
+  "ScaleRule",
+  "shape_scale",
   "sinkgd",
   "sinkhorn",
   "stateless_partition",

@@ -8,6 +8,7 @@ import optax
 from swan_optax import _gradnorm
 from swan_optax import _labels
 from swan_optax import _matrix
+from swan_optax import _scale
 from swan_optax import _sharded
 from swan_optax import _sinkhorn
 from swan_optax import _whiten
@@ -106,6 +107,7 @@ def swan(
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
+  scale_rule: _scale.ScaleRule = "unit_rms",
   mesh: jax.sharding.Mesh | None = None,
   shardings: _sharded.ShardingsSpec = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
@@ -145,6 +147,9 @@ def swan(
       square root.
     eps: lower clamp of GradNorm's standard deviation and of every norm in a
       denominator of the whitening.
+    scale_rule: the matrix step's size per shape (:func:`shape_scale`):
+      ``'unit_rms'`` (the paper's) or ``'spectral'`` (muP's spectral norm
+      ``sqrt(fan_out / fan_in)``).
     mesh: the device mesh the params live on, if any: each device then whitens
       its share of whole matrices, exchanged by explicit all-to-alls over the
       mesh axes that shard them (see :func:`whiten`); the result is the same.
@@ -197,6 +202,7 @@ def swan(
       dimension_numbers=dimension_numbers,
       mesh=mesh,
       shardings=shardings,
+      scale_rule=scale_rule,
     ),
   )
   return stateless_partition(
@@ -223,6 +229,7 @@ def sinkgd(
   matrix_scale: jax.typing.ArrayLike = 0.05,
   num_iters: jax.typing.ArrayLike = 5,
   eps: jax.typing.ArrayLike = 1e-8,
+  scale_rule: _scale.ScaleRule = "unit_rms",
   mesh: jax.sharding.Mesh | None = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
@@ -261,6 +268,8 @@ def sinkgd(
       ``learning_rate`` the matrix step). ``weight_decay`` is not scaled by it.
     num_iters: SR-Sinkhorn rounds ``L`` (see :func:`sinkhorn`).
     eps: SR-Sinkhorn's lower clamp of every row and column norm.
+    scale_rule: the matrix step's size per shape (:func:`shape_scale`):
+      ``'unit_rms'`` (the paper's) or ``'spectral'``.
     mesh: accepted as in :func:`swan`; SR-Sinkhorn needs no layout change on
       a mesh (it all-reduces one norm vector per step, see :func:`sinkhorn`).
     adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
@@ -295,7 +304,11 @@ def sinkgd(
   """
   operator = optax.chain(
     _sinkhorn.sinkhorn(
-      num_iters=num_iters, eps=eps, dimension_numbers=dimension_numbers, mesh=mesh
+      num_iters=num_iters,
+      eps=eps,
+      dimension_numbers=dimension_numbers,
+      mesh=mesh,
+      scale_rule=scale_rule,
     ),
     optax.scale(matrix_scale),
   )

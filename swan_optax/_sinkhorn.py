@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _scale
 from swan_optax import _transform
 
 
@@ -50,6 +51,7 @@ def sinkhorn(
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
   mesh: jax.sharding.Mesh | None = None,
+  scale_rule: _scale.ScaleRule = "unit_rms",
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn normalization of every gradient matrix (SinkGD).
 
@@ -70,6 +72,9 @@ def sinkhorn(
       so in the gradients' own layout the partitioner all-reduces one vector
       of norms per matrix (``fan_in`` or ``fan_out`` floats) and moves no
       matrix.
+    scale_rule: the update's size per matrix shape (:func:`shape_scale`):
+      ``'unit_rms'`` (the paper's) or ``'spectral'`` (the factor that gives a
+      polar factor of the same shape spectral norm ``sqrt(fan_out / fan_in)``).
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -79,6 +84,5 @@ def sinkhorn(
     <https://arxiv.org/abs/2502.06742>`_, 2025 (Algorithm 3).
   """
   del mesh
-  return _transform.stateless_matrix_transform(
-    lambda x: sr_sinkhorn(x, num_iters, eps), dimension_numbers, name="sinkhorn"
-  )
+  operator = _scale.scaled(lambda x: sr_sinkhorn(x, num_iters, eps), scale_rule)
+  return _transform.stateless_matrix_transform(operator, dimension_numbers, name="sinkhorn")

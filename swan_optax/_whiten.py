@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from swan_optax import _matrix
+from swan_optax import _scale
 from swan_optax import _sharded
 from swan_optax import _transform
 
@@ -187,6 +188,7 @@ def whiten(
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
   mesh: jax.sharding.Mesh | None = None,
   shardings: _sharded.ShardingsSpec = None,
+  scale_rule: _scale.ScaleRule = "unit_rms",
 ) -> optax.GradientTransformation:
   r"""GradWhitening: replace every gradient matrix by its rescaled polar factor.
 
@@ -240,6 +242,10 @@ def whiten(
       no layout; the partitioner would then gather the Auto-sharded
       dimensions before the all-to-alls (correct, but it moves more).
 
+    scale_rule: the update's size per matrix shape (:func:`shape_scale`):
+      ``'unit_rms'`` (the paper's: Adam's RMS for every shape) or
+      ``'spectral'`` (spectral norm ``sqrt(fan_out / fan_in)``, muP's).
+
   Returns:
     A stateless ``optax.GradientTransformation``.
 
@@ -257,5 +263,9 @@ def whiten(
     precision=precision,
   )
   return _transform.stateless_matrix_transform(
-    operator, dimension_numbers, name="whiten", mesh=mesh, shardings=shardings
+    _scale.scaled(operator, scale_rule),
+    dimension_numbers,
+    name="whiten",
+    mesh=mesh,
+    shardings=shardings,
   )

@@ -14,6 +14,7 @@ import pytest
 import swan_optax
 from models import configs
 from models import llama
+from swan_optax._matrix import matrix_view
 from train import cli
 from train import loop
 from train import mesh as mesh_lib
@@ -318,6 +319,23 @@ def test_whiten_method_reaches_swan_whitening(params, operators):
     assert not np.allclose(update, default_update, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize(
+  ("name", "operators"), [("swan", "both"), ("swan", "whiten"), ("sinkgd", "both")]
+)
+def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operators):
+  """``--scale-rule spectral``: each matrix update is the unit-RMS one times ``shape_scale``."""
+  fields = {"name": name, "lr": 1e-3, "swan_operators": operators}
+  _, spectral = _updates(params, scale_rule="spectral", **fields)
+  _, unit = _updates(params, **fields)
+  leaves = zip(
+    *map(jax.tree.leaves, (params, spectral, unit)), _matrix_layouts(params), strict=True
+  )
+  for param, update, unit_update, dim in leaves:
+    view = None if dim is None else matrix_view(param.shape, dim)
+    factor = 1.0 if dim is None else swan_optax.shape_scale("spectral", view.fan_in, view.fan_out)
+    np.testing.assert_allclose(update, factor * unit_update, rtol=1e-5, atol=1e-12)
+
+
 def test_cli_sets_whiten_method():
   config, _ = cli.parse_args(["--whiten-method", "polar_express"])
   assert config.optimizer.whiten_method == "polar_express"
@@ -333,6 +351,8 @@ def test_cli_sets_whiten_method():
     ({"name": "swan", "swan_operators": "sinkhorn"}, "swan_operators"),
     ({"adam_b2": 1.0}, "--adam-b2"),
     ({"whiten_method": "cholesky"}, "--whiten-method"),
+    ({"name": "adam", "scale_rule": "spectral"}, "scale_rule"),
+    ({"swan_operators": "gradnorm", "scale_rule": "spectral"}, "scale_rule"),
   ],
 )
 def test_bad_optimizer_options_name_the_field(fields, message):

@@ -164,6 +164,44 @@ def test_whiten_rejects_unknown_method():
     swan_optax.whiten(method="nsds")
 
 
+# Scale rules
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (128, 128)])
+def test_spectral_rule_whitens_to_spectral_norm_sqrt_fan_out_over_fan_in(shape):
+  x = _gaussian(shape)
+  got = _apply(swan_optax.whiten(method="svd", scale_rule="spectral"), x)
+  fan_in, fan_out = shape
+  u, _, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  np.testing.assert_allclose(got, np.sqrt(fan_out / fan_in) * (u @ vt), atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(got, 2), np.sqrt(fan_out / fan_in), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["whiten", "sinkhorn"])
+@pytest.mark.parametrize(
+  ("shape", "dims", "fan_in", "fan_out"),
+  [
+    ((64, 256), MatrixDimensionNumbers(0, 1), 64, 256),
+    ((3, 96, 32), MatrixDimensionNumbers(1, 2), 96, 32),
+    ((32, 4, 8), MatrixDimensionNumbers(0, (1, 2)), 32, 32),
+  ],
+)
+def test_spectral_rule_is_unit_rms_times_the_shape_factor(name, shape, dims, fan_in, fan_out):
+  x = _gaussian(shape)
+  unit = _apply(OPERATORS[name](dimension_numbers=dims), x)
+  spectral = _apply(OPERATORS[name](dimension_numbers=dims, scale_rule="spectral"), x)
+  factor = np.sqrt(fan_out / fan_in) / np.sqrt(max(fan_in, fan_out))
+  assert swan_optax.shape_scale("spectral", fan_in, fan_out) == pytest.approx(factor)
+  assert swan_optax.shape_scale("unit_rms", fan_in, fan_out) == 1.0
+  np.testing.assert_allclose(spectral, factor * unit, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["whiten", "sinkhorn"])
+def test_unknown_scale_rule_raises(name):
+  with pytest.raises(ValueError, match=r"unknown scale_rule 'mup'; choose one of \('unit_rms'"):
+    OPERATORS[name](scale_rule="mup")
+
+
 # SR-Sinkhorn
 
 

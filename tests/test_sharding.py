@@ -153,13 +153,14 @@ def test_plan_strategies_and_bytes(shape, spec, strategy):
   assert route.bytes_per_device == expected * route.leaf_bytes
 
 
-def test_vmap_with_mesh_matches_plain():
+@pytest.mark.parametrize("scale_rule", ["unit_rms", "spectral"])
+def test_vmap_with_mesh_matches_plain(scale_rule):
   mesh = _mesh((2, 2, 2))
   dims = MatrixDimensionNumbers(1, 2)
   x = jax.random.normal(jax.random.key(0), (3, 4, 32, 64))
   sharded = jax.device_put(x, NamedSharding(mesh, P(None, None, "fsdp", "tensor")))
-  on_mesh = swan_optax.whiten(dimension_numbers=dims, mesh=mesh)
-  plain = swan_optax.whiten(dimension_numbers=dims)
+  on_mesh = swan_optax.whiten(dimension_numbers=dims, mesh=mesh, scale_rule=scale_rule)
+  plain = swan_optax.whiten(dimension_numbers=dims, scale_rule=scale_rule)
   vmapped = lambda tx: jax.jit(jax.vmap(lambda g: tx.update(g, ())[0]))
   chex.assert_trees_all_close(vmapped(on_mesh)(sharded), vmapped(plain)(x), atol=2e-5)
 

@@ -23,6 +23,8 @@ TRANSFORMS = {
     method="polar_express", precision=jax.lax.Precision.HIGHEST, **kw
   ),
   "sinkhorn": swan_optax.sinkhorn,
+  "whiten_spectral": lambda **kw: swan_optax.whiten(scale_rule="spectral", **kw),
+  "sinkhorn_spectral": lambda **kw: swan_optax.sinkhorn(scale_rule="spectral", **kw),
 }
 
 DIMS = {
@@ -42,9 +44,24 @@ def _grads(dtype=jnp.float32, seed=0):
   }
 
 
+# (fan_in, fan_out) of each leaf's matrices under DIMS.
+FANS = {"dense": (32, 48), "stack": (32, 64), "q": (64, 32), "o": (32, 64)}
+
+
+def _expected_rms(name, leaf):
+  """Unit RMS, or ``shape_scale('spectral', ...)`` of the leaf's matrices."""
+  rule = "spectral" if name.endswith("_spectral") else "unit_rms"
+  return swan_optax.shape_scale(rule, *FANS[leaf])
+
+
 @pytest.fixture(params=TRANSFORMS)
-def tx(request):
-  return TRANSFORMS[request.param](dimension_numbers=DIMS)
+def name(request):
+  return request.param
+
+
+@pytest.fixture
+def tx(name):
+  return TRANSFORMS[name](dimension_numbers=DIMS)
 
 
 def test_init_holds_no_arrays(tx):
@@ -54,14 +71,14 @@ def test_init_holds_no_arrays(tx):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_update_preserves_shape_dtype_and_unit_rms(tx, dtype):
+def test_update_preserves_shape_dtype_and_rms_of_its_scale_rule(name, tx, dtype):
   grads = _grads(dtype)
   updates, state = tx.update(grads, tx.init(grads))
   chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
   assert jax.tree.leaves(state) == []
-  for name, u in updates.items():
+  for leaf, u in updates.items():
     rms = float(jnp.sqrt(jnp.mean(jnp.square(u.astype(jnp.float32)))))
-    assert abs(rms - 1.0) < 2e-2, (name, rms)
+    assert abs(rms / _expected_rms(name, leaf) - 1.0) < 2e-2, (leaf, rms)
 
 
 class JitMatchesEagerTest(chex.TestCase):
@@ -96,9 +113,9 @@ def test_chains_with_optax(name):
   params = _grads(seed=3)
   updates, _ = jax.jit(tx.update)(_grads(), tx.init(params), params)
   new_params = optax.apply_updates(params, updates)
-  for name_, p in params.items():
-    rms = float(jnp.sqrt(jnp.mean(jnp.square(new_params[name_] - p))))
-    assert abs(rms - 0.1) < 2e-3
+  for leaf, p in params.items():
+    rms = float(jnp.sqrt(jnp.mean(jnp.square(new_params[leaf] - p))))
+    assert abs(rms / (0.1 * _expected_rms(name, leaf)) - 1.0) < 2e-2, (leaf, rms)
 
 
 def test_inject_hyperparams():

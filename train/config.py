@@ -11,6 +11,7 @@ import pathlib
 from typing import Literal
 
 from models import configs
+from swan_optax import ScaleRule
 from swan_optax import WhiteningMethod
 from train import flags
 from train.data import DataConfig
@@ -57,6 +58,9 @@ class OptimizerConfig:
       exchanged by all-to-alls (``whole``: ``swan(shardings=<the params' shardings>)``), or
       the partitioner lays out each parameter's whitening (``param``).
     whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
+    scale_rule: swan/sinkgd: the matrix step's size per shape (``swan_optax.shape_scale``):
+      ``unit_rms`` (the papers': Adam's RMS for every shape) or ``spectral`` (muP's spectral
+      norm ``sqrt(fan_out / fan_in)``).
   """
 
   name: OptimizerName = dataclasses.field(default="swan", metadata={"flag": "--optimizer"})
@@ -75,6 +79,7 @@ class OptimizerConfig:
   non_matrix: NonMatrix = "adam"
   whiten_layout: WhitenLayout = "whole"
   whiten_method: WhiteningMethod = "newton_schulz"
+  scale_rule: ScaleRule = "unit_rms"
 
   def __post_init__(self):
     _check_choices(self)
@@ -115,6 +120,14 @@ class OptimizerConfig:
       )
     if self.swan_operators != "both" and self.name != "swan":
       raise ConfigError(self, "swan_operators", f"is for swan only, got optimizer {self.name}")
+    if self.scale_rule != "unit_rms" and not stateless:
+      raise ConfigError(
+        self, "scale_rule", f"is for swan or sinkgd only, got optimizer {self.name}"
+      )
+    if self.scale_rule != "unit_rms" and self.swan_operators == "gradnorm":
+      raise ConfigError(
+        self, "scale_rule", "scales the whitening, which swan_operators=gradnorm drops"
+      )
 
   @property
   def peak_lr(self) -> float:
