@@ -45,18 +45,30 @@ class LlamaConfig:
     return 2 * self.vocab_size * self.dim + self.num_layers * (per_layer + 2 * self.dim) + self.dim
 
 
+def _tiny_family(dim: int = 128, num_layers: int = 4) -> LlamaConfig:
+  """The tiny model at another width or depth; vocabulary, head_dim and ffn/dim kept."""
+  return LlamaConfig(
+    vocab_size=2048,
+    dim=dim,
+    ffn_dim=dim * 43 // 16,
+    num_layers=num_layers,
+    num_heads=dim // 32,
+    head_dim=32,
+  )
+
+
 # The LLaMA sizes of the GaLore benchmark, on which the SWAN and SinkGD papers report
-# (head_dim 64), and a tiny model for CPUs.
+# (head_dim 64), a tiny model for CPUs, and the tiny model's width and depth ladder.
 CONFIGS: dict[str, LlamaConfig] = {
-  "tiny": LlamaConfig(
-    vocab_size=2048, dim=128, ffn_dim=344, num_layers=4, num_heads=4, head_dim=32
-  ),
+  "tiny": _tiny_family(),
   # ~6.9M params: the second size of the convergence benchmark, still trainable on CPUs.
   "small": LlamaConfig(vocab_size=4096, dim=256, ffn_dim=688, num_layers=6, num_heads=4),
   "60m": LlamaConfig(vocab_size=32000, dim=512, ffn_dim=1376, num_layers=8, num_heads=8),
   "130m": LlamaConfig(vocab_size=32000, dim=768, ffn_dim=2048, num_layers=12, num_heads=12),
   "350m": LlamaConfig(vocab_size=32000, dim=1024, ffn_dim=2736, num_layers=24, num_heads=16),
   "1b": LlamaConfig(vocab_size=32000, dim=2048, ffn_dim=5461, num_layers=24, num_heads=32),
+  **{f"tiny-w{dim}": _tiny_family(dim=dim) for dim in (64, 256, 512)},
+  **{f"tiny-l{layers}": _tiny_family(num_layers=layers) for layers in (2, 8)},
 }
 
 

@@ -15,6 +15,7 @@ import swan_optax
 from models import configs
 from models import llama
 from swan_optax._matrix import matrix_view
+from tests import fake_runs
 from train import cli
 from train import loop
 from train import mesh as mesh_lib
@@ -25,7 +26,6 @@ from train.bench.convergence import report
 from train.bench.convergence import search
 from train.bench.convergence import stages
 from train.bench.convergence.store import Store
-from train.bench.convergence.store import to_json
 from train.config import OptimizerConfig
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
@@ -36,8 +36,8 @@ OFFSET = {"adam-b2_0.95": 0.05, "adam-b2_0.999": 0.0, "swan": -0.2, "sinkgd": -0
 SMALL_SHIFT = {"swan": 0.25}
 
 
-def _fake_loss(config, step: int) -> float:
-  """A fake validation loss: falls with the step, lowest at the variant's ``OPTIMUM``."""
+def _fake_final_loss(config) -> float:
+  """A fake final validation loss, lowest at the variant's ``OPTIMUM``."""
   o = config.optimizer
   variant = next(
     v
@@ -45,25 +45,11 @@ def _fake_loss(config, step: int) -> float:
     if f["name"] == o.name and f.get("adam_b2", 0.999) == o.adam_b2
   )
   optimum = OPTIMUM[variant] * (SMALL_SHIFT.get(variant, 1) if config.model == "small" else 1)
-  at_end = 4 + OFFSET[variant] + 0.1 * math.log2(o.lr / optimum) ** 2 + 0.01 * config.seed
-  return at_end + (config.steps - step) / config.steps
+  return 4 + OFFSET[variant] + 0.1 * math.log2(o.lr / optimum) ** 2 + 0.01 * config.seed
 
 
 def _fake_train(config) -> None:
-  """Writes a completed run folder as ``loop.train`` would, without training."""
-  out = config.run_dir
-  out.mkdir(parents=True)
-  header = {"kind": "run", "config": json.loads(to_json(config)), "params": 7}
-  records = [header]
-  for step in range(config.eval_every, config.steps + 1, config.eval_every):
-    tokens = step * config.tokens_per_step
-    records.append({"kind": "train", "step": step, "tokens": tokens, "step_time_s": 0.5})
-    loss = _fake_loss(config, step)
-    records.append(
-      {"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(loss)}
-    )
-  (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  (out / "summary.json").write_text(json.dumps({"completed": True}))
+  fake_runs.write_run_folder(config, _fake_final_loss(config))
 
 
 def _store(tmp_path, train_fn=_fake_train, steps=40) -> Store:

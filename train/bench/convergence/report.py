@@ -29,9 +29,9 @@ def report(store: Store, out: pathlib.Path) -> None:
 
 def to_markdown(summary: dict, store: Store) -> str:
   """The report: protocol, main table, sweeps, ablations, sizes, and the papers' ratios."""
-  tiny_tokens = store.steps["tiny"] * protocol.BATCH * protocol.SEQ_LEN
+  tiny_tokens = store.tiny_steps * protocol.BATCH * protocol.SEQ_LEN
   parts = [
-    f"`python -m train.bench.convergence` — shipped Shakespeare corpus, {store.steps['tiny']} "
+    f"`python -m train.bench.convergence` — shipped Shakespeare corpus, {store.tiny_steps} "
     f"steps x {protocol.BATCH} x {protocol.SEQ_LEN} tokens ({tiny_tokens:,} tokens) on the "
     f"tiny LLaMA ({configs.get_config('tiny').num_params / 1e6:.1f}M params), warmup 10% + "
     f"cosine to 10%, gradient clipping {protocol.MAX_GRAD_NORM:g} and weight decay 0 for every "
@@ -172,7 +172,7 @@ def _reading(row: dict) -> str:
 def _small_table(summary: dict, store: Store) -> str:
   if not summary["small"]:
     return "**Second size (small):** not run yet.\n"
-  tokens = store.steps["small"] * protocol.BATCH * protocol.SEQ_LEN
+  tokens = store.small_steps * protocol.BATCH * protocol.SEQ_LEN
   variants = list(dict.fromkeys(r["variant"] for r in summary["small"]))
   rows = sorted(summary["small"], key=lambda r: (variants.index(r["variant"]), r["lr"]))
   cells = [
@@ -199,7 +199,7 @@ def _small_table(summary: dict, store: Store) -> str:
   ablations = [v for v in variants if v not in summary["best_lr"]]
   return (
     f"**Second size:** small LLaMA ({params / 1e6:.1f}M params, vocab 4096), seed 0, "
-    f"{store.steps['small']} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
+    f"{store.small_steps} steps ({tokens:,} tokens), each optimizer at its best tiny lr and "
     "its 2x neighbours (widened 2x while the best sat at an edge), and two ablations of the "
     "tiny model (Adam with the embeddings at SinkGD's lr, SWAN by Polar Express at its best "
     "small lr); the token fraction is against the best of the Adam runs.\n\n"

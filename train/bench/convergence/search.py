@@ -2,6 +2,7 @@
 Adam reference, and the small model's grid."""
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,12 +18,14 @@ def sweep(
   size: str = "tiny",
   grid: dict[str, tuple[float, ...]] = protocol.GRID,
   order: tuple[int, ...] = protocol.GRID_ORDER,
+  make_run: Callable[..., protocol.Run] = protocol.grid_run,
 ) -> Losses:
   """Seed-0 final losses over each variant's grid, widened 2x at an edge holding the best.
 
   ``order``: the grid points' indices in the order they run, every variant in turn.
+  ``make_run(size, variant, lr, seed)``: the run of a grid point.
   """
-  seed0 = lambda variant, lr: protocol.grid_run(size, variant, lr, 0)
+  seed0 = lambda variant, lr: make_run(size, variant, lr, 0)
   grid = {variant: list(lrs) for variant, lrs in grid.items()}
   for i in order:
     for variant, lrs in grid.items():

@@ -132,7 +132,8 @@ class Store:
   Args:
     runs_dir: where each finished run's ``TAG.json`` is kept.
     work: run folders (``work/TAG``); completed ones are adopted.
-    steps: the tiny protocol's steps; ``small_steps`` the small model's.
+    steps: the tiny protocol's steps, of every size but ``small``; ``small_steps``
+      the small model's.
     train_fn: trains a ``TrainConfig`` into its folder; ``None``: never train
       (a run with neither JSON nor completed folder is missing).
   """
@@ -146,12 +147,13 @@ class Store:
     train_fn: Callable[[TrainConfig], object] | None,
   ):
     self.runs_dir, self.work, self.train_fn = runs_dir, work, train_fn
-    self.steps = {"tiny": steps, "small": small_steps}
+    self.tiny_steps, self.small_steps = steps, small_steps
 
   def get(self, run: protocol.Run) -> dict | None:
     """``run``'s JSON: kept, adopted from a completed folder, or trained now (if allowed)."""
     path = self.runs_dir / f"{run.tag}.json"
-    config = protocol.train_config(run, self.steps[run.size], self.work)
+    steps = self.small_steps if run.size == "small" else self.tiny_steps
+    config = protocol.train_config(run, steps, self.work)
     if path.exists():
       record = json.loads(path.read_text())
       if record["config"]["steps"] != config.steps:
@@ -176,7 +178,7 @@ class Store:
 
   def read_only(self) -> "Store":
     """This store, never training."""
-    return Store(self.runs_dir, self.work, self.steps["tiny"], self.steps["small"], None)
+    return Store(self.runs_dir, self.work, self.tiny_steps, self.small_steps, None)
 
   def final(self, run: protocol.Run) -> float | None:
     record = self.get(run)

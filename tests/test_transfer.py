@@ -1,0 +1,76 @@
+"""The width/depth ladder: grids per size, best lr and its drift, the report, and a real smoke."""
+
+import json
+import math
+
+import pytest
+
+from models import configs
+from tests import fake_runs
+from train import loop
+from train.bench import transfer
+from train.bench.convergence.store import Store
+
+# Fake optima at width 128; unit-RMS variants' optima fall as 1/width, the others' stay put.
+OPTIMUM = {v: centre for v, (_, centre) in transfer.VARIANTS.items()}
+MOVES = {"swan", "sinkgd"}
+
+
+def _variant(optimizer) -> str:
+  if optimizer.name == "adam":
+    return "adam-b2_0.999"
+  return optimizer.name + ("-spectral" if optimizer.scale_rule == "spectral" else "")
+
+
+def _fake_train(config) -> None:
+  variant = _variant(config.optimizer)
+  width = configs.get_config(config.model).dim
+  optimum = OPTIMUM[variant] * (128 / width if variant in MOVES else 1)
+  final = 4 + 0.1 * math.log2(config.optimizer.lr / optimum) ** 2
+  fake_runs.write_run_folder(config, final)
+
+
+def test_ladder_finds_each_best_lr_and_its_drift(tmp_path):
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
+  widths = {n: transfer.WIDTHS[n] for n in (64, 128, 256)}
+  summary = transfer.summarize(transfer.sweep_ladder(store, widths))
+  for variant, s in summary.items():
+    moves = variant in MOVES
+    for n in widths:
+      assert s["best_lr"][n] == pytest.approx(OPTIMUM[variant] * (128 / n if moves else 1))
+      assert s["best_loss"][n] == pytest.approx(4.0)
+    assert s["drift_per_doubling"] == pytest.approx(0.5 if moves else 1.0)
+  # SWAN's optimum at width 64 (0.008) is inside its grid; at 256 (0.002) too: no widening.
+  assert sorted(summary["swan"]["losses"][64]) == pytest.approx(transfer.GRID["swan"])
+
+
+def test_report_is_written_from_the_run_jsons_alone(tmp_path):
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
+  transfer.sweep_ladder(store, {64: "tiny-w64", 128: "tiny"})
+  ladders = {"width": {64: "tiny-w64", 128: "tiny"}, "depth": {2: "tiny-l2", 4: "tiny"}}
+  transfer.report(store, ladders, tmp_path / "out")
+  text = (tmp_path / "out" / "transfer.md").read_text()
+  assert "| swan | 0.008 | 0.004 | x0.50 | 4.000 | 4.000 |" in text
+  assert "| swan-spectral | 0.05 | 0.05 | x1.00 |" in text
+  # The depth ladder's 2-layer runs never ran: empty cells, nothing invented.
+  assert "| swan |  | 0.004 |  |  | 4.000 |" in text
+  summary = json.loads((tmp_path / "out" / "transfer.json").read_text())
+  assert summary["width"]["sinkgd"]["drift_per_doubling"] == pytest.approx(0.5)
+  assert (tmp_path / "out" / "transfer.png").stat().st_size > 0
+
+
+def test_spectral_variants_pair_the_adam_group_with_the_reference_width():
+  run = transfer.ladder_run("tiny-w64", "swan-spectral", 0.05, 0)
+  assert run.optimizer.scale_rule == "spectral"
+  assert run.optimizer.adam_group_lr == pytest.approx(0.05 / math.sqrt(128))
+  assert transfer.ladder_run("tiny", "swan", 0.004, 0).optimizer.adam_group_lr is None
+  assert run.tag == "tiny-w64-swan-spectral-lr0.05-seed0"
+
+
+@pytest.mark.slow
+def test_two_real_ladder_runs_train_and_are_kept(tmp_path):
+  store = Store(tmp_path / "runs", tmp_path / "work", 4, 4, loop.train)
+  for variant in ("swan-spectral", "sinkgd-spectral"):
+    record = store.get(transfer.ladder_run("tiny-w64", variant, transfer.GRID[variant][2], 0))
+    assert record["optimizer"]["scale_rule"] == "spectral" and record["config"]["steps"] == 4
+    assert math.isfinite(record["evals"][-1]["val_loss"])
