@@ -153,6 +153,7 @@ def swan(
     mesh: the device mesh the params live on, if any: each device then whitens
       its share of whole matrices, exchanged by explicit all-to-alls over the
       mesh axes that shard them (see :func:`whiten`); the result is the same.
+      ``None`` finds it in the gradients' types on Explicit mesh axes.
     shardings: the params' (hence the gradients') layout, a tree of
       ``NamedSharding`` or ``PartitionSpec`` as given to ``jax.jit``; needed
       inside ``jit`` on Auto mesh axes, where the gradients do not show it

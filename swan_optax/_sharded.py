@@ -24,6 +24,7 @@ nothing moves when the leaf's batch axes already split it over every axis.
 import collections
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -89,25 +90,79 @@ def leaf_spec(leaf: Any) -> PartitionSpec:
 
 
 def mesh_layout(
-  updates: Any, mesh: Mesh | None, shardings: ShardingsSpec
+  updates: Any, mesh: Mesh | None, shardings: ShardingsSpec, *, name: str
 ) -> tuple[Mesh, list[PartitionSpec]] | None:
   """The mesh and each leaf's ``PartitionSpec`` on it, in ``jax.tree.leaves`` order.
 
-  The specs come from ``shardings`` (matched to leaves by key path, with or
-  without Flax's trailing ``value`` box) when given, else from the leaves
-  (:func:`leaf_spec`); the mesh is ``mesh``, else the one of the
-  ``NamedSharding`` entries of ``shardings``. ``None`` when there is neither.
+  With ``shardings`` the specs come from it (matched to leaves by key path,
+  with or without Flax's trailing ``value`` box) and the mesh is ``mesh``, else
+  the one of its ``NamedSharding`` entries. Without, the specs come from the
+  leaves (:func:`leaf_spec`) and the mesh is ``mesh``, else the gradients' own
+  when their types carry one whose axes (of size > 1) are all Explicit.
+
+  Returns:
+    ``None`` (the partitioner lays out each leaf) when there is no mesh, or
+    when ``mesh`` is given but some leaf's layout on it is not visible (Auto
+    axes inside ``jit``): that warns, naming the leaf and the fix, since
+    guessed layouts would gather before the all-to-alls.
 
   Raises:
     ValueError: naming what to pass, when ``shardings`` misses a leaf, holds
       ``PartitionSpec`` entries without ``mesh`` or several meshes, or a spec
       names axes the mesh does not have.
   """
-  if shardings is None:
-    if mesh is None:
-      return None
-    leaves = jax.tree.leaves(updates)
-    return mesh, [_checked(leaf_spec(x), x, mesh) for x in leaves]
+  if shardings is not None:
+    return _given_layout(updates, mesh, shardings)
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  leaves = [x for _, x in flat]
+  mesh = _typed_mesh(leaves) if mesh is None else mesh
+  if mesh is None:
+    return None
+  hidden = [(path, x, axes) for path, x in flat if (axes := _hidden_axes(x, mesh))]
+  if hidden:
+    _warn_hidden(hidden, name)
+    return None
+  return mesh, [checked_spec(leaf_spec(x), x, mesh) for x in leaves]
+
+
+def _typed_mesh(leaves: list) -> jax.sharding.AbstractMesh | None:
+  """The mesh in the leaves' types, if they share one whose non-trivial axes are all Explicit."""
+  meshes = {getattr(jax.typeof(x), "sharding", None) for x in leaves}
+  meshes = {s.mesh for s in meshes if s is not None}
+  if len(meshes) != 1:
+    return None
+  (mesh,) = meshes
+  axes = [a for a in mesh.axis_names if mesh.shape[a] > 1]
+  return mesh if axes and set(axes) <= set(mesh.explicit_axes) else None
+
+
+def _hidden_axes(leaf: Any, mesh: Mesh) -> AxisNames:
+  """The axes of ``mesh`` (size > 1) along which a traced leaf's layout is not in its type."""
+  if not isinstance(leaf, jax.core.Tracer):
+    return ()
+  typed = jax.typeof(leaf).sharding.mesh
+  explicit = set(typed.explicit_axes) if typed.axis_names else set()
+  return tuple(a for a in mesh.axis_names if mesh.shape[a] > 1 and a not in explicit)
+
+
+def _warn_hidden(hidden: list, name: str) -> None:
+  path, leaf, axes = hidden[0]
+  mib = math.prod(jnp.shape(leaf)) * jnp.dtype(leaf.dtype).itemsize / 2**20
+  others = f" (and {len(hidden) - 1} more leaves)" if len(hidden) > 1 else ""
+  warnings.warn(
+    f"swan_optax.{name}: inside jit, the layout of leaf '{_matrix.path_str(path)}' "
+    f"({mib:.2f} MiB){others} along mesh axes {list(axes)} is not in its type (Auto axes), "
+    "so the partitioner lays out each leaf instead, as with mesh=None, which may gather "
+    "every matrix on every device; pass shardings=<the params' shardings, the tree given to "
+    "jax.jit's in_shardings> to whiten whole matrices with all-to-alls",
+    stacklevel=2,
+  )
+
+
+def _given_layout(
+  updates: Any, mesh: Mesh | None, shardings: ShardingsSpec
+) -> tuple[Mesh, list[PartitionSpec]]:
+  """The mesh and specs of ``mesh_layout`` from a user's ``shardings``."""
   if callable(shardings):
     shardings = shardings(updates)
   is_leaf = lambda x: isinstance(x, NamedSharding | PartitionSpec)
@@ -129,11 +184,11 @@ def mesh_layout(
         "in_shardings), a tree like the params"
       )
     spec = entry.spec if isinstance(entry, NamedSharding) else entry
-    specs.append(_checked(spec, leaf, mesh))
+    specs.append(checked_spec(spec, leaf, mesh))
   return mesh, specs
 
 
-def _checked(spec: PartitionSpec, leaf: Any, mesh: Mesh) -> PartitionSpec:
+def checked_spec(spec: PartitionSpec, leaf: Any, mesh: Mesh) -> PartitionSpec:
   """``spec``, if every mesh axis it names is one of ``mesh``'s."""
   unknown = {a for axes in _dim_axes(spec, jnp.ndim(leaf)) for a in axes} - set(mesh.axis_names)
   if unknown:

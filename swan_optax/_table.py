@@ -125,7 +125,7 @@ def whitening_plan(
     if g.group == _labels.MATRIX
   ]
   leaves = [x for _, x in found]
-  _, specs = _sharded.mesh_layout(leaves, mesh, None)
+  specs = [_sharded.checked_spec(_sharded.leaf_spec(x), x, mesh) for x in leaves]
   dims = [g.dims for g, _ in found]
   lays, stacks = _sharded.layouts_and_groups(leaves, dims, specs, mesh)
   routes = [None] * len(found)

@@ -14,23 +14,26 @@ def stateless_matrix_transform(
   dimension_numbers: _matrix.DimensionNumbersSpec,
   *,
   name: str,
+  whole_matrices: bool = False,
   mesh: jax.sharding.Mesh | None = None,
   shardings: _sharded.ShardingsSpec = None,
 ) -> optax.GradientTransformation:
   """A stateless transform applying ``operator`` to each ``(fan_in, fan_out)`` matrix.
 
-  On a mesh (``mesh``, or the one of ``shardings``), every device applies
+  With ``whole_matrices`` (an operator that needs whole matrices, e.g. whitening)
+  and on a mesh (:func:`swan_optax._sharded.mesh_layout`: ``mesh``, the one of
+  ``shardings``, or the gradients' Explicit mesh), every device applies
   ``operator`` to its share of whole matrices, received and returned by
-  explicit all-to-alls (:func:`swan_optax._sharded.map_matrices_on_mesh`);
-  ``shardings`` gives the gradients' layout where their types do not show it.
-  Without a mesh, the partitioner lays out each leaf's computation.
+  explicit all-to-alls (:func:`swan_optax._sharded.map_matrices_on_mesh`).
+  Otherwise the partitioner lays out each leaf's computation, which for
+  operators that only reduce along one side moves norm vectors, not matrices.
   """
 
   def update_fn(updates, state, params=None):
     del params
     dims = _matrix.resolve_dimension_numbers(updates, dimension_numbers, name=name)
-    on_mesh = _sharded.mesh_layout(updates, mesh, shardings)
-    if on_mesh is None:
+    on_mesh = whole_matrices and _sharded.mesh_layout(updates, mesh, shardings, name=name)
+    if not on_mesh:
       return jax.tree.map(
         lambda g, d: _matrix.map_matrices(operator, g, d),
         updates,

@@ -231,17 +231,17 @@ def whiten(
       over the mesh axes that shard them (and back); leaves repeated over an
       axis (data parallel) are whitened ``1/size`` per device and
       all-gathered. See :func:`whitening_plan`. Only the layout and the cost
-      change, never the result. ``None``: the mesh of ``shardings``; without
-      either, the partitioner lays out each leaf, which may gather every
-      matrix on every device.
+      change, never the result. ``None``: the mesh of ``shardings``, else the
+      gradients' own when their types carry one with Explicit axes
+      (``jax.make_mesh``'s default); else the partitioner lays out each leaf,
+      which may gather every matrix on every device. Given inside ``jit`` on
+      Auto axes without ``shardings``, where the layout cannot be seen, it
+      warns and the partitioner lays out each leaf, as with ``None``.
     shardings: the gradients' layout: a tree like the params (or a callable
       of them) of ``NamedSharding`` or ``PartitionSpec``, e.g. the params'
       shardings given to ``jax.jit(in_shardings=...)``. ``None``: read from
-      the gradients, from their types on Explicit mesh axes
-      (``jax.make_mesh``'s default), which inside ``jit`` on Auto axes show
-      no layout; the partitioner would then gather the Auto-sharded
-      dimensions before the all-to-alls (correct, but it moves more).
-
+      the gradients: concrete arrays carry it, traced ones only in their types
+      on Explicit mesh axes.
     scale_rule: the update's size per matrix shape (:func:`shape_scale`):
       ``'unit_rms'`` (the paper's: Adam's RMS for every shape) or
       ``'spectral'`` (spectral norm ``sqrt(fan_out / fan_in)``, muP's).
@@ -266,6 +266,7 @@ def whiten(
     _scale.scaled(operator, scale_rule),
     dimension_numbers,
     name="whiten",
+    whole_matrices=True,
     mesh=mesh,
     shardings=shardings,
   )

@@ -1,5 +1,7 @@
 """SWAN and SinkGD on device meshes: Explicit, Auto and mixed axes, 1 and 8 devices, ``mesh=``."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -77,8 +79,21 @@ def test_sharded_matches_unsharded_on_2x2x2(reference, types, name, with_mesh):
   grads, expected = reference
   mesh = _mesh((2, 2, 2), types)
   sharded = _place(grads, mesh)
-  updates = _update(name, mesh if with_mesh else None, sharded)
+  with _warns_of_hidden_layout(name == "swan" and with_mesh and _auto_axes((2, 2, 2), types)):
+    updates = _update(name, mesh if with_mesh else None, sharded)
   _check_matches_and_keeps_layout(updates, expected[name], sharded)
+
+
+def _auto_axes(shape, types) -> bool:
+  """Whether the mesh has an Auto axis of size > 1 (a layout jit does not show)."""
+  return any(n > 1 and t == AxisType.Auto for n, t in zip(shape, AXIS_TYPES[types], strict=True))
+
+
+def _warns_of_hidden_layout(expected: bool):
+  """``mesh=`` inside jit on Auto axes, without ``shardings=``: one warning naming the fix."""
+  if not expected:
+    return warnings.catch_warnings(action="error", category=UserWarning)
+  return pytest.warns(UserWarning, match=r"layout of leaf '.*' .* pass shardings=")
 
 
 @pytest.mark.slow
@@ -89,9 +104,9 @@ def test_swan_on_every_mesh_matches_unsharded(reference, shape, types):
   mesh = _mesh(shape, types)
   sharded = _place(grads, mesh)
   for optimizer_mesh in (None, mesh):
-    _check_matches_and_keeps_layout(
-      _update("swan", optimizer_mesh, sharded), expected["swan"], sharded
-    )
+    with _warns_of_hidden_layout(optimizer_mesh is not None and _auto_axes(shape, types)):
+      updates = _update("swan", optimizer_mesh, sharded)
+    _check_matches_and_keeps_layout(updates, expected["swan"], sharded)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -207,6 +222,45 @@ def test_shardings_errors_name_the_fix():
   specs_only = swan_optax.whiten(dimension_numbers=dims, shardings={"w": P(), "v": P()})
   with pytest.raises(ValueError, match=r"PartitionSpecs with mesh="):
     specs_only.update(g, ())
+
+
+def _compiled_cost(tx, grads) -> tuple[float, int]:
+  """FLOPs and collective bytes per device of the jitted update, compiled without running."""
+  compiled = jax.jit(lambda g: tx.update(g, tx.init(g), g)[0]).lower(grads).compile()
+  return hlo.flops(compiled), sum(hlo.collective_bytes(compiled.as_text()).values())
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)], ids=str)
+def test_explicit_mesh_is_found_in_the_gradients_types(shape):
+  """``mesh=None`` on Explicit axes: the same FLOPs and bytes as ``mesh=mesh``."""
+  mesh = _mesh(shape)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    llama.abstract_params(CONFIG),
+    _shardings(mesh),
+  )
+  dims = optimizer.dimension_numbers(CONFIG)
+  found = _compiled_cost(swan_optax.swan(1e-2, dimension_numbers=dims), abstract)
+  given = _compiled_cost(swan_optax.swan(1e-2, dimension_numbers=dims, mesh=mesh), abstract)
+  assert found == pytest.approx(given, rel=1e-3)
+
+
+def test_hidden_layout_moves_no_more_than_mesh_none():
+  """Auto axes inside jit, ``mesh=`` without ``shardings=``: a warning, and mesh=None's cost."""
+  mesh = _mesh((2, 2, 2), "auto")
+  shardings = _shardings(mesh)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    llama.abstract_params(CONFIG),
+    shardings,
+  )
+  dims = optimizer.dimension_numbers(CONFIG)
+  plain = _compiled_cost(swan_optax.swan(1e-2, dimension_numbers=dims), abstract)
+  with pytest.warns(
+    UserWarning, match=r"'layers/attn/k/kernel' \(0.25 MiB\) \(and 6 more leaves\)"
+  ):
+    hidden = _compiled_cost(swan_optax.swan(1e-2, dimension_numbers=dims, mesh=mesh), abstract)
+  assert hidden == plain
 
 
 def test_routing_table_on_a_mesh_says_how_each_matrix_is_whitened():
