@@ -3,31 +3,34 @@
 Run: ``python -m train.bench.mesh`` (simulates 8 CPU devices; allocates nothing,
 so 350m and 1b fit). For each config and mesh (data, fsdp, tensor), SWAN's
 update (``tx.update`` with the LLaMA's dimension numbers, gradients and params
-as ``jax.ShapeDtypeStruct`` in the ``models/sharding.py`` layout on an Explicit
-mesh) is compiled twice: ``before`` with ``mesh=None`` (the partitioner lays
-out every whitening) and ``after`` with ``mesh=mesh`` (whole matrices by
-explicit all-to-alls). Reported per device: XLA's FLOPs as a ratio to the
-single-device FLOPs / 8, and the bytes of the results of each kind of
-collective (:func:`train.bench.hlo.collective_bytes`) as a ratio to M, the
-bytes of all whitened matrices; plus, for ``after``, the bytes that
+as ``jax.ShapeDtypeStruct`` in the ``models/sharding.py`` layout) is compiled
+the ways a user runs it (``MODES``): on Auto axes with ``mesh=None`` (the
+partitioner lays out each leaf's whitening), on Explicit axes with and without
+``mesh=``, and inside ``jit`` on Auto axes (how MaxText-style code runs) with
+``shardings=`` and with ``mesh=`` alone (which warns). Reported per device:
+XLA's FLOPs as a ratio to the single-device FLOPs / 8, and the bytes of the
+results of each kind of collective (:func:`train.bench.hlo.collective_bytes`)
+as a ratio to M, the bytes of all whitened matrices; plus the bytes that
 ``swan_optax.whitening_plan`` predicts. The rows labelled ``3afe9a0`` are
 recorded from ``results/mesh_recorded.json``: the library before ``mesh=``,
-with the trainer's then default whole-matrix layout (``whole_matrix_sharding=
-NamedSharding(mesh, P(('fsdp', 'data', 'tensor')))``, Auto mesh), measured
-the same way once. Writes ``train/bench/results/mesh.md``.
+with the trainer's then default whole-matrix layout, measured the same way
+once. Writes ``train/bench/results/mesh.md``.
 """
 
 import json
 import math
 import time
+import warnings
 
 import jax
+from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 import swan_optax
 from models import configs
 from models import llama
+from train import optimizer
 from train.bench import harness
 from train.bench import hlo
 
@@ -60,21 +63,36 @@ def abstract_inputs(config, mesh) -> dict:
   )
 
 
-def compile_update(config, mesh, optimizer_mesh):
-  """SWAN's update (``tx.update`` from fresh state), compiled for abstract params on ``mesh``."""
-  dims = harness.dimension_numbers(config)
-  tx = swan_optax.swan(1e-3, dimension_numbers=dims, mesh=optimizer_mesh)
+# Label -> (mesh axis types, swan's mesh keywords given the mesh and the params' shardings,
+# whether it whitens whole matrices by all-to-alls).
+MODES = {
+  "Auto, mesh=None": (AxisType.Auto, lambda mesh, shardings: {}, False),
+  "Explicit, mesh=None": (AxisType.Explicit, lambda mesh, shardings: {}, True),
+  "Explicit, mesh=mesh": (AxisType.Explicit, lambda mesh, shardings: {"mesh": mesh}, True),
+  "Auto, shardings=": (AxisType.Auto, lambda mesh, shardings: {"shardings": shardings}, True),
+  "Auto, mesh=mesh (warns)": (AxisType.Auto, lambda mesh, shardings: {"mesh": mesh}, False),
+}
+
+
+def compile_update(config, shape: tuple[int, ...], mode: str):
+  """SWAN's update (``tx.update`` from fresh state) in ``mode``, compiled for abstract params."""
+  axis_type, keywords, _ = MODES[mode]
+  mesh = jax.make_mesh(shape, AXES, axis_types=(axis_type,) * len(AXES))
   params = abstract_inputs(config, mesh)
-  update = lambda grads, params: tx.update(grads, tx.init(params), params)[0]
   shardings = jax.tree.map(lambda p: p.sharding, params)  # the updates in the params' layout
-  return jax.jit(update, out_shardings=shardings).lower(params, params).compile(), params
+  dims = optimizer.dimension_numbers(config)
+  tx = swan_optax.swan(1e-3, dimension_numbers=dims, **keywords(mesh, shardings))
+  update = lambda grads, params: tx.update(grads, tx.init(params), params)[0]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    compiled = jax.jit(update, out_shardings=shardings).lower(params, params).compile()
+  return compiled, params, mesh, bool(caught)
 
 
 def measure(name: str) -> list[dict]:
   config = configs.get_config(name)
-  dims = harness.dimension_numbers(config)
-  single_mesh = jax.make_mesh((1, 1, 1), AXES, devices=jax.devices()[:1])
-  single, params = compile_update(config, single_mesh, None)
+  dims = optimizer.dimension_numbers(config)
+  single, params, single_mesh, _ = compile_update(config, (1, 1, 1), "Auto, mesh=None")
   plan = swan_optax.whitening_plan(params, dims, single_mesh)
   base_flops, m = hlo.flops(single), sum(r.leaf_bytes for r in plan.values())
   recorded = {tuple(r["mesh"]): r for r in json.loads(RECORDED.read_text()) if r["config"] == name}
@@ -84,24 +102,23 @@ def measure(name: str) -> list[dict]:
       rows.append(
         recorded[shape] | {"mesh": shape, "variant": RECORDED_LABEL, "m": m, "planned": None}
       )
-    mesh = jax.make_mesh(shape, AXES)
-    for variant, optimizer_mesh in (("before", None), ("after", mesh)):
+    for mode in MODES:
       start = time.perf_counter()
-      compiled, params = compile_update(config, mesh, optimizer_mesh)
+      compiled, params, mesh, warned = compile_update(config, shape, mode)
       plan = swan_optax.whitening_plan(params, dims, mesh)
       rows.append(
         {
           "config": name,
           "mesh": shape,
-          "variant": variant,
+          "variant": mode + (", warned" if warned else ""),
           "flops_vs_ideal": hlo.flops(compiled) / (base_flops / 8),
           "collectives": hlo.collective_bytes(compiled.as_text()),
           "m": m,
-          "planned": sum(r.bytes_per_device for r in plan.values()) if optimizer_mesh else None,
+          "planned": sum(r.bytes_per_device for r in plan.values()) if MODES[mode][2] else None,
           "strategies": sorted({r.strategy for r in plan.values()}),
         }
       )
-      print(f"{name} {shape} {variant}: {time.perf_counter() - start:.0f} s", flush=True)
+      print(f"{name} {shape} {mode}: {time.perf_counter() - start:.0f} s", flush=True)
   return rows
 
 
@@ -113,13 +130,16 @@ def to_markdown(rows: list[dict]) -> str:
   lines = [
     f"`python -m train.bench.mesh` — compiled only, {jax.device_count()} simulated "
     f"{jax.devices()[0].platform} devices, jax {jax.__version__}. SWAN's update "
-    "(`tx.update`, LLaMA dimension numbers, params in the `models/sharding.py` layout on an "
-    "Explicit mesh; a mesh axis that does not divide a dimension, 1b's ffn 5461 over tensor, is "
-    "left off that dimension). **before**: `mesh=None` (the partitioner lays out each "
-    "whitening; the library's path before `mesh=`). **after**: `swan(..., mesh=mesh)`. FLOPs: "
+    "(`tx.update`, LLaMA dimension numbers, params in the `models/sharding.py` layout; a mesh "
+    "axis that does not divide a dimension, 1b's ffn 5461 over tensor, is "
+    "left off that dimension). Layouts: `Auto, mesh=None`: the partitioner lays out each "
+    "leaf's whitening; `Explicit, mesh=None`: the mesh found in the gradients' types; "
+    "`Explicit, mesh=mesh`: given; `Auto, shardings=`: inside `jit` on Auto axes with the "
+    "params' shardings; `Auto, mesh=mesh (warns)`: the layout hidden by `jit`, laid out per "
+    "leaf as with `mesh=None`. FLOPs: "
     "XLA's per-device count / (single-device count / 8). Collectives: bytes of the results of "
     "each kind, per device, / M (M = bytes of all whitened kernels); planned: what "
-    "`swan_optax.whitening_plan` predicts.",
+    "`swan_optax.whitening_plan` predicts for whole matrices by all-to-alls.",
     "",
     "| config | mesh (data, fsdp, tensor) | layout | FLOPs vs ideal | collectives / M | "
     "planned / M | by kind: MiB (/ M) | strategies |",
@@ -136,6 +156,28 @@ def to_markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+SUMMARY_MODES = (RECORDED_LABEL, "Auto, mesh=None", "Explicit, mesh=None", "Auto, shardings=")
+
+
+def summary_table(rows: list[dict]) -> str:
+  """One line per config and mesh: FLOPs vs ideal and collectives / M in ``SUMMARY_MODES``."""
+  by_key = {(r["config"], tuple(r["mesh"]), r["variant"]): r for r in rows}
+  keys = dict.fromkeys((r["config"], tuple(r["mesh"])) for r in rows)
+  modes = " / ".join(f"`{m}`" if m != RECORDED_LABEL else m for m in SUMMARY_MODES)
+  lines = [
+    f"| config | mesh (data, fsdp, tensor) | FLOPs vs ideal: {modes} | collectives / M: {modes} |",
+    "|---|---|---:|---:|",
+  ]
+  for config, shape in keys:
+    found = [by_key.get((config, shape, m)) for m in SUMMARY_MODES]
+    flops = " / ".join("–" if r is None else f"{r['flops_vs_ideal']:.2f}" for r in found)
+    moved = " / ".join(
+      "–" if r is None else f"{sum(r['collectives'].values()) / r['m']:.2f}" for r in found
+    )
+    lines.append(f"| {config} | {shape} | {flops} | {moved} |")
+  return "\n".join(lines) + "\n"
+
+
 def main() -> None:
   harness.simulate_host_devices(DEVICES)
   parser = harness.parser(__doc__, "mesh.md")
@@ -147,7 +189,7 @@ def main() -> None:
       "`JAX_PLATFORMS=cpu python -m train.bench.mesh`, which simulates them on the CPU"
     )
   rows = [row for name in args.configs.split(",") for row in measure(name)]
-  harness.save(to_markdown(rows), args.out)
+  harness.save(summary_table(rows) + "\n" + to_markdown(rows), args.out)
 
 
 if __name__ == "__main__":
