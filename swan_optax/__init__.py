@@ -15,6 +15,7 @@ from swan_optax._sinkhorn import sinkhorn
 from swan_optax._table import Route
 from swan_optax._table import routing_table
 from swan_optax._table import whitening_plan
+from swan_optax._trace import dimension_numbers_from_fn
 from swan_optax._whiten import WhiteningMethod
 from swan_optax._whiten import whiten
 
@@ -22,6 +23,7 @@ __all__ = [
   "DEFAULT_ADAM_PATTERN",
   "MatrixDimensionNumbers",
   "dimension_numbers_from_einsum",
+  "dimension_numbers_from_fn",
   "dimension_numbers_from_model",
   "gradnorm",
   "Route",

@@ -1,0 +1,249 @@
+"""Where the axes of each parameter leaf go in a jaxpr: the dot_generals and other ops they reach.
+
+Every jaxpr value computed from a leaf by layout ops (reshapes, transposes,
+casts, slices, scalar scaling) holds, per axis, the set of leaf axes it came
+from. A ``dot_general`` fed by such a value gives the leaf its roles: axes
+contracted with the other operand are fan_in, the operand's batch dimensions
+are batch axes, its free dimensions fan_out. The dot's output is followed too,
+for one question only: whether one of those fan_out axes is then indexed away
+entry by entry (``q, k, v = qkv_einsum(x)``), which makes it a fused axis.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import Literal
+
+from jax.extend import core
+
+AxisMap = tuple[frozenset[int], ...]  # per axis of a value: the leaf axes it holds
+Source = tuple[Literal["leaf", "output"], int]  # a leaf, or the outputs of its dot_generals
+Tracked = dict[Source, AxisMap]
+
+# Ops whose data operands (the first one only for slices) keep their axes.
+_SLICES = ("slice", "dynamic_slice")
+_SAME_AXES = (*_SLICES, "split", "concatenate")
+
+
+def _per_leaf(kind: type) -> Any:
+  return dataclasses.field(default_factory=lambda: collections.defaultdict(kind))
+
+
+@dataclasses.dataclass
+class Uses:
+  """What the leaves of a jaxpr reach, by leaf index; filled by :func:`walk`."""
+
+  names: Sequence[str]
+  track_outputs: bool
+  layouts: dict[int, list[tuple[frozenset[int], frozenset[int]]]] = _per_leaf(list)
+  indexed: dict[int, set[int]] = _per_leaf(set)  # fan_out axes indexed away: fused axes
+  problems: dict[int, list[str]] = _per_leaf(list)  # why the leaf has no layout
+  adam: dict[int, set[str]] = _per_leaf(set)  # ops that end it and mean Adam (gather, bias add)
+  unknown: dict[int, set[str]] = _per_leaf(set)  # ops that end it and are not followed
+
+
+def leaf_axes(leaf: int, ndim: int) -> Tracked:
+  """A leaf's own value: its axis ``a`` holds leaf axis ``a``."""
+  return {("leaf", leaf): tuple(frozenset({a}) for a in range(ndim))}
+
+
+def walk(jaxpr: core.Jaxpr, inputs: Sequence[Tracked | None], uses: Uses) -> list[Tracked | None]:
+  """Follows the tracked ``inputs`` of ``jaxpr`` to its outputs, recording uses on the way."""
+  env = {var: tracked for var, tracked in zip(jaxpr.invars, inputs, strict=True) if tracked}
+  read = lambda v: None if isinstance(v, core.Literal) else env.get(v)
+  for eqn in jaxpr.eqns:
+    tracked = [read(v) for v in eqn.invars]
+    if any(tracked):
+      for var, out in zip(eqn.outvars, _equation(eqn, tracked, uses), strict=False):
+        if out:
+          env[var] = out
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _equation(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> list[Tracked]:
+  name = eqn.primitive.name
+  if name == "dot_general":
+    return [_dot(eqn, tracked, uses)]
+  layout = _layout_fn(eqn)
+  if layout is not None:
+    data = tracked[:1] if name in (*_SLICES, "gather") else tracked
+    out = _merge([{s: layout(m) for s, m in t.items()} for t in data if t])
+    _record_indexed([t for t in data if t], [out], uses)
+    return [out] * len(eqn.outvars)
+  called = _call(eqn, tracked, uses)
+  if called is not None:
+    return called
+  if _is_elementwise(eqn):
+    return [_elementwise(eqn, tracked, uses)]
+  for t in tracked:
+    for kind, leaf in t or ():
+      if kind == "leaf" and name == "conv_general_dilated":
+        uses.problems[leaf].append("feeds a convolution, which has no matrix layout here")
+      elif kind == "leaf":
+        (uses.adam if name == "gather" else uses.unknown)[leaf].add(name)
+  return []
+
+
+def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Tracked:
+  """Records the roles of the leaves in one operand; tracks their fan_out axes in the output."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
+  leaves = [{leaf: m for (kind, leaf), m in (t or {}).items() if kind == "leaf"} for t in tracked]
+  if leaves[0] and leaves[1]:
+    names = sorted({uses.names[leaf] for side in leaves for leaf in side})
+    for leaf in {**leaves[0], **leaves[1]}:
+      uses.problems[leaf].append(f"is multiplied with another param by a dot_general ({names})")
+    return {}
+  out_ndim = len(eqn.outvars[0].aval.shape)
+  offset = len(lhs_batch)
+  outputs = {}
+  for var, side, contract, batch in zip(
+    eqn.invars, leaves, (lhs_contract, rhs_contract), (lhs_batch, rhs_batch), strict=True
+  ):
+    shape = var.aval.shape
+    free = [a for a in range(len(shape)) if a not in (*contract, *batch)]
+    for leaf, m in side.items():
+      held = lambda axes, m=m: frozenset().union(*(m[a] for a in axes))
+      fan_in, fan_out = held(contract), held(free)
+      clash = (fan_in & fan_out) | ((fan_in | fan_out) & held(batch))
+      if clash:
+        uses.problems[leaf].append(
+          f"has axes {sorted(clash)} split into pieces with different roles in one dot_general"
+        )
+      else:
+        uses.layouts[leaf].append((fan_in, fan_out))
+      fused = {offset + i: m[a] for i, a in enumerate(free) if shape[a] > 1 and m[a]}
+      if uses.track_outputs and fused:
+        outputs[("output", leaf)] = tuple(fused.get(b, frozenset()) for b in range(out_ndim))
+    offset += len(free)
+  return outputs
+
+
+def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
+  """How an op that moves, splits or merges axes maps its data operand's axes to its output's."""
+  name, p = eqn.primitive.name, eqn.params
+  if name in _SAME_AXES:
+    return lambda m: m
+  if name == "transpose":
+    return lambda m: tuple(m[a] for a in p["permutation"])
+  if name == "squeeze":
+    return lambda m: tuple(x for a, x in enumerate(m) if a not in p["dimensions"])
+  if name == "broadcast_in_dim":
+    return lambda m: tuple(
+      m[p["broadcast_dimensions"].index(b)] if b in p["broadcast_dimensions"] else frozenset()
+      for b in range(len(p["shape"]))
+    )
+  if name == "reshape":
+    shapes = (eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape)
+    return functools.partial(_reshape, shapes=shapes)
+  if name == "gather" and len(eqn.outvars[0].aval.shape) == len(p["dimension_numbers"].offset_dims):
+    # One index: the output is the operand less its collapsed (indexed) axes.
+    collapsed = p["dimension_numbers"].collapsed_slice_dims
+    return lambda m: tuple(x for a, x in enumerate(m) if a not in collapsed)
+  return None
+
+
+def _reshape(m: AxisMap, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> AxisMap:
+  """Each output axis holds the leaf axes of the input axes it is merged from or split out of.
+
+  Size-1 axes hold nothing: a size-1 input axis that a reshape drops is gone.
+  """
+  in_shape, out_shape = shapes
+  ins = [a for a, size in enumerate(in_shape) if size != 1]
+  outs = [b for b, size in enumerate(out_shape) if size != 1]
+  held = [frozenset()] * len(out_shape)
+  i = j = 0
+  while i < len(ins):
+    group_in, group_out = [ins[i]], [outs[j]]
+    size_in, size_out = in_shape[ins[i]], out_shape[outs[j]]
+    i, j = i + 1, j + 1
+    while size_in != size_out:
+      if size_in < size_out:
+        group_in.append(ins[i])
+        size_in, i = size_in * in_shape[ins[i]], i + 1
+      else:
+        group_out.append(outs[j])
+        size_out, j = size_out * out_shape[outs[j]], j + 1
+    for b in group_out:
+      held[b] = frozenset().union(*(m[a] for a in group_in))
+  return tuple(held)
+
+
+def _call(
+  eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses
+) -> list[Tracked | None] | None:
+  """Walks the inner jaxprs of control flow and calls (jit, remat, custom_vjp, ...)."""
+  name, p = eqn.primitive.name, eqn.params
+  if name == "scan":
+    split = p["num_consts"] + p["num_carry"]
+    # A scanned operand loses its leading axis in the body: one step per entry.
+    xs = [{s: m[1:] for s, m in t.items()} if t else None for t in tracked[split:]]
+    _record_indexed([t for t in tracked[split:] if t], [x for x in xs if x], uses)
+    outs = walk(p["jaxpr"].jaxpr, [*tracked[:split], *xs], uses)
+    ys = [
+      {s: (frozenset(), *m) for s, m in t.items()} if t else None for t in outs[p["num_carry"] :]
+    ]
+    return [*outs[: p["num_carry"]], *ys]
+  if name == "while":
+    carry = tracked[p["cond_nconsts"] + p["body_nconsts"] :]
+    walk(p["cond_jaxpr"].jaxpr, [*tracked[: p["cond_nconsts"]], *carry], uses)
+    return walk(p["body_jaxpr"].jaxpr, tracked[p["cond_nconsts"] :], uses)
+  if name == "cond":
+    branches = [walk(b.jaxpr, tracked[1:], uses) for b in p["branches"]]
+    return [_merge([t for t in outs if t]) for outs in zip(*branches, strict=True)]
+  inner = list(core.jaxprs_in_params(p))
+  if len(inner) == 1 and len(inner[0].invars) == len(eqn.invars):
+    return walk(inner[0], tracked, uses)
+  return None
+
+
+def _is_elementwise(eqn: core.JaxprEqn) -> bool:
+  """One output, and every operand is a scalar or broadcasts to it along size-1 axes."""
+  if len(eqn.outvars) != 1:
+    return False
+  shape = eqn.outvars[0].aval.shape
+  fits = lambda s: (
+    s == () or (len(s) == len(shape) and all(a in (1, b) for a, b in zip(s, shape, strict=True)))
+  )
+  return all(fits(v.aval.shape) for v in eqn.invars)
+
+
+def _elementwise(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Tracked:
+  """A leaf passes through casts, scaling and functions of params alone (``2 * w``, ``w.T + w``);
+  combined with anything else (an activation, a mask) it ends there, as a norm scale or a bias
+  does. Dot outputs pass through either way (activations, biases added)."""
+  has_leaf = [t is not None and any(kind == "leaf" for kind, _ in t) for t in tracked]
+  alone = all(
+    leaf or math.prod(v.aval.shape) == 1 for v, leaf in zip(eqn.invars, has_leaf, strict=True)
+  )
+  ndim = len(eqn.outvars[0].aval.shape)
+  out = {}
+  for t, var in zip(tracked, eqn.invars, strict=True):
+    # A scalar operand (w[0, 0]) has no axes to pass on.
+    full = len(var.aval.shape) == ndim
+    for (kind, leaf), m in (t or {}).items():
+      if full and (kind == "output" or alone):
+        out = _merge([out, {(kind, leaf): m}])
+      elif kind == "leaf":
+        uses.adam[leaf].add(eqn.primitive.name)
+  return out
+
+
+def _merge(tracked: Sequence[Tracked]) -> Tracked:
+  """Values combined into one: each axis holds what the combined axes held."""
+  out = {}
+  for t in tracked:
+    for s, m in t.items():
+      out[s] = tuple(a | b for a, b in zip(out[s], m, strict=True)) if s in out else m
+  return out
+
+
+def _record_indexed(before: Sequence[Tracked], after: Sequence[Tracked], uses: Uses) -> None:
+  """A dot output's axis that an op drops (``y[0]``, a scan over it) was indexed entry by entry."""
+  held = lambda ts, s: frozenset().union(*(a for t in ts for a in t.get(s, ())))
+  for kind, leaf in {s for t in before for s in t if s[0] == "output"}:
+    source = (kind, leaf)
+    uses.indexed[leaf] |= held(before, source) - held(after, source)

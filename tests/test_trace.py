@@ -1,0 +1,383 @@
+"""dimension_numbers_from_fn against hand-derived layouts: plain JAX, linen, NNX, equinox, haiku,
+our LLaMA; the ops a leaf is followed through; the leaves it refuses, by name."""
+
+import functools
+
+import equinox as eqx
+import flax.linen as nn
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import swan_optax
+from models import configs
+from models import llama
+from train import mesh as mesh_lib
+from train import optimizer
+
+M = swan_optax.MatrixDimensionNumbers
+D, HEADS, HEAD_DIM, FFN, LAYERS, VOCAB, SEQ = 8, 2, 4, 16, 2, 11, 5
+TOKENS = jax.ShapeDtypeStruct((2, SEQ), jnp.int32)
+
+
+def _structure(tree):
+  """The tree's structure, a ``None`` or ``MatrixDimensionNumbers`` counted as a leaf."""
+  return jax.tree.structure(tree, is_leaf=lambda x: x is None or isinstance(x, M))
+
+
+def _assert_usable(params, dims):
+  """The layouts route the params and build swan's state, as ``dimension_numbers=``."""
+  labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=dims))
+  assert "matrix" in labels
+  swan_optax.swan(1e-3, dimension_numbers=dims).init(params)
+
+
+def test_plain_function():
+  params = {
+    "embed": jnp.zeros((VOCAB, D)),
+    "kernel": jnp.zeros((D, FFN)),
+    "q": jnp.zeros((FFN, HEADS, HEAD_DIM)),
+    "out": jnp.zeros((HEADS, HEAD_DIM, D)),
+    "scale": jnp.zeros((D,)),
+    "bias": jnp.zeros((SEQ, D)),
+  }
+
+  def fn(p, tokens):
+    x = p["embed"][tokens] + p["bias"]
+    q = jnp.einsum("BLF,FHK->BLHK", jax.nn.relu(x @ p["kernel"]), p["q"])
+    return jnp.einsum("BLHK,HKD->BLD", q, p["out"]) * p["scale"]
+
+  dims = swan_optax.dimension_numbers_from_fn(fn, params, TOKENS)
+  assert dims == {
+    "embed": None,
+    "kernel": M((0,), (1,)),
+    "q": M((0,), (1, 2)),
+    "out": M((0, 1), (2,)),
+    "scale": None,
+    "bias": None,
+  }
+  _assert_usable(params, dims)
+
+
+# A nanodo-like linen LM: DenseGeneral attention, nn.Partitioned params, a tied embedding.
+
+_partitioned = lambda *names: nn.with_partitioning(nn.initializers.normal(0.02), names)
+
+
+class _LinenBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    heads = functools.partial(
+      nn.DenseGeneral, (HEADS, HEAD_DIM), kernel_init=_partitioned("embed", "heads", "head_dim")
+    )
+    y_BxLxD = nn.RMSNorm(name="attn_norm")(x_BxLxD)
+    q, k, v = heads(name="query")(y_BxLxD), heads(name="key")(y_BxLxD), heads(name="value")(y_BxLxD)
+    out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    attn_out = nn.DenseGeneral(
+      D, axis=(-2, -1), kernel_init=_partitioned("heads", "head_dim", "embed"), name="attn_out"
+    )
+    x_BxLxD += attn_out(out_BxLxHxK)
+    y_BxLxD = nn.RMSNorm(name="mlp_norm")(x_BxLxD)
+    h_BxLxF = nn.gelu(
+      nn.Dense(FFN, kernel_init=_partitioned("embed", "mlp"), name="mlp_in")(y_BxLxD)
+    )
+    return x_BxLxD + nn.Dense(D, kernel_init=_partitioned("mlp", "embed"), name="mlp_out")(h_BxLxF)
+
+
+class _LinenLM(nn.Module):
+  @nn.compact
+  def __call__(self, tokens_BxL):
+    embed = nn.Embed(VOCAB, D, embedding_init=_partitioned("vocab", "embed"))
+    x_BxLxD = embed(tokens_BxL)
+    for i in range(LAYERS):
+      x_BxLxD = _LinenBlock(name=f"block_{i}")(x_BxLxD)
+    return embed.attend(nn.RMSNorm(name="final_norm")(x_BxLxD))
+
+
+def test_linen_lm_as_in_the_readme():
+  model = _LinenLM()
+  tokens = jnp.zeros((1, SEQ), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: model.apply({"params": p}, x), params, tokens
+  )
+  block = {
+    "attn_norm": {"scale": None},
+    "query": {"kernel": M((0,), (1, 2)), "bias": None},
+    "key": {"kernel": M((0,), (1, 2)), "bias": None},
+    "value": {"kernel": M((0,), (1, 2)), "bias": None},
+    "attn_out": {"kernel": M((0, 1), (2,)), "bias": None},
+    "mlp_norm": {"scale": None},
+    "mlp_in": {"kernel": M((0,), (1,)), "bias": None},
+    "mlp_out": {"kernel": M((0,), (1,)), "bias": None},
+  }
+  # The embedding is gathered and used for the logits as x @ E.T: the dot's layout wins.
+  want = {"Embed_0": {"embedding": M((1,), (0,))}, "final_norm": {"scale": None}}
+  want |= {f"block_{i}": block for i in range(LAYERS)}
+  assert isinstance(layouts["block_0"]["query"]["kernel"], nn.Partitioned)
+  assert _structure(layouts) == _structure(params)
+  assert nn.unbox(layouts) == want
+  _assert_usable(params, layouts)
+
+
+class _LinenScanned(nn.Module):
+  @nn.compact
+  def __call__(self, x_BxD):
+    block = lambda module, x, _: (
+      x + nn.DenseGeneral((HEADS, D // HEADS))(x).reshape(x.shape),
+      None,
+    )
+    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=LAYERS)
+    return layers(self, x_BxD, None)[0]
+
+
+def test_linen_scanned_layers():
+  model = _LinenScanned()
+  params = model.init(jax.random.key(0), jnp.zeros((1, D)))["params"]
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: model.apply({"params": p}, x), params, jnp.zeros((3, D))
+  )
+  # (layers, D, heads, head_dim): the layer axis is a batch axis.
+  assert layouts == {"DenseGeneral_0": {"kernel": M((1,), (2, 3)), "bias": None}}
+
+
+# A gemma-like NNX LM: a fused q/k/v nnx.Einsum, nnx.vmap-stacked layers run by nnx.scan (remat).
+
+
+class _NnxAttention(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.qkv_einsum = nnx.Einsum("BSD,CKDH->CBSKH", (3, HEADS, D, HEAD_DIM), rngs=rngs)
+    self.attn_vec_einsum = nnx.Einsum("BTNH,NHD->BTD", (HEADS, HEAD_DIM, D), rngs=rngs)
+
+  def __call__(self, x_BxTxD):
+    q, k, v = self.qkv_einsum(x_BxTxD)
+    return self.attn_vec_einsum(jax.nn.dot_product_attention(q, k, v, is_causal=True))
+
+
+class _NnxBlock(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.pre_attention_norm = nnx.RMSNorm(D, rngs=rngs)
+    self.attn = _NnxAttention(rngs)
+    self.pre_ffw_norm = nnx.RMSNorm(D, rngs=rngs)
+    self.up = nnx.Linear(D, FFN, rngs=rngs)
+    self.down = nnx.LinearGeneral(FFN, D, rngs=rngs)
+
+  def __call__(self, x_BxTxD):
+    x_BxTxD += self.attn(self.pre_attention_norm(x_BxTxD))
+    return x_BxTxD + self.down(nnx.gelu(self.up(self.pre_ffw_norm(x_BxTxD))))
+
+
+class _NnxLM(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.embedder = nnx.Embed(VOCAB, D, rngs=rngs)
+
+    @nnx.split_rngs(splits=LAYERS)
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def blocks(rngs):
+      return _NnxBlock(rngs)
+
+    self.layers = blocks(rngs)
+    self.final_norm = nnx.RMSNorm(D, rngs=rngs)
+    self.lm_head = nnx.Linear(D, VOCAB, use_bias=False, rngs=rngs)
+
+  def __call__(self, tokens_BxT):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    @nnx.remat
+    def run(x_BxTxD, block):
+      return block(x_BxTxD)
+
+    return self.lm_head(self.final_norm(run(self.embedder(tokens_BxT), self.layers)))
+
+
+@pytest.mark.parametrize("fused", ["batch", "fan_out"])
+def test_gemma_like_nnx_lm_equals_dimension_numbers_from_model(fused):
+  model = _NnxLM(nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda state, tokens: nnx.merge(graphdef, state)(tokens), state, TOKENS, fused=fused
+  )
+  assert isinstance(layouts, nnx.State)
+  assert _structure(layouts) == _structure(state)
+  assert nnx.to_pure_dict(layouts) == swan_optax.dimension_numbers_from_model(model, fused=fused)
+  # (layers, 3, K, D, H): the layer axis and, by default, the q/k/v axis are batch axes.
+  qkv = nnx.to_pure_dict(layouts)["layers"]["attn"]["qkv_einsum"]["kernel"]
+  assert qkv == (M((3,), (2, 4)) if fused == "batch" else M((3,), (1, 2, 4)))
+  _assert_usable(state, layouts)
+
+
+# An equinox transformer block and a haiku MLP: weights (out, in) and (in, out).
+
+
+class _EqxBlock(eqx.Module):
+  attn_norm: eqx.nn.LayerNorm
+  attn: eqx.nn.MultiheadAttention
+  mlp_norm: eqx.nn.LayerNorm
+  up: eqx.nn.Linear
+  down: eqx.nn.Linear
+
+  def __init__(self, key):
+    keys = jax.random.split(key, 3)
+    self.attn_norm, self.mlp_norm = eqx.nn.LayerNorm(D), eqx.nn.LayerNorm(D)
+    self.attn = eqx.nn.MultiheadAttention(HEADS, D, key=keys[0])
+    self.up = eqx.nn.Linear(D, FFN, key=keys[1])
+    self.down = eqx.nn.Linear(FFN, D, key=keys[2])
+
+  def __call__(self, x_LxD):
+    y_LxD = jax.vmap(self.attn_norm)(x_LxD)
+    x_LxD = x_LxD + self.attn(y_LxD, y_LxD, y_LxD)
+    mlp = lambda y_D: self.down(jax.nn.gelu(self.up(y_D)))
+    return x_LxD + jax.vmap(mlp)(jax.vmap(self.mlp_norm)(x_LxD))
+
+
+def _by_key(dims):
+  flat = jax.tree_util.tree_flatten_with_path(dims, is_leaf=lambda x: isinstance(x, M))[0]
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): d for path, d in flat}
+
+
+def test_equinox_transformer_block():
+  params, static = eqx.partition(_EqxBlock(jax.random.key(0)), eqx.is_array)
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: eqx.combine(p, static)(x), params, jax.ShapeDtypeStruct((SEQ, D), jnp.float32)
+  )
+  out_in = M((1,), (0,))
+  projections = ("query_proj", "key_proj", "value_proj", "output_proj")
+  assert _by_key(layouts) == {
+    **{f"attn/{name}/weight": out_in for name in projections},
+    "up/weight": out_in,
+    "down/weight": out_in,
+  }
+  assert layouts.up.bias is None and layouts.attn_norm.weight is None
+  assert _structure(layouts) == _structure(params)
+  # An equinox module is callable, and a callable dimension_numbers is called with the params.
+  _assert_usable(params, lambda _: layouts)
+
+
+def test_haiku_mlp():
+  net = hk.transform(lambda x: hk.Linear(D)(jax.nn.relu(hk.Linear(FFN)(x))))
+  params = net.init(jax.random.key(0), jnp.zeros((1, D)))
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: net.apply(p, None, x), params, jnp.zeros((3, D))
+  )
+  in_out = {"w": M((0,), (1,)), "b": None}
+  assert layouts == {"linear": in_out, "linear_1": in_out}
+  _assert_usable(params, layouts)
+
+
+def test_llama_equals_the_trainers_layouts():
+  config = configs.get_config("tiny")
+  graphdef, params = llama.abstract_init(config, mesh_lib.make_mesh("fsdp=4,tensor=2"))
+  layouts = swan_optax.dimension_numbers_from_fn(
+    functools.partial(llama.apply, graphdef), params, TOKENS
+  )
+  assert layouts == optimizer.dimension_numbers(config)
+
+
+# What a leaf is followed through: (fn, params, layouts).
+
+
+@jax.custom_vjp
+def _matmul(x, w):
+  return x @ w
+
+
+_matmul.defvjp(lambda x, w: (x @ w, (x, w)), lambda res, g: (g @ res[1].T, res[0].T @ g))
+
+
+def _loop(body):
+  return lambda p, x: jax.lax.fori_loop(0, LAYERS, lambda i, x: body(p["w"], i, x), x)
+
+
+STACKED = {"w": jnp.zeros((LAYERS, D, D))}
+KERNEL = {"w": jnp.zeros((D, D))}
+FOLLOWED = {
+  "checkpoint": (lambda p, x: jax.checkpoint(lambda x: x @ p["w"])(x), KERNEL, M((0,), (1,))),
+  "custom_vjp": (lambda p, x: _matmul(x, p["w"]), KERNEL, M((0,), (1,))),
+  "transpose, cast and scale": (
+    lambda p, x: x.astype(jnp.bfloat16) @ (2 * p["w"].T.astype(jnp.bfloat16)),
+    KERNEL,
+    M((1,), (0,)),
+  ),
+  "reshape (split)": (
+    lambda p, x: jnp.einsum("LD,DHK->LHK", x, p["w"].reshape(D, HEADS, D // HEADS)),
+    KERNEL,
+    M((0,), (1,)),
+  ),
+  "reshape (merge)": (
+    lambda p, x: jnp.concatenate([x] * HEADS, -1) @ p["w"].reshape(HEADS * D, D),
+    {"w": jnp.zeros((HEADS, D, D))},
+    M((0, 1), (2,)),
+  ),
+  "scan over a stack": (
+    lambda p, x: jax.lax.scan(lambda x, w: (x @ w, None), x, p["w"])[0],
+    STACKED,
+    M((1,), (2,)),
+  ),
+  "index in a loop": (_loop(lambda w, i, x: x @ w[i]), STACKED, M((1,), (2,))),
+  "take in a loop": (_loop(lambda w, i, x: x @ jnp.take(w, i, axis=0)), STACKED, M((1,), (2,))),
+  "while": (
+    lambda p, x: jax.lax.while_loop(
+      lambda c: c[0] < LAYERS, lambda c: (c[0] + 1, c[1] @ p["w"][c[0]]), (0, x)
+    )[1],
+    STACKED,
+    M((1,), (2,)),
+  ),
+  "cond": (
+    lambda p, x: jax.lax.cond(x[0, 0] > 0, lambda: x @ p["w"], lambda: x),
+    KERNEL,
+    M((0,), (1,)),
+  ),
+  "vmap over a stack": (
+    lambda p, x: jax.vmap(jnp.matmul)(jnp.stack([x] * LAYERS), p["w"]),
+    STACKED,
+    M((1,), (2,)),
+  ),
+  "W @ x": (lambda p, x: (p["w"] @ x.T).T, KERNEL, M((1,), (0,))),
+}
+
+
+@pytest.mark.parametrize("name", FOLLOWED)
+def test_followed_through(name):
+  fn, params, want = FOLLOWED[name]
+  layouts = swan_optax.dimension_numbers_from_fn(fn, params, jnp.zeros((3, D)))
+  assert layouts == {"w": want}
+
+
+# Leaves without a layout: each named, with its shape; overrides settle them.
+
+REFUSED = {
+  "two roles": (lambda p, x: x @ p["w"] + (p["w"] @ x.T).T, "has two roles"),
+  "convolution": (
+    lambda p, x: jax.lax.conv_general_dilated(x[None, None], p["w"][None, None], (1, 1), "SAME"),
+    "feeds a convolution",
+  ),
+  "unused": (lambda p, x: x, "is not used by fn"),
+  "a product of params": (lambda p, x: x @ (p["w"] @ p["w"]), "is multiplied with another param"),
+  "an op not followed": (
+    lambda p, x: x * jnp.sum(p["w"]),
+    "reaches no dot_general, and ends in reduce_sum",
+  ),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_refused_leaf_is_named(name):
+  fn, reason = REFUSED[name]
+  with pytest.raises(ValueError, match=rf"leaf 'w' with shape \(8, 8\) {reason}.*overrides="):
+    swan_optax.dimension_numbers_from_fn(fn, KERNEL, jnp.zeros((3, D)))
+  layouts = swan_optax.dimension_numbers_from_fn(
+    fn, KERNEL, jnp.zeros((3, D)), overrides={"w": None}
+  )
+  assert layouts == {"w": None}
+
+
+@pytest.mark.parametrize(
+  "options, message",
+  [({"overrides": {"v": None}}, r"overrides name \['v'\]"), ({"fused": "no"}, "fused")],
+)
+def test_bad_options_raise(options, message):
+  with pytest.raises(ValueError, match=message):
+    swan_optax.dimension_numbers_from_fn(
+      lambda p, x: x @ p["w"], KERNEL, jnp.zeros((3, D)), **options
+    )
