@@ -31,6 +31,7 @@ def _assert_usable(params, dims):
   """The layouts route the params and build swan's state, as ``dimension_numbers=``."""
   labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=dims))
   assert "matrix" in labels
+  assert "a layout" not in swan_optax.routing_table(params, dimension_numbers=dims)
   swan_optax.swan(1e-3, dimension_numbers=dims).init(params)
 
 
@@ -120,6 +121,12 @@ def test_linen_lm_as_in_the_readme():
   assert _structure(layouts) == _structure(params)
   assert nn.unbox(layouts) == want
   _assert_usable(params, layouts)
+  # Overrides name a boxed leaf with or without its trailing 'value'.
+  for key in ("Embed_0/embedding", "Embed_0/embedding/value"):
+    overridden = swan_optax.dimension_numbers_from_fn(
+      lambda p, x: model.apply({"params": p}, x), params, tokens, overrides={key: None}
+    )
+    assert nn.unbox(overridden) == want | {"Embed_0": {"embedding": None}}
 
 
 class _LinenScanned(nn.Module):
