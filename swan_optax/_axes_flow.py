@@ -11,7 +11,6 @@ entry by entry (``q, k, v = qkv_einsum(x)``), which makes it a fused axis.
 
 import collections
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -111,7 +110,8 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
       clash = (fan_in & fan_out) | ((fan_in | fan_out) & held(batch))
       if clash:
         uses.problems[leaf].append(
-          f"has axes {sorted(clash)} split into pieces with different roles in one dot_general"
+          f"has axes {sorted(clash)} merged or split so that one dot_general gives their pieces "
+          "different roles"
         )
       else:
         uses.layouts[leaf].append((fan_in, fan_out))
@@ -137,8 +137,10 @@ def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
       for b in range(len(p["shape"]))
     )
   if name == "reshape":
-    shapes = (eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape)
-    return functools.partial(_reshape, shapes=shapes)
+    # ``dimensions`` transposes the operand first.
+    order = p["dimensions"] or range(len(eqn.invars[0].aval.shape))
+    shapes = (tuple(eqn.invars[0].aval.shape[a] for a in order), eqn.outvars[0].aval.shape)
+    return lambda m: _reshape(tuple(m[a] for a in order), shapes)
   if name == "gather" and len(eqn.outvars[0].aval.shape) == len(p["dimension_numbers"].offset_dims):
     # One index: the output is the operand less its collapsed (indexed) axes.
     collapsed = p["dimension_numbers"].collapsed_slice_dims

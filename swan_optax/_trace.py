@@ -23,32 +23,33 @@ def dimension_numbers_from_fn(
 
   ``fn(params, *example_args, **example_kwargs)`` is traced to a jaxpr with
   abstract values (nothing is computed or allocated), and each leaf is
-  followed through reshapes, transposes, casts, slices, scalar scaling,
-  ``scan`` (a leaf scanned over loses its leading axis), ``while``, ``cond``,
-  ``jit``, ``remat``, ``custom_jvp`` and ``custom_vjp`` to the ``dot_general``
-  ops it feeds. For ``y = dot_general(x, W)`` (``x @ W``, ``W @ x``, any
-  einsum; ``vmap`` shows up as batch dimensions), the axes of ``W`` contracted
-  with ``x`` are fan_in, those that reach ``y`` alone are fan_out, and every
-  other axis (a ``dot_general`` batch dimension, a scanned or indexed layer
-  axis) is a batch axis: ``W[b]`` is an independent ``(fan_in, fan_out)``
-  matrix, as in :class:`MatrixDimensionNumbers`. As in
-  :func:`dimension_numbers_from_einsum`, a fan_out axis whose entries the
-  output is then split into (``q, k, v = qkv_einsum(x)`` for a
+  followed through reshapes, transposes, casts, slices, ``scan`` (a leaf
+  scanned over loses its leading axis), ``while``, ``cond``, ``jit``,
+  ``remat``, ``custom_jvp``, ``custom_vjp`` and elementwise functions of params
+  alone (``2 * w``) to the ``dot_general`` ops it feeds. There,
+  ``y[b, f, o] = sum_i x[b, f, i] W[b, i, o]`` (``x @ W``, ``W @ x``, any
+  einsum; ``vmap`` adds batch dimensions ``b``): the axes ``i`` of ``W``
+  contracted with the input are fan_in, the axes ``o`` that reach the output
+  alone are fan_out, and every other axis (a batch dimension ``b``, a scanned
+  or indexed layer axis) is a batch axis, so that ``W[b]`` is an independent
+  ``(fan_in, fan_out)`` matrix, as in :class:`MatrixDimensionNumbers`. Like the fused axis of
+  :func:`dimension_numbers_from_einsum`, a fan_out axis along which the output
+  is then split entry by entry (``q, k, v = qkv_einsum(x)`` for a
   ``'BSD,CKDH->CBSKH'`` kernel) is a fused axis: a batch axis with
   ``fused='batch'``, fan_out with ``fused='fan_out'``.
 
   A leaf gets ``None`` (Adam) if it has rank < 2, if its ``dot_general`` gives
   it no fan_in or no fan_out axis (a batch of vectors), or if it reaches no
-  ``dot_general`` and only ends in a gather (an embedding lookup) or in
-  elementwise ops with activations (a norm scale, a bias). A leaf reaching a
-  ``dot_general`` takes its layout from there whatever else it reaches: a tied
-  embedding, gathered and used for the logits as ``x @ E.T``, is
-  ``MatrixDimensionNumbers(1, 0)`` (the default ``adam_pattern`` of
+  ``dot_general`` and ends in a gather (an embedding lookup) or in an
+  elementwise op with an activation or a mask (a norm scale, a bias). A leaf
+  that reaches a ``dot_general`` takes its layout from there whatever else it
+  reaches: a tied embedding, gathered and used for the logits as ``x @ E.T``,
+  is ``MatrixDimensionNumbers(1, 0)`` (the default ``adam_pattern`` of
   :func:`swan` sends ``embed`` paths to Adam anyway).
 
   Args:
-    fn: the model's function, params first, e.g. ``lambda p, x: model.apply({'params': p}, x)``
-      (linen), ``lambda p, x: nnx.merge(graphdef, p)(x)`` (NNX), ``lambda p, x:
+    fn: the model's function, params first: ``lambda p, x: model.apply({'params': p}, x)``
+      (linen), ``lambda s, x: nnx.merge(graphdef, s)(x)`` (NNX), ``lambda p, x:
       eqx.combine(p, static)(x)`` (equinox), ``lambda p, x: net.apply(p, None, x)``
       (haiku). Close over arguments that are not arrays.
     params: the params (arrays or ``jax.ShapeDtypeStruct``), boxed or not.
@@ -56,21 +57,24 @@ def dimension_numbers_from_fn(
       ``jax.ShapeDtypeStruct`` of the shapes it is called with.
     fused: how a fused axis (see above) enters the matrix view.
     overrides: ``{path: dims or None}``, paths as :func:`routing_table` prints
-      them (with or without a trailing ``value``); they replace what is traced,
-      and no error is raised for them.
+      them (with or without a trailing ``value``); they replace what is
+      traced, and the leaves they name raise no error.
     **example_kwargs: keyword arguments of ``fn``, as ``example_args``.
 
   Returns:
-    A tree like ``params`` (same structure: boxes, ``nnx.State``, equinox
+    A tree like ``params`` (the same structure: boxes, ``nnx.State``, equinox
     modules) of :class:`MatrixDimensionNumbers` or ``None``, for
     ``dimension_numbers=`` of :func:`swan`, :func:`sinkgd` and
-    :func:`param_labels`.
+    :func:`param_labels` (an equinox module is callable, so pass
+    ``lambda _: layouts`` there).
 
   Raises:
     ValueError: naming the leaf's path and shape, for a leaf of rank >= 2 that
-      two ``dot_general`` ops use with different roles, that feeds a
-      convolution, that is multiplied with another param, that ends in an op
-      not followed here, or that ``fn`` does not use; ``overrides`` settles each.
+      two ``dot_general`` ops use in different roles (or one, in pieces of an
+      axis merged or split by a reshape), that feeds a convolution, that is
+      multiplied with another param, that reaches no ``dot_general`` and ends
+      in an op not followed here (a reduction, a pad), or that ``fn`` does not
+      use; ``overrides`` settles each.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -91,9 +95,18 @@ def dimension_numbers_from_fn(
   inputs = [_axes_flow.leaf_axes(n, len(shape)) for n, shape in enumerate(shapes)]
   uses = _axes_flow.Uses(names, track_outputs=fused == "batch")
   _axes_flow.walk(jaxpr, inputs + [None] * (len(jaxpr.invars) - len(flat)), uses)
-  layouts = [
-    overrides[n] if n in overrides else _layout(n, shape, uses) for n, shape in enumerate(shapes)
-  ]
+  layouts, errors = [], []
+  for n, shape in enumerate(shapes):
+    try:
+      layouts.append(overrides[n] if n in overrides else _layout(n, shape, uses))
+    except ValueError as e:
+      errors.append(e)
+  if errors:
+    more = len(errors) - 1
+    others = (
+      f" ({more} more {'leaf needs' if more == 1 else 'leaves need'} them too)" if more else ""
+    )
+    raise ValueError(f"{errors[0]}{others}")
   return jax.tree_util.tree_unflatten(treedef, layouts)
 
 
@@ -112,7 +125,9 @@ def _by_path(
   return {index[key]: dims for key, dims in overrides.items()}
 
 
-def _layout(n: int, shape: tuple[int, ...], uses: _axes_flow.Uses) -> Any:
+def _layout(
+  n: int, shape: tuple[int, ...], uses: _axes_flow.Uses
+) -> _matrix.MatrixDimensionNumbers | None:
   """The leaf's dimension numbers from its uses, or ``None`` for Adam; raises if it has none."""
   key = uses.names[n]
   where = f"leaf '{key}' with shape {shape}"
@@ -124,13 +139,9 @@ def _layout(n: int, shape: tuple[int, ...], uses: _axes_flow.Uses) -> Any:
     return None
   if uses.problems[n]:
     raise ValueError(f"{where} {uses.problems[n][0]}{fix}")
-  indexed = uses.indexed[n]
-  roles = sorted(
-    {
-      (tuple(sorted(fan_in)), tuple(sorted(fan_out - indexed)))
-      for fan_in, fan_out in uses.layouts[n]
-    }
-  )
+  # Fused axes, indexed away after the dot, are batch axes.
+  fused = uses.indexed[n]
+  roles = sorted({(tuple(sorted(i)), tuple(sorted(o - fused))) for i, o in uses.layouts[n]})
   if len(roles) > 1:
     (in_a, out_a), (in_b, out_b) = roles[:2]
     raise ValueError(

@@ -50,7 +50,7 @@ def test_plain_function():
     q = jnp.einsum("BLF,FHK->BLHK", jax.nn.relu(x @ p["kernel"]), p["q"])
     return jnp.einsum("BLHK,HKD->BLD", q, p["out"]) * p["scale"]
 
-  dims = swan_optax.dimension_numbers_from_fn(fn, params, TOKENS)
+  dims = swan_optax.dimension_numbers_from_fn(fn, params, tokens=TOKENS)
   assert dims == {
     "embed": None,
     "kernel": M((0,), (1,)),
@@ -311,6 +311,11 @@ FOLLOWED = {
     KERNEL,
     M((0,), (1,)),
   ),
+  "reshape with dimensions": (
+    lambda p, x: x @ jax.lax.reshape(p["w"], (D, D), dimensions=(1, 0)),
+    KERNEL,
+    M((1,), (0,)),
+  ),
   "reshape (merge)": (
     lambda p, x: jnp.concatenate([x] * HEADS, -1) @ p["w"].reshape(HEADS * D, D),
     {"w": jnp.zeros((HEADS, D, D))},
@@ -341,6 +346,12 @@ FOLLOWED = {
     M((1,), (2,)),
   ),
   "W @ x": (lambda p, x: (p["w"] @ x.T).T, KERNEL, M((1,), (0,))),
+  # No fan_out axis: a batch of vectors, for Adam.
+  "a batch of vectors": (
+    lambda p, x: jnp.einsum("LHD,HD->LH", jnp.stack([x] * D, 1), p["w"]),
+    KERNEL,
+    None,
+  ),
 }
 
 
@@ -358,6 +369,10 @@ REFUSED = {
   "convolution": (
     lambda p, x: jax.lax.conv_general_dilated(x[None, None], p["w"][None, None], (1, 1), "SAME"),
     "feeds a convolution",
+  ),
+  "an axis in two roles": (
+    lambda p, x: x @ p["w"].reshape(-1).reshape(D, D),
+    r"has axes \[0, 1\] merged or split so that one dot_general gives their pieces different",
   ),
   "unused": (lambda p, x: x, "is not used by fn"),
   "a product of params": (lambda p, x: x @ (p["w"] @ p["w"]), "is multiplied with another param"),
@@ -377,6 +392,12 @@ def test_refused_leaf_is_named(name):
     fn, KERNEL, jnp.zeros((3, D)), overrides={"w": None}
   )
   assert layouts == {"w": None}
+
+
+def test_every_refused_leaf_is_counted():
+  params = {"v": jnp.zeros((D, D)), "w": jnp.zeros((D, D))}
+  with pytest.raises(ValueError, match=r"leaf 'v' .* \(1 more leaf needs them too\)"):
+    swan_optax.dimension_numbers_from_fn(lambda p, x: x, params, jnp.zeros((3, D)))
 
 
 @pytest.mark.parametrize(
