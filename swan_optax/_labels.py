@@ -65,7 +65,7 @@ def leaf_groups(
 
 
 def _label_tree(params: Any, labels: LabelsSpec) -> Any:
-  return labels(params) if callable(labels) else labels
+  return _matrix.tree_or_call(labels, params, lambda x: isinstance(x, str))
 
 
 def param_labels(

@@ -166,6 +166,17 @@ _LAYOUT_HINT = (
 )
 
 
+def tree_or_call(spec: Any, tree: Any, is_entry: Callable[[Any], bool]) -> Any:
+  """A user's tree of entries, or the tree a callable ``spec`` returns for ``tree``.
+
+  A callable that holds entries is a tree (an equinox module is both).
+  """
+  if not callable(spec) or is_entry(spec):
+    return spec
+  leaves = jax.tree.leaves(spec, is_leaf=lambda x: x is None or is_entry(x))
+  return spec if any(is_entry(x) for x in leaves) else spec(tree)
+
+
 def by_unboxed_path(tree: Any, *, is_leaf: Callable[[Any], bool], name: str) -> dict[str, Any]:
   """``{unboxed key path: entry}`` of a user's tree named ``name``; two paths may not collide."""
   by_path = {}
@@ -200,8 +211,7 @@ def dimension_numbers_resolver(
       when the spec gives it no dimension numbers (a leaf that is not 2-D under
       ``None``, a leaf absent from the tree) or ones that do not fit its shape.
   """
-  if callable(spec) and not is_dimension_numbers(spec):
-    spec = spec(tree)
+  spec = tree_or_call(spec, tree, is_dimension_numbers)
   is_leaf = lambda x: x is None or is_dimension_numbers(x)
   by_path = None
   if spec is not None and not is_dimension_numbers(spec):

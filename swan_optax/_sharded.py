@@ -163,9 +163,8 @@ def _given_layout(
   updates: Any, mesh: Mesh | None, shardings: ShardingsSpec
 ) -> tuple[Mesh, list[PartitionSpec]]:
   """The mesh and specs of ``mesh_layout`` from a user's ``shardings``."""
-  if callable(shardings):
-    shardings = shardings(updates)
   is_leaf = lambda x: isinstance(x, NamedSharding | PartitionSpec)
+  shardings = _matrix.tree_or_call(shardings, updates, is_leaf)
   by_path = _matrix.by_unboxed_path(shardings, is_leaf=is_leaf, name="shardings")
   meshes = {s.mesh for s in by_path.values() if isinstance(s, NamedSharding)}
   if mesh is None and len(meshes) != 1:

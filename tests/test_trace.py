@@ -257,8 +257,8 @@ def test_equinox_transformer_block():
   }
   assert layouts.up.bias is None and layouts.attn_norm.weight is None
   assert _structure(layouts) == _structure(params)
-  # An equinox module is callable, and a callable dimension_numbers is called with the params.
-  _assert_usable(params, lambda _: layouts)
+  # An equinox module is callable; holding layouts, it is a layout tree, not a function.
+  _assert_usable(params, layouts)
 
 
 def test_haiku_mlp():
