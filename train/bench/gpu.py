@@ -46,6 +46,7 @@ import optax
 import swan_optax
 from models import configs
 from models import llama
+from train import optimizer
 from train import step as step_lib
 from train.bench import harness
 from train.config import OptimizerConfig
@@ -147,14 +148,14 @@ def train_row(model: str, optimizer: str, batch_size: int, settings: Settings) -
 
 def bench_training(model: str, settings: Settings) -> list[dict]:
   rows = []
-  for optimizer in harness.OPTIMIZERS:
-    print(f"  {optimizer}: largest batch ...", flush=True)
-    run = lambda batch, optimizer=optimizer: train_row(model, optimizer, batch, settings)
+  for name in harness.OPTIMIZERS:
+    print(f"  {name}: largest batch ...", flush=True)
+    run = lambda batch, name=name: train_row(model, name, batch, settings)
     fit = largest_batch(run, settings.start_batch, settings.max_batch)
     rows.append(
       {
         "config": model,
-        "optimizer": optimizer,
+        "optimizer": name,
         "batch": fit.batch,
         "stop": fit.stop,
         **(fit.result or {}),
@@ -166,7 +167,7 @@ def bench_training(model: str, settings: Settings) -> list[dict]:
 def whitening_shapes(config: configs.LlamaConfig) -> list[tuple[int, int, int]]:
   """``(layers, fan_in, fan_out)`` of every kernel SWAN whitens, from the model's own layouts."""
   params = llama.abstract_params(config)
-  layouts = harness.dimension_numbers(config)
+  layouts = optimizer.dimension_numbers(config)
   labels = jax.tree.leaves(swan_optax.param_labels(params, dimension_numbers=layouts))
   is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
   dims = jax.tree.leaves(layouts, is_leaf=is_dims)

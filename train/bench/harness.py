@@ -14,10 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from models import configs
 from train import build
 from train import mesh as mesh_lib
-from train import optimizer
 from train.config import TrainConfig
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -72,11 +70,6 @@ def compiled_bytes(compiled) -> int:
   return (
     m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   )
-
-
-def dimension_numbers(config: configs.LlamaConfig) -> Any:
-  """The LLaMA's matrix layouts (``swan_optax`` dimension numbers of every param)."""
-  return optimizer.dimension_numbers(config)
 
 
 def one_device_mesh() -> jax.sharding.Mesh:

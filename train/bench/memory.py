@@ -19,6 +19,7 @@ import sys
 import jax
 
 import swan_optax
+from train import optimizer
 from train import step as step_lib
 from train.bench import harness
 from train.config import OptimizerConfig
@@ -62,7 +63,7 @@ def state_bytes(name: str) -> dict[str, dict[str, int]]:
     exp = harness.experiment(_config(name, variant), abstract=True)
     params = exp.state.params
     labels = swan_optax.param_labels(
-      params, dimension_numbers=harness.dimension_numbers(exp.model_config)
+      params, dimension_numbers=optimizer.dimension_numbers(exp.model_config)
     )
     adam_routed = sum(
       p.size

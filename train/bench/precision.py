@@ -24,6 +24,7 @@ from swan_optax import _gradnorm
 from swan_optax import _matrix
 from swan_optax import _whiten
 from train import data
+from train import optimizer
 from train.bench import harness
 
 METHODS = ("newton_schulz", "polar_express", "quintic")
@@ -96,7 +97,7 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
   grads = jax.jit(jax.grad(loss))(params)
-  dims = harness.dimension_numbers(config)
+  dims = optimizer.dimension_numbers(config)
   out = {}
   for kernel in KERNELS:
     group = "attn" if kernel in ("q", "o") else "mlp"

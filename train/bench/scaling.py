@@ -37,7 +37,7 @@ def bench(name: str, batches: list[int], seq_len: int, reps: int) -> list[dict]:
     b: rng.integers(0, exp.model_config.vocab_size, (b, seq_len), np.int32) for b in batches
   }
   grads = grad_fn(params, token_batches[batches[0]])
-  dims = harness.dimension_numbers(exp.model_config)
+  dims = optimizer.dimension_numbers(exp.model_config)
   setups = {}
   for opt in harness.OPTIMIZERS:
     tx = optimizer.make_optimizer(OptimizerConfig(name=opt), config.steps, dimension_numbers=dims)
