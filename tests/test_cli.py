@@ -174,9 +174,9 @@ def test_help_lists_every_flag_with_its_doc_and_default():
   for path, field, cls in FIELDS:
     doc = re.search(rf"^  {field.name}: ([^`\n]*)", inspect.getdoc(cls), re.M)[1]
     words = " ".join(doc.rstrip(".").split()[:3])
-    assert re.search(rf"{re.escape(_flag(path))} [^-]*?{re.escape(words)}.*?\(default: ", text), (
-      path
-    )
+    # The flag, then its doc before the next flag (` --`), then its default.
+    flag_and_doc = rf"{re.escape(_flag(path))} (?:(?! --).)*?{re.escape(words)}.*?\(default: "
+    assert re.search(flag_and_doc, text), path
   assert ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) in text
 
 
