@@ -77,53 +77,18 @@ def _newton_schulz(x, steps, beta, eps, matmul):
 
 
 def _odd_polynomial(x, coeffs, steps, eps, matmul, safety):
-  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``; step ``i`` uses ``coeffs[min(i, -1)]``.
-
-  For a wide enough ``(m, n)`` matrix (``m <= n``) the same iterates run on
-  ``m x m`` matrices (:func:`_odd_polynomial_on_gram`).
-  """
+  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``; step ``i`` uses ``coeffs[min(i, -1)]``."""
   tall = x.shape[0] > x.shape[1]
   x = x.T if tall else x
   table = jnp.asarray(coeffs, x.dtype)
-  coefficients = lambda i: table[jnp.minimum(i, len(coeffs) - 1)]
-  x = x / (safety * _frobenius(x) + eps)
-  if _gram_is_cheaper(*x.shape, steps):
-    x = _odd_polynomial_on_gram(x, coefficients, steps, matmul)
-  else:
 
-    def body(i, x):
-      a, b, c = coefficients(i)
-      gram = matmul(x, x.T)
-      return a * x + matmul(b * gram + c * matmul(gram, gram), x)
+  def body(i, x):
+    a, b, c = table[jnp.minimum(i, len(coeffs) - 1)]
+    gram = matmul(x, x.T)
+    return a * x + matmul(b * gram + c * matmul(gram, gram), x)
 
-    x = jax.lax.fori_loop(0, steps, body, x)
+  x = jax.lax.fori_loop(0, steps, body, x / (safety * _frobenius(x) + eps))
   return x.T if tall else x
-
-
-def _gram_is_cheaper(m: int, n: int, steps: int) -> bool:
-  """Whether ``2 m^2 n + 4 K m^3`` (on the Gram) < ``K (2 m^2 n + m^3)`` (on ``X``), ``K`` steps."""
-  return 2 * m * m * n + 4 * steps * m**3 < steps * (2 * m * m * n + m**3)
-
-
-def _odd_polynomial_on_gram(x, coefficients, steps, matmul):
-  r"""The odd-polynomial iterates of a wide ``X_0`` on its ``m x m`` Gram.
-
-  Every step is ``X_{k+1} = P_k X_k`` with ``P_k = a I + b A_k + c A_k^2``, a
-  polynomial in ``A_k = X_k X_k^T``, so ``X_k = Q_k X_0`` with
-  ``Q_{k+1} = P_k Q_k`` and ``A_{k+1} = P_k A_k P_k``: four ``m x m`` products a
-  step, and ``X_0`` is multiplied once at each end.
-  """
-  eye = jnp.eye(x.shape[0], dtype=x.dtype)
-
-  def body(i, gram_q):
-    gram, q = gram_q
-    a, b, c = coefficients(i)
-    p = a * eye + b * gram + c * matmul(gram, gram)
-    gram = matmul(matmul(p, gram), p)
-    return (gram + gram.T) / 2, matmul(p, q)
-
-  _, q = jax.lax.fori_loop(0, steps, body, (matmul(x, x.T), eye))
-  return matmul(q, x)
 
 
 def _svd_polar(x, matmul):

@@ -9,7 +9,6 @@ import pytest
 
 import swan_optax
 from swan_optax import MatrixDimensionNumbers
-from swan_optax import _whiten
 
 SHAPES = [(64, 256), (256, 64), (128, 128), (1, 17), (17, 1)]
 
@@ -158,24 +157,6 @@ def test_whiten_zero_and_rank_deficient_inputs(method):
   np.testing.assert_allclose(np.sqrt(np.mean(got**2)), 1.0, rtol=1e-4)
   if method in ("svd", "eigh", "newton_schulz", "polar_express"):
     assert _cosine(got, _pseudo_polar(low_rank)) >= 0.999
-
-
-@pytest.mark.parametrize("method", ["polar_express", "quintic"])
-@pytest.mark.parametrize("shape", [(64, 256), (256, 64)])
-def test_odd_polynomials_on_the_gram_give_the_iterates_on_x(method, shape, monkeypatch):
-  """Wide enough matrices iterate on the short-side Gram: the same result, in float32."""
-  assert _whiten._gram_is_cheaper(*sorted(shape), _whiten.DEFAULT_STEPS[method])
-  x = _numpy_gradnorm(_gaussian(shape))
-  tx = swan_optax.whiten(method=method, precision=jax.lax.Precision.HIGHEST)
-  on_gram = _apply(tx, x)
-  monkeypatch.setattr(_whiten, "_gram_is_cheaper", lambda m, n, steps: False)
-  np.testing.assert_allclose(on_gram, _apply(tx, x), atol=2e-5)
-
-
-def test_the_gram_form_is_chosen_by_its_flops():
-  """``2 m^2 n + 4 K m^3 < K (2 m^2 n + m^3)``: wider than about 1.7x at 8 steps."""
-  assert _whiten._gram_is_cheaper(512, 1376, 8) and _whiten._gram_is_cheaper(1024, 4096, 8)
-  assert not _whiten._gram_is_cheaper(512, 512, 8) and not _whiten._gram_is_cheaper(512, 860, 8)
 
 
 def test_whiten_rejects_unknown_method():
