@@ -17,6 +17,7 @@ import math
 import pathlib
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from train import loop
 from train.bench import harness
@@ -133,6 +134,7 @@ def plot(summaries: dict[str, dict[str, dict]], path: pathlib.Path) -> None:
       if done:
         ax.plot(*zip(*done, strict=True), "o-", label=f"{ladder} {n}")
     ax.set(xscale="log", xlabel="peak lr", ylabel="final val loss", title=variant)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap within a decade
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
