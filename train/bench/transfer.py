@@ -109,7 +109,7 @@ def report_text(ladder: str, summary: dict[str, dict], steps: int) -> str:
   align = "l" + "r" * (len(header) - 1)
   tokens = steps * protocol.BATCH * protocol.SEQ_LEN
   return (
-    f"### {ladder} ladder ({', '.join(map(str, sizes))}; {steps} steps, {tokens:,} tokens)\n\n"
+    f"#### {ladder} ladder ({', '.join(map(str, sizes))}; {steps} steps, {tokens:,} tokens)\n\n"
     + harness.markdown_table(header, rows, align)
     + "\nBest lr: the lowest seed-0 final validation loss of a grid that brackets it; "
     "`~x` while the grid is open (best so far), empty while nothing ran. Drift: the factor "
