@@ -17,6 +17,7 @@ from flax import nnx
 from flax.training import train_state
 
 import swan_optax
+from tests import gemma_like
 from train import data
 
 D, HEADS, HEAD_DIM, FFN, LAYERS, SEQ, BATCH, STEPS = 32, 2, 16, 64, 2, 32, 8, 12
@@ -143,55 +144,11 @@ def test_nanodo_like_linen_lm_trains(corpus, name):
 # The gemma-like NNX LM.
 
 
-class _NnxAttention(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.q_einsum = nnx.Einsum("BTD,NDH->BTNH", (HEADS, D, HEAD_DIM), rngs=rngs)
-    self.kv_einsum = nnx.Einsum("BSD,CKDH->CBSKH", (2, 1, D, HEAD_DIM), rngs=rngs)
-    self.attn_vec_einsum = nnx.Einsum("BTNH,NHD->BTD", (HEADS, HEAD_DIM, D), rngs=rngs)
-
-  def __call__(self, x_BxTxD):
-    k_BxSxKxH, v_BxSxKxH = self.kv_einsum(x_BxTxD)
-    out = jax.nn.dot_product_attention(self.q_einsum(x_BxTxD), k_BxSxKxH, v_BxSxKxH, is_causal=True)
-    return self.attn_vec_einsum(out)
-
-
-class _NnxBlock(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.pre_attention_norm = nnx.RMSNorm(D, rngs=rngs)
-    self.attn = _NnxAttention(rngs)
-    self.pre_ffw_norm = nnx.RMSNorm(D, rngs=rngs)
-    self.up = nnx.Linear(D, FFN, rngs=rngs)
-    self.down = nnx.LinearGeneral(FFN, D, rngs=rngs)
-
-  def __call__(self, x_BxTxD):
-    x_BxTxD += self.attn(self.pre_attention_norm(x_BxTxD))
-    return x_BxTxD + self.down(nnx.gelu(self.up(self.pre_ffw_norm(x_BxTxD))))
-
-
-class _NnxLM(nnx.Module):
-  def __init__(self, vocab_size: int, rngs: nnx.Rngs):
-    self.embedder = nnx.Embed(vocab_size, D, rngs=rngs)
-
-    @nnx.split_rngs(splits=LAYERS)
-    @nnx.vmap(in_axes=0, out_axes=0)
-    def blocks(rngs):
-      return _NnxBlock(rngs)
-
-    self.layers = blocks(rngs)
-    self.final_norm = nnx.RMSNorm(D, rngs=rngs)
-
-  def __call__(self, tokens_BxT):
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-    def run(x_BxTxD, block):
-      return block(x_BxTxD)
-
-    return self.embedder.attend(self.final_norm(run(self.embedder(tokens_BxT), self.layers)))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_gemma_like_nnx_lm_trains(corpus, name):
-  model = _NnxLM(corpus.tokenizer.vocab_size, nnx.Rngs(0))
+  shape = gemma_like.Shape(corpus.tokenizer.vocab_size, D, HEADS, HEAD_DIM, FFN, LAYERS)
+  model = gemma_like.GemmaLikeLM(shape, nnx.Rngs(0))
   dims = swan_optax.dimension_numbers_from_model(model)
   assert dims["layers"]["attn"]["kv_einsum"]["kernel"] == swan_optax.MatrixDimensionNumbers(
     (3,), (2, 4)

@@ -203,9 +203,11 @@ def test_shardings_show_auto_axes_to_the_update_inside_jit(reference, types, giv
     tx = swan_optax.swan(
       1e-2, dimension_numbers=dims, mesh=mesh, shardings=llama.param_specs(CONFIG)
     )
-  update = jax.jit(lambda g: tx.update(g, tx.init(g), g)[0], in_shardings=(shardings,))
+  eager = lambda g: tx.update(g, tx.init(g), g)[0]
+  update = jax.jit(eager, in_shardings=(shardings,))
   sharded = _place(grads, mesh)
   _check_matches_and_keeps_layout(update(sharded), expected["swan"], sharded)
+  _check_matches_and_keeps_layout(eager(sharded), expected["swan"], sharded)
   moved = hlo.collective_bytes(update.lower(sharded).compile().as_text())
   planned = sum(r.bytes_per_device for r in swan_optax.whitening_plan(sharded, dims, mesh).values())
   assert moved.get("all-to-all", 0) > 0

@@ -14,6 +14,7 @@ from flax import nnx
 import swan_optax
 from models import configs
 from models import llama
+from tests import gemma_like
 from train import mesh as mesh_lib
 from train import optimizer
 
@@ -153,54 +154,12 @@ def test_linen_scanned_layers():
 # A gemma-like NNX LM: a fused q/k/v nnx.Einsum, nnx.vmap-stacked layers run by nnx.scan (remat).
 
 
-class _NnxAttention(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.qkv_einsum = nnx.Einsum("BSD,CKDH->CBSKH", (3, HEADS, D, HEAD_DIM), rngs=rngs)
-    self.attn_vec_einsum = nnx.Einsum("BTNH,NHD->BTD", (HEADS, HEAD_DIM, D), rngs=rngs)
-
-  def __call__(self, x_BxTxD):
-    q, k, v = self.qkv_einsum(x_BxTxD)
-    return self.attn_vec_einsum(jax.nn.dot_product_attention(q, k, v, is_causal=True))
-
-
-class _NnxBlock(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.pre_attention_norm = nnx.RMSNorm(D, rngs=rngs)
-    self.attn = _NnxAttention(rngs)
-    self.pre_ffw_norm = nnx.RMSNorm(D, rngs=rngs)
-    self.up = nnx.Linear(D, FFN, rngs=rngs)
-    self.down = nnx.LinearGeneral(FFN, D, rngs=rngs)
-
-  def __call__(self, x_BxTxD):
-    x_BxTxD += self.attn(self.pre_attention_norm(x_BxTxD))
-    return x_BxTxD + self.down(nnx.gelu(self.up(self.pre_ffw_norm(x_BxTxD))))
-
-
-class _NnxLM(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs):
-    self.embedder = nnx.Embed(VOCAB, D, rngs=rngs)
-
-    @nnx.split_rngs(splits=LAYERS)
-    @nnx.vmap(in_axes=0, out_axes=0)
-    def blocks(rngs):
-      return _NnxBlock(rngs)
-
-    self.layers = blocks(rngs)
-    self.final_norm = nnx.RMSNorm(D, rngs=rngs)
-    self.lm_head = nnx.Linear(D, VOCAB, use_bias=False, rngs=rngs)
-
-  def __call__(self, tokens_BxT):
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-    @nnx.remat
-    def run(x_BxTxD, block):
-      return block(x_BxTxD)
-
-    return self.lm_head(self.final_norm(run(self.embedder(tokens_BxT), self.layers)))
-
-
 @pytest.mark.parametrize("fused", ["batch", "fan_out"])
 def test_gemma_like_nnx_lm_equals_dimension_numbers_from_model(fused):
-  model = _NnxLM(nnx.Rngs(0))
+  shape = gemma_like.Shape(
+    VOCAB, D, HEADS, HEAD_DIM, FFN, LAYERS, fused_qkv=True, tied=False, remat=True
+  )
+  model = gemma_like.GemmaLikeLM(shape, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   layouts = swan_optax.dimension_numbers_from_fn(
     lambda state, tokens: nnx.merge(graphdef, state)(tokens), state, TOKENS, fused=fused
