@@ -70,5 +70,8 @@ def test_two_processes_match_one_process(tmp_path):
   assert len(losses(multi_records)) == 5
   assert losses(multi_records) == pytest.approx(losses(single_records), rel=1e-5)
   assert evals(multi_records) == pytest.approx(evals(single_records), rel=1e-5)
+  # The same global batches, provable from the logs alone across process counts.
+  crcs = lambda records: [r["batch_crc32"] for r in records if r["kind"] == "train"]
+  assert crcs(multi_records) == crcs(single_records)
   # Orbax wrote one checkpoint collectively.
   assert (tmp_path / "multi" / "checkpoints" / "5").is_dir()
