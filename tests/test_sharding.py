@@ -122,7 +122,7 @@ def test_one_device_explicit_mesh_eager_and_jit(reference, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("types", ["auto", "mixed"])
 def test_eager_with_mesh(reference, types):
   """Outside jit the layout is read from the arrays' shardings, Auto axes included."""
   grads, expected = reference
@@ -189,8 +189,9 @@ def test_gradients_on_another_mesh_raise():
     tx.update(g, ())
 
 
-@pytest.mark.parametrize("types", ["auto", "mixed"])
-@pytest.mark.parametrize("given", ["NamedSharding", "PartitionSpec"])
+@pytest.mark.parametrize(
+  ("types", "given"), [("auto", "NamedSharding"), ("mixed", "PartitionSpec")]
+)
 def test_shardings_show_auto_axes_to_the_update_inside_jit(reference, types, given):
   """``jax.jit(in_shardings=...)`` on Auto axes: only the planned all-to-alls move."""
   grads, expected = reference
@@ -203,11 +204,9 @@ def test_shardings_show_auto_axes_to_the_update_inside_jit(reference, types, giv
     tx = swan_optax.swan(
       1e-2, dimension_numbers=dims, mesh=mesh, shardings=llama.param_specs(CONFIG)
     )
-  eager = lambda g: tx.update(g, tx.init(g), g)[0]
-  update = jax.jit(eager, in_shardings=(shardings,))
+  update = jax.jit(lambda g: tx.update(g, tx.init(g), g)[0], in_shardings=(shardings,))
   sharded = _place(grads, mesh)
   _check_matches_and_keeps_layout(update(sharded), expected["swan"], sharded)
-  _check_matches_and_keeps_layout(eager(sharded), expected["swan"], sharded)
   moved = hlo.collective_bytes(update.lower(sharded).compile().as_text())
   planned = sum(r.bytes_per_device for r in swan_optax.whitening_plan(sharded, dims, mesh).values())
   assert moved.get("all-to-all", 0) > 0
@@ -232,10 +231,9 @@ def _compiled_cost(tx, grads) -> tuple[float, int]:
   return hlo.flops(compiled), sum(hlo.collective_bytes(compiled.as_text()).values())
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)], ids=str)
-def test_explicit_mesh_is_found_in_the_gradients_types(shape):
+def test_explicit_mesh_is_found_in_the_gradients_types():
   """``mesh=None`` on Explicit axes: the same FLOPs and bytes as ``mesh=mesh``."""
-  mesh = _mesh(shape)
+  mesh = _mesh((2, 2, 2))
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
     llama.abstract_params(CONFIG),
