@@ -13,6 +13,10 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 
+class SaveError(RuntimeError):
+  """A checkpoint that had to be saved (the last of a run) could not be written."""
+
+
 def manager(
   directory: pathlib.Path, keep: int = 3, before_commit: Callable[[int], None] | None = None
 ) -> ocp.CheckpointManager:
@@ -100,6 +104,21 @@ def _set_aside(step_dir: pathlib.Path) -> None:
   if jax.process_index() == 0:
     step_dir.rename(step_dir.with_name(f"{step_dir.name}{UNREADABLE}-{time.time_ns()}"))
   multihost_utils.sync_global_devices(f"set aside {step_dir}")
+
+
+def published_steps(directory: pathlib.Path) -> list[int]:
+  """The steps of the committed checkpoints under ``directory`` (never a partial one)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def describe_latest(directory: pathlib.Path) -> str:
+  """``'the last checkpoint is step N in DIR'``, for messages that tell how to resume."""
+  steps = published_steps(directory)
+  if not steps:
+    return f"No checkpoint is in {directory} yet"
+  return f"The last checkpoint is step {steps[-1]} in {directory}"
 
 
 def abstract_like(state: Any) -> Any:

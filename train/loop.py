@@ -20,6 +20,7 @@ from train import checkpoint
 from train import data
 from train import mesh as mesh_lib
 from train import metrics
+from train import peers
 from train import step as step_lib
 from train.config import TrainConfig
 
@@ -124,9 +125,13 @@ def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
         if writer:
           tokens = done * config.tokens_per_step
           writer.write({"kind": "eval", "step": done, "tokens": tokens, **last_eval})
-      if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
-        checkpoint.save(ckpt, done, state, batches.get_state())
-      if stop.requested:
+      stopping = peers.processes_stopping(stop.requested)
+      if stopping and jax.process_count() > 1:
+        asked = ", ".join(map(str, stopping))
+        progress.write(f"stop requested on process {asked}: every process saves step {done}")
+      if done % config.checkpoint_every == 0 or done == config.steps or stopping:
+        _save(config, ckpt, done, state, batches.get_state(), progress, last=bool(stopping))
+      if stopping:
         break
   ckpt.close()
   if writer:
@@ -147,6 +152,25 @@ def global_batch_crc32(local_inputs: np.ndarray) -> int:
   if jax.process_count() > 1:
     row_crcs = np.asarray(multihost_utils.process_allgather(row_crcs)).reshape(-1)
   return zlib.crc32(row_crcs.tobytes())
+
+
+def _save(config: TrainConfig, ckpt, done: int, state, data_state: dict, progress, last: bool):
+  """Saves checkpoint ``done``. If the disk refuses it (full, failing, read-only), the previous
+  checkpoint is intact: a periodic save warns and is retried at the next interval; the
+  final one (the run's end, or a stop) raises ``checkpoint.SaveError``."""
+  try:
+    checkpoint.save(ckpt, done, state, data_state)
+  except OSError as e:
+    latest = checkpoint.describe_latest(config.run_dir.absolute() / "checkpoints")
+    if last or done == config.steps:
+      raise checkpoint.SaveError(
+        f"checkpoint {done} could not be saved ({e}). {latest}: free space or fix the folder's "
+        "permissions, then relaunch with --resume"
+      ) from e
+    progress.write(
+      f"warning: checkpoint {done} could not be saved ({e}); training goes on and saves again "
+      f"at step {done + config.checkpoint_every}. {latest}, intact."
+    )
 
 
 def evaluate(exp: build_lib.Experiment, params: Any, batches: list[dict]) -> dict[str, float]:

@@ -55,7 +55,10 @@ def ladder_run(size: str, variant: str, lr: float, seed: int) -> protocol.Run:
 
 
 def sweep_ladder(store: Store, sizes: dict[int, str]) -> dict[int, search.Losses]:
-  """Seed-0 losses of every variant's grid at each size, smallest size first."""
+  """Seed-0 losses of every variant's grid at each size, smallest size first; every size's
+  three central points run before any size's outer ones, so a partial ladder spans all sizes."""
+  for _, size in sorted(sizes.items()):
+    search.sweep(store, size, GRID, protocol.GRID_ORDER[:3], ladder_run)
   return {
     n: search.sweep(store, size, GRID, protocol.GRID_ORDER, ladder_run)
     for n, size in sorted(sizes.items())
