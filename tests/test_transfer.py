@@ -9,6 +9,7 @@ from models import configs
 from tests import fake_runs
 from train import loop
 from train.bench import transfer
+from train.bench.convergence import protocol
 from train.bench.convergence.store import Store
 
 # Fake optima at width 128; unit-RMS variants' optima fall as 1/width, the others' stay put.
@@ -74,3 +75,18 @@ def test_two_real_ladder_runs_train_and_are_kept(tmp_path):
     record = store.get(transfer.ladder_run("tiny-w64", variant, transfer.GRID[variant][2], 0))
     assert record["optimizer"]["scale_rule"] == "spectral" and record["config"]["steps"] == 4
     assert math.isfinite(record["evals"][-1]["val_loss"])
+
+
+def test_the_central_points_of_every_size_run_first(tmp_path):
+  trained = []
+
+  def train(config) -> None:
+    trained.append(config)
+    _fake_train(config)
+
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, train)
+  widths = {64: "tiny-w64", 256: "tiny-w256"}
+  losses = transfer.sweep_ladder(store, widths, protocol.GRID_ORDER[:3])
+  assert len(trained) == 2 * 3 * len(transfer.VARIANTS)
+  assert [c.model for c in trained[: 3 * len(transfer.VARIANTS)]] == ["tiny-w64"] * 15
+  assert sum(x is None for x in losses[256]["swan"].values()) == 2  # the outer points wait

@@ -44,7 +44,8 @@ NO_HOOKS = Hooks()
 
 
 class _StopRequested(contextlib.AbstractContextManager):
-  """While active, SIGTERM/SIGINT set a flag: the loop saves a checkpoint and exits cleanly."""
+  """While active, SIGTERM/SIGINT set a flag: the loop saves a checkpoint and exits cleanly
+  (every process of a multi-process run, at the same step: ``peers.processes_stopping``)."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -130,7 +131,7 @@ def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
         asked = ", ".join(map(str, stopping))
         progress.write(f"stop requested on process {asked}: every process saves step {done}")
       if done % config.checkpoint_every == 0 or done == config.steps or stopping:
-        _save(config, ckpt, done, state, batches.get_state(), progress, last=bool(stopping))
+        _save(config, ckpt, done, state, batches.get_state(), progress, stopping=bool(stopping))
       if stopping:
         break
   ckpt.close()
@@ -154,22 +155,22 @@ def global_batch_crc32(local_inputs: np.ndarray) -> int:
   return zlib.crc32(row_crcs.tobytes())
 
 
-def _save(config: TrainConfig, ckpt, done: int, state, data_state: dict, progress, last: bool):
+def _save(config: TrainConfig, ckpt, done: int, state, data_state: dict, progress, stopping: bool):
   """Saves checkpoint ``done``. If the disk refuses it (full, failing, read-only), the previous
-  checkpoint is intact: a periodic save warns and is retried at the next interval; the
-  final one (the run's end, or a stop) raises ``checkpoint.SaveError``."""
+  checkpoint is intact: a periodic save warns and is retried at the next interval; the run's
+  last one (at its end, or ``stopping``) raises ``checkpoint.SaveError``."""
   try:
     checkpoint.save(ckpt, done, state, data_state)
   except OSError as e:
     latest = checkpoint.describe_latest(config.run_dir.absolute() / "checkpoints")
-    if last or done == config.steps:
+    if stopping or done == config.steps:
       raise checkpoint.SaveError(
         f"checkpoint {done} could not be saved ({e}). {latest}: free space or fix the folder's "
         "permissions, then relaunch with --resume"
       ) from e
     progress.write(
       f"warning: checkpoint {done} could not be saved ({e}); training goes on and saves again "
-      f"at step {done + config.checkpoint_every}. {latest}, intact."
+      f"at step {done + config.checkpoint_every}. {latest}."
     )
 
 

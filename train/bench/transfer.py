@@ -54,14 +54,23 @@ def ladder_run(size: str, variant: str, lr: float, seed: int) -> protocol.Run:
   return protocol.Run(size, variant, optimizer, seed)
 
 
-def sweep_ladder(store: Store, sizes: dict[int, str]) -> dict[int, search.Losses]:
-  """Seed-0 losses of every variant's grid at each size, smallest size first; every size's
-  three central points run before any size's outer ones, so a partial ladder spans all sizes."""
-  for _, size in sorted(sizes.items()):
-    search.sweep(store, size, GRID, protocol.GRID_ORDER[:3], ladder_run)
+def sweep_ladder(
+  store: Store, sizes: dict[int, str], order: tuple[int, ...] = protocol.GRID_ORDER
+) -> dict[int, search.Losses]:
+  """Seed-0 losses of every variant's grid at each size, smallest size first.
+
+  ``order``: the grid points (indices) to run; only the full ``GRID_ORDER`` widens a grid
+  whose best sits at an edge. ``main`` runs every size's three central points before any
+  size's outer ones, so a partial ladder spans all sizes.
+  """
+  if len(order) < len(protocol.GRID_ORDER):
+    for _, size in sorted(sizes.items()):
+      for i in order:
+        for variant, lrs in GRID.items():
+          store.get(ladder_run(size, variant, lrs[i], 0))
+    store = store.read_only()
   return {
-    n: search.sweep(store, size, GRID, protocol.GRID_ORDER, ladder_run)
-    for n, size in sorted(sizes.items())
+    n: search.sweep(store, size, GRID, order, ladder_run) for n, size in sorted(sizes.items())
   }
 
 
@@ -178,7 +187,8 @@ def main() -> None:
     if name == "report":
       report(store, ladders, args.out)
     else:
-      sweep_ladder(store, ladders[name])
+      for order in (protocol.GRID_ORDER[:3], protocol.GRID_ORDER):
+        sweep_ladder(store, ladders[name], order)
 
 
 if __name__ == "__main__":

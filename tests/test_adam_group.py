@@ -1,0 +1,57 @@
+"""The joint grid of the matrix lr and the Adam group's: its best pair, widening and report."""
+
+import json
+import math
+
+import pytest
+
+from tests import fake_runs
+from train.bench import adam_group
+from train.bench.convergence.store import Store
+
+# Fake optima (lr, group lr): Adam's embeddings want 0.2, beyond the grid's edge (0.1).
+OPTIMUM = {"swan": (0.004, 0.05), "sinkgd": (0.1, 0.025), "adam": (0.002, 0.2)}
+
+
+def _fake_train(config) -> None:
+  o = config.optimizer
+  group = o.lr * o.embed_lr_scale if o.name == "adam" else (o.adam_group_lr or o.lr)
+  lr_best, group_best = OPTIMUM[o.name]
+  final = 4 + 0.1 * math.log2(o.lr / lr_best) ** 2 + 0.05 * math.log2(group / group_best) ** 2
+  fake_runs.write_run_folder(config, final)
+
+
+@pytest.fixture
+def store(tmp_path):
+  return Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
+
+
+def test_each_grid_finds_its_best_pair_widening_at_an_edge(store):
+  summaries = {v: adam_group.summarize(adam_group.sweep(store, v)) for v in adam_group.LRS}
+  for variant, name in (("swan", "swan"), ("sinkgd", "sinkgd"), ("adam-b2_0.999", "adam")):
+    best, (lr, group) = summaries[variant]["best"], OPTIMUM[name]
+    assert (best["lr"], best["group_lr"]) == pytest.approx((lr, group))
+    assert summaries[variant]["ratio"] == pytest.approx(group / lr)
+    assert summaries[variant]["complete"]
+  adam_groups = sorted({g for _, g, _ in summaries["adam-b2_0.999"]["losses"]})
+  assert adam_groups == pytest.approx([*adam_group.GROUP_LRS, 0.2, 0.4])  # widened twice
+  swan_groups = sorted({g for _, g, _ in summaries["swan"]["losses"]})
+  assert swan_groups == pytest.approx(adam_group.GROUP_LRS)  # bracketed: not widened
+
+
+def test_equal_rates_reuse_the_convergence_runs():
+  assert adam_group.joint_run("sinkgd", 0.05, 0.05).tag == "tiny-sinkgd-lr0.05-seed0"
+  assert adam_group.joint_run("sinkgd", 0.05, 0.1).tag == "tiny-sinkgd+adam_lr0.1-lr0.05-seed0"
+  embed = adam_group.joint_run("adam-b2_0.999", 0.002, 0.05)
+  assert embed.tag == "tiny-adam-b2_0.999+embed_lr0.05-lr0.002-seed0"
+
+
+def test_the_report_comes_from_the_run_jsons_alone(store, tmp_path):
+  adam_group.sweep(store, "swan")
+  adam_group.report(store, tmp_path / "out")
+  text = (tmp_path / "out" / "adam_group.md").read_text()
+  assert "best so far: lr 0.004, group lr 0.05 (k = 12.5), loss 4.000." in text
+  assert "#### sinkgd" in text and "nothing ran yet" in text  # never trained by the report
+  summaries = json.loads((tmp_path / "out" / "adam_group.json").read_text())
+  assert summaries["sinkgd"]["best"] is None
+  assert (tmp_path / "out" / "adam_group.png").stat().st_size > 0

@@ -1,0 +1,152 @@
+"""The Adam group's learning rate, tuned jointly with the rest (tiny, seed 0).
+
+Run: ``python -m train.bench.adam_group [--only swan|sinkgd|adam-b2_0.999|report]``. For SWAN
+and SinkGD a grid of ``lr`` (the matrices') x ``adam_group_lr`` (embeddings, lm_head, norms);
+for Adam, of ``lr`` (every other parameter) x the embedding and lm_head lr, so the baseline
+gets the same freedom. 4 x 4 grids spaced 2x, widened 2x along an axis while the best sits
+on its edge; the convergence protocol and its run store (the points where both rates are
+equal are the convergence sweep's runs). Writes ``OUT/adam_group.md``, ``.json`` and ``.png``:
+each grid's final losses, the best pair and its ratio ``k = group lr / lr``.
+"""
+
+import json
+import math
+import pathlib
+
+from matplotlib.figure import Figure
+
+from train import loop
+from train.bench import harness
+from train.bench.convergence import protocol
+from train.bench.convergence.store import Store
+
+GROUP_LRS = (0.0125, 0.025, 0.05, 0.1)
+# Variant -> (its lr axis, the best lr of the convergence sweep: its points run first).
+LRS: dict[str, tuple[tuple[float, ...], float]] = {
+  "swan": ((0.001, 0.002, 0.004, 0.008), 0.004),
+  "sinkgd": ((0.025, 0.05, 0.1, 0.2), 0.05),
+  "adam-b2_0.999": ((0.001, 0.002, 0.004, 0.008), 0.002),
+}
+Grid = dict[tuple[float, float], float | None]  # (lr, group lr) -> final loss (None: not run)
+
+
+def joint_run(variant: str, lr: float, group_lr: float) -> protocol.Run:
+  """Seed 0 of ``variant`` on tiny at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
+  if math.isclose(lr, group_lr):
+    return protocol.grid_run("tiny", variant, lr, 0)
+  if variant.startswith("adam"):
+    return protocol.embed_lr_run("tiny", variant, lr, group_lr, 0)
+  run = protocol.grid_run("tiny", variant, lr, 0, adam_group_lr=group_lr)
+  return protocol.Run(run.size, f"{variant}+adam_lr{group_lr:g}", run.optimizer, run.seed)
+
+
+def sweep(store: Store, variant: str) -> Grid:
+  """The grid's losses, the rows nearest the known best lr first, widened at a best edge."""
+  lrs, centre = LRS[variant]
+  lrs, groups = sorted(lrs, key=lambda lr: abs(math.log(lr / centre))), list(GROUP_LRS)
+  losses = {(lr, g): store.final(joint_run(variant, lr, g)) for lr in lrs for g in groups}
+  while (widen := _edge(losses)) is not None:
+    axis, value = widen
+    lrs, groups = sorted({k[0] for k in losses}), sorted({k[1] for k in losses})
+    new = value / 2 if value == (lrs, groups)[axis][0] else value * 2
+    points = [(new, g) for g in groups] if axis == 0 else [(lr, new) for lr in lrs]
+    losses |= {p: store.final(joint_run(variant, *p)) for p in points}
+  return dict(sorted(losses.items()))
+
+
+def _edge(losses: Grid) -> tuple[int, float] | None:
+  """(axis, value) of the complete grid's best on an edge of that axis, else ``None``."""
+  if any(x is None for x in losses.values()):
+    return None
+  best = min(losses, key=losses.get)
+  for axis in (0, 1):
+    values = sorted({k[axis] for k in losses})
+    if best[axis] in (values[0], values[-1]):
+      return axis, best[axis]
+  return None
+
+
+def summarize(grid: Grid) -> dict:
+  done = {k: x for k, x in grid.items() if x is not None}
+  best = min(done, key=done.get) if done else None
+  return {
+    "losses": [[lr, g, x] for (lr, g), x in grid.items()],
+    "best": None if best is None else {"lr": best[0], "group_lr": best[1], "loss": done[best]},
+    "ratio": None if best is None else best[1] / best[0],
+    "complete": _edge(grid) is None and len(done) == len(grid),
+  }
+
+
+def report_text(summaries: dict[str, dict]) -> str:
+  parts = []
+  for variant, s in summaries.items():
+    grid = {(lr, g): x for lr, g, x in s["losses"]}
+    lrs, groups = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
+    cell = lambda lr, g, grid=grid: "" if grid[lr, g] is None else f"{grid[lr, g]:.3f}"
+    rows = [[f"{lr:g}", *(cell(lr, g) for g in groups)] for lr in lrs]
+    header = ["lr \\ group lr", *(f"{g:g}" for g in groups)]
+    best = s["best"]
+    verdict = (
+      "nothing ran yet"
+      if best is None
+      else f"best so far: lr {best['lr']:g}, group lr {best['group_lr']:g} (k = "
+      f"{s['ratio']:.3g}), loss {best['loss']:.3f}"
+      + ("" if s["complete"] else "; the grid is still open")
+    )
+    parts.append(
+      f"#### {variant}\n\n{harness.markdown_table(header, rows, 'l' + 'r' * len(groups))}\n"
+      f"{verdict}.\n"
+    )
+  return "\n".join(parts)
+
+
+def plot(summaries: dict[str, dict], path: pathlib.Path) -> None:
+  """Final loss against the group lr, one curve per lr, one panel per variant."""
+  fig = Figure(figsize=(4 * len(summaries), 3.2))
+  for ax, (variant, s) in zip(fig.subplots(1, len(summaries)), summaries.items(), strict=True):
+    for lr in sorted({lr for lr, _, _ in s["losses"]}):
+      done = sorted((g, x) for r, g, x in s["losses"] if r == lr and x is not None)
+      if done:
+        ax.plot(*zip(*done, strict=True), "o-", label=f"lr {lr:g}")
+    ax.set(xscale="log", xlabel="Adam-group lr", ylabel="final val loss", title=variant)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def report(store: Store, out: pathlib.Path) -> None:
+  """Writes ``adam_group.md``, ``.json`` and ``.png`` from the run JSONs alone."""
+  read_only = store.read_only()
+  summaries = {v: summarize(sweep(read_only, v)) for v in LRS}
+  text = report_text(summaries)
+  harness.save(
+    f"### Adam group (`python -m train.bench.adam_group`)\n\n{text}", out / "adam_group.md"
+  )
+  (out / "adam_group.json").write_text(json.dumps(summaries, indent=1))
+  plot(summaries, out / "adam_group.png")
+
+
+def main() -> None:
+  parser = harness.parser(__doc__, "adam_group")
+  parser.add_argument("--only", choices=(*LRS, "report"), action="append")
+  parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/adam_group"))
+  parser.add_argument(
+    "--runs",
+    type=pathlib.Path,
+    default=harness.RESULTS / "convergence" / "runs",
+    help="the run store, shared with the convergence benchmark",
+  )
+  args = parser.parse_args()
+  store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
+  for name in args.only or (*LRS, "report"):
+    if name == "report":
+      args.out.mkdir(parents=True, exist_ok=True)
+      report(store, args.out)
+    else:
+      sweep(store, name)
+
+
+if __name__ == "__main__":
+  main()
