@@ -37,7 +37,7 @@ def reference(work):
 
 def test_sigkills_at_random_moments(work, reference):
   outcome = single.chaos(work, reference)
-  assert outcome.fault.count(" s (") == 3
+  assert outcome.fault.count(" s after ") == 3
 
 
 def test_sigkill_during_a_checkpoint_save(work, reference):

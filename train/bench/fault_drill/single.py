@@ -6,7 +6,7 @@ import pathlib
 import random
 import shutil
 import signal
-import subprocess
+import time
 
 from train.bench.fault_drill import runs
 from train.bench.fault_drill.runs import CHECKPOINT_EVERY
@@ -140,27 +140,36 @@ def disk_full(work: pathlib.Path, reference: Trace) -> Outcome:
 
 
 def chaos(work: pathlib.Path, reference: Trace, kills: int = 3, seed: int = 0) -> Outcome:
-  """SIGKILLs at seeded random moments (start-up, steps, saves), each followed by ``--resume``."""
+  """SIGKILLs at seeded random moments, each followed by ``--resume``: the first during
+  start-up, the others a random fraction of a second after a random step was logged (in a
+  step, an evaluation or a save)."""
   out = work / "chaos"
   rng = random.Random(seed)
   moments = []
-  for _ in range(kills):
-    delay = rng.uniform(2.0, 25.0)
+  for kill in range(kills):
     process = runs.launch(out, "--resume")
-    try:
-      code = process.wait(delay)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait()
-      moments.append(f"{delay:.1f} s (step {runs.last_step(out)} logged)")
-      continue
-    if code != 0:
-      raise DrillFailure(f"{out.name}: exit code {code} before the kill")
-    moments.append(f"{delay:.1f} s (the run had ended)")
+    if kill == 0:
+      delay = rng.uniform(1.0, 5.0)
+      time.sleep(delay)
+      moment = f"{delay:.1f} s after launch (step {runs.last_step(out)} logged)"
+    else:
+      # Past the last kill's step (the records on disk until the resumed run drops them).
+      step = rng.randint(min(runs.last_step(out) + 1, STEPS - 1), STEPS - 1)
+      runs.wait_for_step(out, step, [process])
+      delay = rng.uniform(0.0, 0.5)
+      time.sleep(delay)
+      moment = f"{delay:.2f} s after step {step} was logged"
+    if process.poll() is not None:
+      raise DrillFailure(
+        f"{out.name}: the run ended (code {process.returncode}) before kill {kill}"
+      )
+    process.kill()
+    process.wait()
+    moments.append(moment)
   return runs.resumed_identical(
     out,
     reference,
-    f"{kills} SIGKILLs at seeded random moments (seed {seed}): {', '.join(moments)} after launch",
+    f"{kills} SIGKILLs at seeded random moments (seed {seed}): {'; '.join(moments)}",
     "`--resume` after each kill, then to the end",
   )
 
