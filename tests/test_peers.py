@@ -3,6 +3,7 @@
 import threading
 import time
 
+import jax
 import pytest
 
 from train import cli
@@ -96,3 +97,28 @@ def test_one_process_agrees_with_itself():
 def test_the_timeout_must_be_positive(timeout):
   with pytest.raises(ValueError, match="peer_timeout"):
     cli.Launch(peer_timeout=timeout)
+
+
+class FlakyClient(FakeClient):
+  """Drops the first few heartbeats of process 1, as a congested network would."""
+
+  def __init__(self, drops: int):
+    super().__init__()
+    self.drops = drops
+
+  def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None:
+    if key == f"{peers.PREFIX}1" and value.isdigit() and int(value) > 0 and self.drops:
+      self.drops -= 1
+      raise jax.errors.JaxRuntimeError("UNAVAILABLE: dropped")
+    super().key_value_set(key, value, allow_overwrite)
+
+
+def test_a_dropped_heartbeat_is_retried_and_reported(capfd):
+  client = FlakyClient(drops=2)
+  (chief, exits), (flaky, _) = _watchdog(client, 0, 2), _watchdog(client, 1, 2)
+  _until(lambda: client.drops == 0)
+  time.sleep(2 * TIMEOUT_S)
+  assert not exits and client.store[f"{peers.PREFIX}1"] not in ("0", peers.DONE)
+  assert "warning: heartbeat 1 of process 1 failed: UNAVAILABLE: dropped" in capfd.readouterr().err
+  for watchdog in (chief, flaky):
+    watchdog.stop()

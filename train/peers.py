@@ -118,11 +118,14 @@ class Watchdog:
     beats, heard = 0, {}  # peer -> (its last heartbeat value, when it changed)
     while not self._stopped.wait(self.interval_s):
       beats += 1
-      self._client.key_value_set(f"{PREFIX}{self._me}", str(beats), allow_overwrite=True)
-      if self._me == 0:
-        self._check(heard)
-      elif (lost := self._announced()) is not None:
-        self._lost(*lost)
+      try:
+        self._client.key_value_set(f"{PREFIX}{self._me}", str(beats), allow_overwrite=True)
+        if self._me == 0:
+          self._check(heard)
+        elif (lost := self._announced()) is not None:
+          self._lost(*lost)
+      except jax.errors.JaxRuntimeError as e:  # a dropped RPC: the next heartbeat retries
+        print(f"warning: heartbeat {beats} of process {self._me} failed: {e}", file=sys.stderr)
 
   def _check(self, heard: dict[int, tuple[str, float]]) -> None:
     now = time.monotonic()
