@@ -6,6 +6,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -144,7 +145,9 @@ def table(columns: Sequence[Column], rows: Sequence[dict]) -> str:
 
 def parser(doc: str, result: str) -> argparse.ArgumentParser:
   """A benchmark's argument parser, with ``--out`` defaulting to ``results/RESULT``."""
-  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  spec = getattr(sys.modules["__main__"], "__spec__", None)  # set when run with -m
+  prog = None if spec is None else f"python -m {spec.name.removesuffix('.__main__')}"
+  p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
   p.add_argument("--out", type=pathlib.Path, default=RESULTS / result, help="file to write")
   return p
 
