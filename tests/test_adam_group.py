@@ -55,3 +55,13 @@ def test_the_report_comes_from_the_run_jsons_alone(store, tmp_path):
   summaries = json.loads((tmp_path / "out" / "adam_group.json").read_text())
   assert summaries["sinkgd"]["best"] is None
   assert (tmp_path / "out" / "adam_group.png").stat().st_size > 0
+
+
+def test_points_run_beyond_the_grid_join_it(store):
+  store.get(adam_group.joint_run("swan", 0.004, 0.2))  # run out of order, past the edge
+  grid = adam_group.sweep(store.read_only(), "swan")
+  assert grid[0.004, 0.2] is not None and grid[0.002, 0.2] is None  # shown, the rest open
+  assert not adam_group.summarize(grid)["complete"]
+  grid = adam_group.sweep(store, "swan")  # the column is completed, then bracketed
+  assert all(x is not None for x in grid.values())
+  assert sorted({g for _, g in grid}) == pytest.approx([*adam_group.GROUP_LRS, 0.2])

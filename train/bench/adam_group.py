@@ -45,13 +45,29 @@ def sweep(store: Store, variant: str) -> Grid:
   lrs, centre = LRS[variant]
   lrs, groups = sorted(lrs, key=lambda lr: abs(math.log(lr / centre))), list(GROUP_LRS)
   losses = {(lr, g): store.final(joint_run(variant, lr, g)) for lr in lrs for g in groups}
+  # Rows or columns beyond the grid where some point already ran join it (and are completed).
+  ran = lambda p: store.read_only().final(joint_run(variant, *p)) is not None
+  for axis in (0, 1):
+    for outward in (0.5, 2.0):
+      while points := _beyond(losses, axis, outward):
+        if not any(map(ran, points)):
+          break
+        losses |= {p: store.final(joint_run(variant, *p)) for p in points}
   while (widen := _edge(losses)) is not None:
     axis, value = widen
-    lrs, groups = sorted({k[0] for k in losses}), sorted({k[1] for k in losses})
-    new = value / 2 if value == (lrs, groups)[axis][0] else value * 2
-    points = [(new, g) for g in groups] if axis == 0 else [(lr, new) for lr in lrs]
+    values = sorted({k[axis] for k in losses})
+    points = _beyond(losses, axis, 0.5 if value == values[0] else 2.0)
     losses |= {p: store.final(joint_run(variant, *p)) for p in points}
   return dict(sorted(losses.items()))
+
+
+def _beyond(losses: Grid, axis: int, outward: float) -> list[tuple[float, float]]:
+  """The points of the next row (``axis`` 0) or column (1) outside the grid, ``outward``
+  (0.5: below its lowest value, 2: above its highest)."""
+  lrs, groups = sorted({k[0] for k in losses}), sorted({k[1] for k in losses})
+  values = (lrs, groups)[axis]
+  new = values[0] * outward if outward < 1 else values[-1] * outward
+  return [(new, g) for g in groups] if axis == 0 else [(lr, new) for lr in lrs]
 
 
 def _edge(losses: Grid) -> tuple[int, float] | None:
