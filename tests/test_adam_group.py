@@ -57,11 +57,14 @@ def test_the_report_comes_from_the_run_jsons_alone(store, tmp_path):
   assert (tmp_path / "out" / "adam_group.png").stat().st_size > 0
 
 
-def test_points_run_beyond_the_grid_join_it(store):
-  store.get(adam_group.joint_run("swan", 0.004, 0.2))  # run out of order, past the edge
-  grid = adam_group.sweep(store.read_only(), "swan")
-  assert grid[0.004, 0.2] is not None and grid[0.002, 0.2] is None  # shown, the rest open
+def test_a_better_point_run_beyond_the_grid_joins_it(store):
+  adam = "adam-b2_0.999"
+  for lr, group in ((0.002, 0.05), (0.002, 0.2), (0.002, 0.00625)):  # run out of order
+    store.get(adam_group.joint_run(adam, lr, group))
+  grid = adam_group.sweep(store.read_only(), adam)
+  assert grid[0.002, 0.2] is not None and grid[0.004, 0.2] is None  # shown, the rest open
+  assert 0.00625 not in {g for _, g in grid}  # worse than the grid's best: not joined
   assert not adam_group.summarize(grid)["complete"]
-  grid = adam_group.sweep(store, "swan")  # the column is completed, then bracketed
+  grid = adam_group.sweep(store, adam)  # the column is completed, then widened
   assert all(x is not None for x in grid.values())
-  assert sorted({g for _, g in grid}) == pytest.approx([*adam_group.GROUP_LRS, 0.2])
+  assert sorted({g for _, g in grid}) == pytest.approx([*adam_group.GROUP_LRS, 0.2, 0.4])

@@ -45,12 +45,14 @@ def sweep(store: Store, variant: str) -> Grid:
   lrs, centre = LRS[variant]
   lrs, groups = sorted(lrs, key=lambda lr: abs(math.log(lr / centre))), list(GROUP_LRS)
   losses = {(lr, g): store.final(joint_run(variant, lr, g)) for lr in lrs for g in groups}
-  # Rows or columns beyond the grid where some point already ran join it (and are completed).
-  ran = lambda p: store.read_only().final(joint_run(variant, *p)) is not None
+  # A row or column beyond the grid joins it (and is completed) where a point of it already
+  # ran and beat every finished point of the grid: the grid would widen there anyway.
   for axis in (0, 1):
     for outward in (0.5, 2.0):
       while points := _beyond(losses, axis, outward):
-        if not any(map(ran, points)):
+        finished = [x for x in losses.values() if x is not None]
+        ran = [store.read_only().final(joint_run(variant, *p)) for p in points]
+        if not any(x is not None and all(x < y for y in finished) for x in ran):
           break
         losses |= {p: store.final(joint_run(variant, *p)) for p in points}
   while (widen := _edge(losses)) is not None:
