@@ -114,7 +114,7 @@ def published_steps(directory: pathlib.Path) -> list[int]:
 
 
 def describe_latest(directory: pathlib.Path) -> str:
-  """``'the last checkpoint is step N in DIR'``, for messages that tell how to resume."""
+  """``'The last checkpoint is step N in DIR'``, for messages that tell how to resume."""
   steps = published_steps(directory)
   if not steps:
     return f"No checkpoint is in {directory} yet"

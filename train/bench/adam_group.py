@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from train import loop
 from train.bench import harness
 from train.bench.convergence import protocol
+from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
 
 GROUP_LRS = (0.0125, 0.025, 0.05, 0.1)
@@ -150,12 +151,7 @@ def main() -> None:
   parser = harness.parser(__doc__, "adam_group")
   parser.add_argument("--only", choices=(*LRS, "report"), action="append")
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/adam_group"))
-  parser.add_argument(
-    "--runs",
-    type=pathlib.Path,
-    default=harness.RESULTS / "convergence" / "runs",
-    help="the run store, shared with the convergence benchmark",
-  )
+  store_lib.add_runs_flag(parser)
   args = parser.parse_args()
   store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
   for name in args.only or (*LRS, "report"):

@@ -23,6 +23,7 @@ from train import loop
 from train.bench import harness
 from train.bench.convergence import protocol
 from train.bench.convergence import search
+from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
 from train.config import OptimizerConfig
 
@@ -171,12 +172,7 @@ def main() -> None:
   parser.add_argument("--depths", type=int, nargs="+", default=(2, 4, 8), choices=DEPTHS)
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/transfer"))
   parser.add_argument("--steps", type=int, default=protocol.STEPS, help="steps of every run")
-  parser.add_argument(
-    "--runs",
-    type=pathlib.Path,
-    default=harness.RESULTS / "convergence" / "runs",
-    help="the run store, shared with the convergence benchmark",
-  )
+  store_lib.add_runs_flag(parser)
   args = parser.parse_args()
   store = Store(args.runs, args.work, args.steps, args.steps, loop.train)
   ladders = {

@@ -1,6 +1,7 @@
 """The run JSONs: each finished run's settings and evaluation record, read, adopted from its run
 folder, or trained."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -17,6 +18,17 @@ from train.config import OptimizerConfig
 from train.config import TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
+RUNS = REPO / "train" / "bench" / "results" / "convergence" / "runs"
+
+
+def add_runs_flag(parser: argparse.ArgumentParser) -> None:
+  """``--runs``: the run store, shared by the convergence, transfer and Adam-group benchmarks."""
+  parser.add_argument(
+    "--runs",
+    type=pathlib.Path,
+    default=RUNS,
+    help="the run store, shared with the convergence benchmark",
+  )
 
 
 def _header_settings(header: dict) -> dict:
