@@ -26,17 +26,30 @@ def store(tmp_path):
   return Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
 
 
-def test_each_grid_finds_its_best_pair_widening_at_an_edge(store):
-  summaries = {v: adam_group.summarize(adam_group.sweep(store, v)) for v in adam_group.LRS}
+def _summaries(store) -> dict[str, dict]:
+  return {v: adam_group.summarize(v, adam_group.sweep(store, v)) for v in adam_group.LRS}
+
+
+def test_each_window_slides_to_its_best_pair(store):
+  summaries = _summaries(store)
   for variant, name in (("swan", "swan"), ("sinkgd", "sinkgd"), ("adam-b2_0.999", "adam")):
     best, (lr, group) = summaries[variant]["best"], OPTIMUM[name]
     assert (best["lr"], best["group_lr"]) == pytest.approx((lr, group))
     assert summaries[variant]["ratio"] == pytest.approx(group / lr)
     assert summaries[variant]["complete"]
-  adam_groups = sorted({g for _, g, _ in summaries["adam-b2_0.999"]["losses"]})
-  assert adam_groups == pytest.approx([*adam_group.GROUP_LRS, 0.2, 0.4])  # widened twice
-  swan_groups = sorted({g for _, g, _ in summaries["swan"]["losses"]})
-  assert swan_groups == pytest.approx(adam_group.GROUP_LRS)  # bracketed: not widened
+  for variant in adam_group.LRS:  # a 4 x 4 window holds the best and both its neighbours
+    grid = {(lr, g): x for lr, g, x in summaries[variant]["losses"]}
+    best = summaries[variant]["best"]
+    inside = [p for p in adam_group.window(variant, grid) if grid.get(p) is not None]
+    assert len(inside) == 16
+    for k in (0.5, 2):
+      assert (best["lr"] * k, best["group_lr"]) in inside
+      assert (best["lr"], best["group_lr"] * k) in inside
+  adam = {(lr, g) for lr, g, x in summaries["adam-b2_0.999"]["losses"] if x is not None}
+  assert {g for _, g in adam} >= {0.2, 0.4}  # slid up to the embeddings' optimum
+  assert (0.008, 0.0125) not in adam  # left behind, never run
+  swan = sorted({g for _, g, _ in summaries["swan"]["losses"]})
+  assert swan == pytest.approx([0.00625, *adam_group.GROUP_LRS])  # neighbours tie: one down
 
 
 def test_equal_rates_reuse_the_convergence_runs():
@@ -57,14 +70,17 @@ def test_the_report_comes_from_the_run_jsons_alone(store, tmp_path):
   assert (tmp_path / "out" / "adam_group.png").stat().st_size > 0
 
 
-def test_a_better_point_run_beyond_the_grid_joins_it(store):
+def test_every_run_counts_however_it_came_to_be_run(store):
   adam = "adam-b2_0.999"
-  for lr, group in ((0.002, 0.05), (0.002, 0.2), (0.002, 0.00625)):  # run out of order
+  for lr, group in ((0.002, 0.1), (0.002, 0.05), (0.002, 0.2), (0.002, 0.00625)):
     store.get(adam_group.joint_run(adam, lr, group))
   grid = adam_group.sweep(store.read_only(), adam)
   assert grid[0.002, 0.2] is not None and grid[0.004, 0.2] is None  # shown, the rest open
-  assert 0.00625 not in {g for _, g in grid}  # worse than the grid's best: not joined
-  assert not adam_group.summarize(grid)["complete"]
-  grid = adam_group.sweep(store, adam)  # the column is completed, then widened
-  assert all(x is not None for x in grid.values())
-  assert sorted({g for _, g in grid}) == pytest.approx([*adam_group.GROUP_LRS, 0.2, 0.4])
+  assert grid[0.002, 0.00625] is not None  # outside the window, but a run: shown
+  assert not adam_group.summarize(adam, grid)["complete"]
+  assert adam_group.summarize(adam, adam_group.sweep(store, adam))["complete"]
+
+
+def test_a_diverged_run_is_never_the_best():
+  grid = {(0.004, 0.1): math.nan, (0.004, 0.05): 4.2, (0.002, 0.1): None}
+  assert adam_group.summarize("swan", grid)["best"]["group_lr"] == 0.05

@@ -3,8 +3,8 @@
 Run: ``python -m train.bench.adam_group [--only swan|sinkgd|adam-b2_0.999|report]``. For SWAN
 and SinkGD a grid of ``lr`` (the matrices') x ``adam_group_lr`` (embeddings, lm_head, norms);
 for Adam, of ``lr`` (every other parameter) x the embedding and lm_head lr, so the baseline
-gets the same freedom. 4 x 4 grids spaced 2x, widened 2x along an axis while the best sits
-on its edge; the convergence protocol and its run store (the points where both rates are
+gets the same freedom. A 4 x 4 window of rates spaced 2x, slid until the best pair sits
+inside it; the convergence protocol and its run store (the points where both rates are
 equal are the convergence sweep's runs). Writes ``OUT/adam_group.md``, ``.json`` and ``.png``:
 each grid's final losses, the best pair and its ratio ``k = group lr / lr``.
 """
@@ -42,57 +42,51 @@ def joint_run(variant: str, lr: float, group_lr: float) -> protocol.Run:
 
 
 def sweep(store: Store, variant: str) -> Grid:
-  """The grid's losses, the rows nearest the known best lr first, widened at a best edge."""
-  lrs, centre = LRS[variant]
-  lrs, groups = sorted(lrs, key=lambda lr: abs(math.log(lr / centre))), list(GROUP_LRS)
-  losses = {(lr, g): store.final(joint_run(variant, lr, g)) for lr in lrs for g in groups}
-  # A row or column beyond the grid joins it (and is completed) where a point of it already
-  # ran and beat every finished point of the grid: the grid would widen there anyway.
-  for axis in (0, 1):
-    for outward in (0.5, 2.0):
-      while points := _beyond(losses, axis, outward):
-        finished = [x for x in losses.values() if x is not None]
-        ran = [store.read_only().final(joint_run(variant, *p)) for p in points]
-        if not any(x is not None and all(x < y for y in finished) for x in ran):
-          break
-        losses |= {p: store.final(joint_run(variant, *p)) for p in points}
-  while (widen := _edge(losses)) is not None:
-    axis, value = widen
-    values = sorted({k[axis] for k in losses})
-    points = _beyond(losses, axis, 0.5 if value == values[0] else 2.0)
-    losses |= {p: store.final(joint_run(variant, *p)) for p in points}
+  """The finished points near the grid, and those run while a 4 x 4 window of the 2x lattice
+  slides to the best pair (``None``: a point of the window not run, with a read-only store).
+
+  The window starts at ``LRS[variant]`` x ``GROUP_LRS``; it then holds the best pair so far
+  and both its neighbours on each axis, one more step out on the side of the better
+  neighbour. Points run nearest the best first, so a window that slides leaves its far side
+  unrun. Every run already in the store counts, however it came to be run.
+  """
+  (lrs, centre), read_only = LRS[variant], store.read_only()
+  nearby = [(centre * 2.0**i, GROUP_LRS[0] * 2.0**j) for i in range(-4, 5) for j in range(-4, 8)]
+  losses: Grid = {p: x for p in nearby if (x := read_only.final(joint_run(variant, *p)))}
+  while missing := [p for p in window(variant, losses) if p not in losses]:
+    best = _best(losses) or missing[0]
+    nearest = min(missing, key=lambda p: sum(abs(math.log(a / b)) for a, b in zip(p, best)))
+    losses[nearest] = store.final(joint_run(variant, *nearest))
   return dict(sorted(losses.items()))
 
 
-def _beyond(losses: Grid, axis: int, outward: float) -> list[tuple[float, float]]:
-  """The points of the next row (``axis`` 0) or column (1) outside the grid, ``outward``
-  (0.5: below its lowest value, 2: above its highest)."""
-  lrs, groups = sorted({k[0] for k in losses}), sorted({k[1] for k in losses})
-  values = (lrs, groups)[axis]
-  new = values[0] * outward if outward < 1 else values[-1] * outward
-  return [(new, g) for g in groups] if axis == 0 else [(lr, new) for lr in lrs]
-
-
-def _edge(losses: Grid) -> tuple[int, float] | None:
-  """(axis, value) of the complete grid's best on an edge of that axis, else ``None``."""
-  if any(x is None for x in losses.values()):
-    return None
-  best = min(losses, key=losses.get)
+def window(variant: str, losses: Grid) -> list[tuple[float, float]]:
+  """The 4 x 4 window around the best finished point of ``losses`` (see ``sweep``)."""
+  best = _best(losses)
+  if best is None:
+    return [(lr, g) for lr in LRS[variant][0] for g in GROUP_LRS]
+  axes = []
   for axis in (0, 1):
-    values = sorted({k[axis] for k in losses})
-    if best[axis] in (values[0], values[-1]):
-      return axis, best[axis]
-  return None
+    step = lambda k, axis=axis: tuple(x * 2.0**k if i == axis else x for i, x in enumerate(best))
+    below, above = (losses.get(step(k)) for k in (-1, 1))
+    up = above is not None and (below is None or above < below)
+    axes.append([step(k)[axis] for k in ((-1, 0, 1, 2) if up else (-2, -1, 0, 1))])
+  return [(lr, g) for lr in axes[0] for g in axes[1]]
 
 
-def summarize(grid: Grid) -> dict:
-  done = {k: x for k, x in grid.items() if x is not None}
-  best = min(done, key=done.get) if done else None
+def _best(losses: Grid) -> tuple[float, float] | None:
+  """The finished point of least loss (a diverged run's NaN counts as infinite)."""
+  done = {k: x if math.isfinite(x) else math.inf for k, x in losses.items() if x is not None}
+  return min(done, key=done.get) if done else None
+
+
+def summarize(variant: str, grid: Grid) -> dict:
+  best = _best(grid)
   return {
     "losses": [[lr, g, x] for (lr, g), x in grid.items()],
-    "best": None if best is None else {"lr": best[0], "group_lr": best[1], "loss": done[best]},
+    "best": None if best is None else {"lr": best[0], "group_lr": best[1], "loss": grid[best]},
     "ratio": None if best is None else best[1] / best[0],
-    "complete": _edge(grid) is None and len(done) == len(grid),
+    "complete": all(grid.get(p) is not None for p in window(variant, grid)),
   }
 
 
@@ -101,7 +95,7 @@ def report_text(summaries: dict[str, dict]) -> str:
   for variant, s in summaries.items():
     grid = {(lr, g): x for lr, g, x in s["losses"]}
     lrs, groups = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
-    cell = lambda lr, g, grid=grid: "" if grid[lr, g] is None else f"{grid[lr, g]:.3f}"
+    cell = lambda lr, g, grid=grid: "" if grid.get((lr, g)) is None else f"{grid[lr, g]:.3f}"
     rows = [[f"{lr:g}", *(cell(lr, g) for g in groups)] for lr in lrs]
     header = ["lr \\ group lr", *(f"{g:g}" for g in groups)]
     best = s["best"]
@@ -138,7 +132,7 @@ def plot(summaries: dict[str, dict], path: pathlib.Path) -> None:
 def report(store: Store, out: pathlib.Path) -> None:
   """Writes ``adam_group.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   read_only = store.read_only()
-  summaries = {v: summarize(sweep(read_only, v)) for v in LRS}
+  summaries = {v: summarize(v, sweep(read_only, v)) for v in LRS}
   text = report_text(summaries)
   harness.save(
     f"### Adam group (`python -m train.bench.adam_group`)\n\n{text}", out / "adam_group.md"
