@@ -50,12 +50,13 @@ def sweep(store: Store, variant: str) -> Grid:
   neighbour. Points run nearest the best first, so a window that slides leaves its far side
   unrun. Every run already in the store counts, however it came to be run.
   """
-  (lrs, centre), read_only = LRS[variant], store.read_only()
+  centre, read_only = LRS[variant][1], store.read_only()
   nearby = [(centre * 2.0**i, GROUP_LRS[0] * 2.0**j) for i in range(-4, 5) for j in range(-4, 8)]
   losses: Grid = {p: x for p in nearby if (x := read_only.final(joint_run(variant, *p)))}
   while missing := [p for p in window(variant, losses) if p not in losses]:
     best = _best(losses) or missing[0]
-    nearest = min(missing, key=lambda p: sum(abs(math.log(a / b)) for a, b in zip(p, best)))
+    distance = lambda p, best=best: sum(abs(math.log(a / b)) for a, b in zip(p, best, strict=True))
+    nearest = min(missing, key=distance)
     losses[nearest] = store.final(joint_run(variant, *nearest))
   return dict(sorted(losses.items()))
 
