@@ -31,13 +31,13 @@ LRS: dict[str, tuple[tuple[float, ...], float]] = {
 Grid = dict[tuple[float, float], float | None]  # (lr, group lr) -> final loss (None: not run)
 
 
-def joint_run(variant: str, lr: float, group_lr: float) -> protocol.Run:
-  """Seed 0 of ``variant`` on tiny at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
+def joint_run(variant: str, lr: float, group_lr: float, seed: int = 0) -> protocol.Run:
+  """``variant`` on tiny at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
   if math.isclose(lr, group_lr):
-    return protocol.grid_run("tiny", variant, lr, 0)
+    return protocol.grid_run("tiny", variant, lr, seed)
   if variant.startswith("adam"):
-    return protocol.embed_lr_run("tiny", variant, lr, group_lr, 0)
-  run = protocol.grid_run("tiny", variant, lr, 0, adam_group_lr=group_lr)
+    return protocol.embed_lr_run("tiny", variant, lr, group_lr, seed)
+  run = protocol.grid_run("tiny", variant, lr, seed, adam_group_lr=group_lr)
   return protocol.Run(run.size, f"{variant}+adam_lr{group_lr:g}", run.optimizer, run.seed)
 
 

@@ -1,0 +1,143 @@
+"""Which whitening SWAN should run by default: Newton-Schulz or Polar Express, each at its own lr.
+
+Run: ``python -m train.bench.whitening [--only sweep|seeds|timing|report]``. SWAN on tiny
+under the convergence protocol (and its run store), its Adam group at ``GROUP_RATIO`` x the
+matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening by the paper's
+10 coupled Newton-Schulz steps or by 8 Polar Express steps. Each method's matrix lr is swept
+on a 5-point 2x grid (widened while its best sits at an edge), then seeds 0-2 run at its best
+lr, and both compiled train steps are timed side by side (interleaved medians). Writes
+``OUT/whitening.md`` and ``.json``.
+"""
+
+import dataclasses
+import json
+import pathlib
+import statistics
+
+from train import loop
+from train.bench import adam_group
+from train.bench import harness
+from train.bench.convergence import protocol
+from train.bench.convergence import search
+from train.bench.convergence import store as store_lib
+from train.bench.convergence.store import Store
+
+GROUP_RATIO = 50.0
+METHODS = ("newton_schulz", "polar_express")
+GRID = {m: tuple(4e-3 * 2.0**k for k in (-2, -1, 0, 1, 2)) for m in METHODS}
+STAGES = ("sweep", "seeds", "timing", "report")
+
+
+def method_run(size: str, method: str, lr: float, seed: int) -> protocol.Run:
+  """SWAN whitening by ``method`` at ``lr``, its Adam group at ``GROUP_RATIO * lr``."""
+  run = adam_group.joint_run("swan", lr, GROUP_RATIO * lr, seed)
+  if method == "newton_schulz":
+    return dataclasses.replace(run, size=size)
+  optimizer = dataclasses.replace(run.optimizer, whiten_method=method)
+  variant = run.variant.replace("swan", f"swan_{method}", 1)
+  return dataclasses.replace(run, size=size, variant=variant, optimizer=optimizer)
+
+
+def seed_runs(best: dict[str, float]) -> dict[str, list[protocol.Run]]:
+  return {m: [method_run("tiny", m, lr, s) for s in protocol.SEEDS] for m, lr in best.items()}
+
+
+def step_times(reps: int) -> dict[str, float]:
+  """Median seconds of each method's compiled tiny train step, interleaved in this process."""
+  setups = {}
+  for method in METHODS:
+    config = protocol.train_config(
+      method_run("tiny", method, GRID[method][2], 0), protocol.STEPS, pathlib.Path("runs/timing")
+    )
+    setups[method] = harness.Stepper(harness.experiment(config)).setup
+  return harness.interleaved_medians(setups, reps)
+
+
+def summarize(store: Store, timing: dict) -> dict[str, dict]:
+  """Per method: the seed-0 lr grid, its best lr, the seeds' final losses there, step time."""
+  losses = search.sweep(store, "tiny", GRID, protocol.GRID_ORDER, method_run)
+  best = search.best_lrs(losses)
+  so_far = search.best_so_far(losses)
+  summary = {}
+  for method in METHODS:
+    lr = best.get(method, so_far.get(method))
+    seeds = [] if lr is None else [store.final(r) for r in seed_runs({method: lr})[method]]
+    summary[method] = {
+      "losses": losses[method],
+      "best_lr": lr,
+      "bracketed": method in best,
+      "seeds": seeds,
+      "step_s": timing.get("steps", {}).get(method),
+    }
+  return summary
+
+
+def report_text(summary: dict[str, dict], timing: dict) -> str:
+  header = ["method", "best lr", "final loss, seeds 0-2", "mean", "spread", "step ms", "x NS"]
+  rows, ns_step = [], summary["newton_schulz"]["step_s"]
+  for method, s in summary.items():
+    done = [x for x in s["seeds"] if x is not None]
+    lr = "" if s["best_lr"] is None else f"{s['best_lr']:g}" + ("" if s["bracketed"] else " ~")
+    step = s["step_s"]
+    rows.append(
+      [
+        method,
+        lr,
+        " / ".join("-" if x is None else f"{x:.3f}" for x in s["seeds"]),
+        f"{statistics.mean(done):.3f}" if done else "",
+        f"{max(done) - min(done):.3f}" if len(done) > 1 else "",
+        "" if step is None else f"{1e3 * step:.0f}",
+        "" if step is None or ns_step is None else f"{step / ns_step:.2f}",
+      ]
+    )
+  grid_header = ["lr", *METHODS]
+  lrs = sorted({lr for s in summary.values() for lr in s["losses"]})
+  cell = lambda m, lr: (
+    "" if summary[m]["losses"].get(lr) is None else f"{summary[m]['losses'][lr]:.3f}"
+  )
+  grid_rows = [[f"{lr:g}", *(cell(m, lr) for m in METHODS)] for lr in lrs]
+  measured = (
+    f"{timing['reps']} interleaved rounds in one process ({timing['machine']})"
+    if timing
+    else "not measured yet (`--only timing`)"
+  )
+  return (
+    f"SWAN on tiny, {protocol.STEPS} steps, its Adam group at {GROUP_RATIO:g} x the matrix lr. "
+    "Best lr: the lowest seed-0 final validation loss of a grid that brackets it (`~`: the grid "
+    f"is still open). Step times: {measured}.\n\n"
+    + harness.markdown_table(header, rows, "llrrrrr")
+    + "\nSeed-0 final validation loss per matrix lr:\n\n"
+    + harness.markdown_table(grid_header, grid_rows, "lrr")
+  )
+
+
+def main() -> None:
+  parser = harness.parser(__doc__, "whitening")
+  parser.add_argument("--only", choices=STAGES, action="append")
+  parser.add_argument("--reps", type=int, default=20, help="timing rounds")
+  parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/whitening"))
+  store_lib.add_runs_flag(parser)
+  args = parser.parse_args()
+  stages = args.only or STAGES
+  store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
+  at = lambda stage: store if stage in stages else store.read_only()
+  best = search.best_lrs(search.sweep(at("sweep"), "tiny", GRID, protocol.GRID_ORDER, method_run))
+  for runs in seed_runs(best).values():
+    list(map(at("seeds").get, runs))
+  timing_path = args.out / "timing.json"
+  if "timing" in stages:
+    timing = {"reps": args.reps, "machine": harness.machine(), "steps": step_times(args.reps)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    timing_path.write_text(json.dumps(timing))
+  if "report" in stages:
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    summary = summarize(store.read_only(), timing)
+    text = report_text(summary, timing)
+    harness.save(
+      f"### Whitening (`python -m train.bench.whitening`)\n\n{text}", args.out / "whitening.md"
+    )
+    (args.out / "whitening.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+  main()
