@@ -147,6 +147,14 @@ def test_a_run_folder_without_a_newer_optimizer_field_is_adopted_as_its_default(
     Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
 
 
+def test_a_kept_run_whose_settings_a_changed_default_moved_is_refused(tmp_path):
+  run = protocol.grid_run("tiny", "swan", 4e-3, 0)
+  _store(tmp_path).get(run)
+  moved = dataclasses.replace(run, optimizer=dataclasses.replace(run.optimizer, adam_group_lr=0.2))
+  with pytest.raises(ValueError, match=r"other optimizer settings .*adam_group_lr.*\(None, 0.2\)"):
+    _store(tmp_path, train_fn=None).get(moved)  # same tag, other settings: never reused
+
+
 def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
   run = protocol.grid_run("tiny", "swan", 2e-3, 0)
   _store(tmp_path, steps=40).get(run)

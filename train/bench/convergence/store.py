@@ -85,11 +85,9 @@ def run_record(
   if found != expected:
     diff = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
     raise ValueError(f"run folder {folder} is not {run.tag}: (found, expected) {diff}")
-  # A field the folder's trainer did not have yet ran at its default (fields are added so).
   optimizer = json.loads(to_json(o))
-  defaults = json.loads(to_json(OptimizerConfig()))
-  if "config" in header and {**defaults, **header["config"]["optimizer"]} != optimizer:
-    raise ValueError(f"run folder {folder} has other optimizer settings than {run.tag}")
+  if "config" in header:
+    _check_optimizer(header["config"]["optimizer"], o, f"run folder {folder}", run.tag)
   train = [r for r in records if r["kind"] == "train"]
   return {
     "tag": run.tag,
@@ -109,6 +107,17 @@ def run_record(
     "wall_time_s": wall_time_s,
     "source": os.path.relpath(folder.resolve(), REPO),  # no directory of this machine
   }
+
+
+def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: str) -> None:
+  """Raises if ``found`` (a run's optimizer settings) differs from ``expected``. A field the
+  run's trainer did not have yet ran at its default (fields are added so)."""
+  want, defaults = json.loads(to_json(expected)), json.loads(to_json(OptimizerConfig()))
+  if diff := {k: (v, want[k]) for k, v in {**defaults, **found}.items() if want.get(k) != v}:
+    raise ValueError(
+      f"{where} ran other optimizer settings than {tag}: (ran, expected) {diff}; a changed "
+      "default needs a new variant name"
+    )
 
 
 def _portable(config: TrainConfig) -> TrainConfig:
@@ -173,6 +182,7 @@ class Store:
           f"{path} ran {record['config']['steps']} steps, not --steps {config.steps}: use "
           "another --out for another protocol"
         )
+      _check_optimizer(record["optimizer"], run.optimizer, str(path), run.tag)
       return record
     wall = None
     if not _completed(config.run_dir):
