@@ -21,12 +21,12 @@ from train.bench.fault_drill import single
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fault_drill")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def work(tmp_path_factory):
   return tmp_path_factory.mktemp("drill")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(work):
   trace = runs.reference_run(work)
   assert sorted(trace) == list(range(1, runs.STEPS + 1))
