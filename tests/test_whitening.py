@@ -40,11 +40,19 @@ def test_each_method_at_its_own_best_lr_with_seeds(store):
   assert best == pytest.approx({m: lr for m, (lr, _) in OPTIMUM.items()})
   for runs in whitening.seed_runs(best).values():
     list(map(store.get, runs))
-  timing = {"reps": 3, "machine": "test", "steps": {"newton_schulz": 0.2, "polar_express": 0.15}}
+  steps = {"tiny": {"newton_schulz": 0.2, "polar_express": 0.15}}
+  timing = {
+    "reps": 3,
+    "machine": "test",
+    "steps": steps | {"small": {"newton_schulz": 0.4, "polar_express": 0.5}},
+  }
   summary = whitening.summarize(store.read_only(), timing)
   assert summary["polar_express"]["seeds"] == pytest.approx([4.0, 4.01, 4.02])
   text = whitening.report_text(summary, timing)
-  assert "| polar_express | 0.008 | 4.000 / 4.010 / 4.020 | 4.010 | 0.020 | 150 | 0.75 |" in text
+  assert (
+    "| polar_express | 0.008 | 4.000 / 4.010 / 4.020 | 4.010 | 0.020 | 150 (0.75) | 500 (1.25) |"
+    in text
+  )
   assert "| 0.016 | 4.600 | 4.100 |" in text
 
 

@@ -5,7 +5,8 @@ under the convergence protocol (and its run store), its Adam group at ``GROUP_RA
 matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening by the paper's
 10 coupled Newton-Schulz steps or by 8 Polar Express steps. Each method's matrix lr is swept
 on a 5-point 2x grid (widened while its best sits at an edge), then seeds 0-2 run at its best
-lr, and both compiled train steps are timed side by side (interleaved medians). Writes
+lr, and both compiled train steps of tiny and small are timed side by side (interleaved
+medians). Writes
 ``OUT/whitening.md`` and ``.json``.
 """
 
@@ -42,13 +43,13 @@ def seed_runs(best: dict[str, float]) -> dict[str, list[protocol.Run]]:
   return {m: [method_run("tiny", m, lr, s) for s in protocol.SEEDS] for m, lr in best.items()}
 
 
-def step_times(reps: int) -> dict[str, float]:
-  """Median seconds of each method's compiled tiny train step, interleaved in this process."""
+def step_times(size: str, reps: int) -> dict[str, float]:
+  """Median seconds of each method's compiled train step on ``size``, interleaved in this
+  process."""
   setups = {}
   for method in METHODS:
-    config = protocol.train_config(
-      method_run("tiny", method, GRID[method][2], 0), protocol.STEPS, pathlib.Path("runs/timing")
-    )
+    run = method_run(size, method, GRID[method][2], 0)
+    config = protocol.train_config(run, protocol.STEPS, pathlib.Path("runs/timing"))
     setups[method] = harness.Stepper(harness.experiment(config)).setup
   return harness.interleaved_medians(setups, reps)
 
@@ -67,29 +68,24 @@ def summarize(store: Store, timing: dict) -> dict[str, dict]:
       "best_lr": lr,
       "bracketed": method in best,
       "seeds": seeds,
-      "step_s": timing.get("steps", {}).get(method),
+      "step_s": {size: steps[method] for size, steps in timing.get("steps", {}).items()},
     }
   return summary
 
 
 def report_text(summary: dict[str, dict], timing: dict) -> str:
-  header = ["method", "best lr", "final loss, seeds 0-2", "mean", "spread", "step ms", "x NS"]
+  sizes = list(timing.get("steps", {}))
+  header = ["method", "best lr", "final loss, seeds 0-2", "mean", "spread"]
+  header += [f"{size} step ms (x NS)" for size in sizes]
   rows, ns_step = [], summary["newton_schulz"]["step_s"]
   for method, s in summary.items():
     done = [x for x in s["seeds"] if x is not None]
     lr = "" if s["best_lr"] is None else f"{s['best_lr']:g}" + ("" if s["bracketed"] else " ~")
-    step = s["step_s"]
-    rows.append(
-      [
-        method,
-        lr,
-        " / ".join("-" if x is None else f"{x:.3f}" for x in s["seeds"]),
-        f"{statistics.mean(done):.3f}" if done else "",
-        f"{max(done) - min(done):.3f}" if len(done) > 1 else "",
-        "" if step is None else f"{1e3 * step:.0f}",
-        "" if step is None or ns_step is None else f"{step / ns_step:.2f}",
-      ]
-    )
+    steps = [f"{1e3 * s['step_s'][n]:.0f} ({s['step_s'][n] / ns_step[n]:.2f})" for n in sizes]
+    seeds = " / ".join("-" if x is None else f"{x:.3f}" for x in s["seeds"])
+    mean = f"{statistics.mean(done):.3f}" if done else ""
+    spread = f"{max(done) - min(done):.3f}" if len(done) > 1 else ""
+    rows.append([method, lr, seeds, mean, spread, *steps])
   grid_header = ["lr", *METHODS]
   lrs = sorted({lr for s in summary.values() for lr in s["losses"]})
   cell = lambda m, lr: (
@@ -105,7 +101,7 @@ def report_text(summary: dict[str, dict], timing: dict) -> str:
     f"SWAN on tiny, {protocol.STEPS} steps, its Adam group at {GROUP_RATIO:g} x the matrix lr. "
     "Best lr: the lowest seed-0 final validation loss of a grid that brackets it (`~`: the grid "
     f"is still open). Step times: {measured}.\n\n"
-    + harness.markdown_table(header, rows, "llrrrrr")
+    + harness.markdown_table(header, rows, "llrrr" + "r" * len(sizes))
     + "\nSeed-0 final validation loss per matrix lr:\n\n"
     + harness.markdown_table(grid_header, grid_rows, "lrr")
   )
@@ -126,7 +122,8 @@ def main() -> None:
     list(map(at("seeds").get, runs))
   timing_path = args.out / "timing.json"
   if "timing" in stages:
-    timing = {"reps": args.reps, "machine": harness.machine(), "steps": step_times(args.reps)}
+    steps = {size: step_times(size, args.reps) for size in ("tiny", "small")}
+    timing = {"reps": args.reps, "machine": harness.machine(), "steps": steps}
     args.out.mkdir(parents=True, exist_ok=True)
     timing_path.write_text(json.dumps(timing))
   if "report" in stages:
