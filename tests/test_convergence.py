@@ -26,6 +26,7 @@ from train.bench.convergence import report
 from train.bench.convergence import search
 from train.bench.convergence import stages
 from train.bench.convergence.store import Store
+from train.config import DEFAULT_ADAM_GROUP_SCALE
 from train.config import OptimizerConfig
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
@@ -147,12 +148,17 @@ def test_a_run_folder_without_a_newer_optimizer_field_is_adopted_as_its_default(
     Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
 
 
-def test_a_kept_run_whose_settings_a_changed_default_moved_is_refused(tmp_path):
+def test_every_rate_of_a_protocol_run_is_explicit_and_a_kept_run_must_match_it(tmp_path):
   run = protocol.grid_run("tiny", "swan", 4e-3, 0)
-  _store(tmp_path).get(run)
+  assert run.optimizer.adam_group_lr == 4e-3  # no trainer default enters a run
+  record = _store(tmp_path).get(run)
   moved = dataclasses.replace(run, optimizer=dataclasses.replace(run.optimizer, adam_group_lr=0.2))
-  with pytest.raises(ValueError, match=r"other optimizer settings .*adam_group_lr.*\(None, 0.2\)"):
+  with pytest.raises(ValueError, match=r"other optimizer settings .*adam_group_lr.*\(0.004, 0.2\)"):
     _store(tmp_path, train_fn=None).get(moved)  # same tag, other settings: never reused
+  # A run kept before the protocol set the Adam group's lr left it unset: it ran at lr.
+  record["optimizer"]["adam_group_lr"] = None
+  (tmp_path / "runs" / f"{run.tag}.json").write_text(json.dumps(record))
+  assert _store(tmp_path, train_fn=None).get(run)["evals"] == record["evals"]
 
 
 def test_a_kept_run_of_another_protocol_is_refused(tmp_path):
@@ -270,6 +276,15 @@ def test_adam_group_lr_changes_only_the_adam_group(params):
   labels = swan_optax.param_labels(params, dimension_numbers=LAYOUTS)
   for a, b, label in zip(*map(jax.tree.leaves, (plain, lower, labels)), strict=True):
     np.testing.assert_allclose(b, a / 10 if label == "adam" else a, rtol=1e-5, atol=1e-12)
+
+
+def test_an_unset_adam_group_lr_is_the_default_multiple_of_lr(params):
+  _, unset = _updates(params, name="swan", lr=4e-3)
+  _, explicit = _updates(
+    params, name="swan", lr=4e-3, adam_group_lr=4e-3 * DEFAULT_ADAM_GROUP_SCALE["swan"]
+  )
+  for a, b in zip(jax.tree.leaves(unset), jax.tree.leaves(explicit), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def _matrix_layouts(params) -> list:

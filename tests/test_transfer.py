@@ -64,7 +64,7 @@ def test_spectral_variants_pair_the_adam_group_with_the_reference_width():
   run = transfer.ladder_run("tiny-w64", "swan-spectral", 0.05, 0)
   assert run.optimizer.scale_rule == "spectral"
   assert run.optimizer.adam_group_lr == pytest.approx(0.05 / math.sqrt(128))
-  assert transfer.ladder_run("tiny", "swan", 0.004, 0).optimizer.adam_group_lr is None
+  assert transfer.ladder_run("tiny", "swan", 0.004, 0).optimizer.adam_group_lr == 0.004
   assert run.tag == "tiny-w64-swan-spectral-lr0.05-seed0"
 
 

@@ -26,6 +26,8 @@ SwanOperators = Literal["both", "gradnorm", "whiten"]
 # Peak learning rates of the benchmark protocol: 1e-3 for Adam and SWAN (SWAN paper, LLaMA
 # pretraining); SinkGD's is global, its matrix group steps 0.05x this (SinkGD paper).
 DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# swan/sinkgd: the Adam group's peak lr as a multiple of ``lr`` when ``adam_group_lr`` is unset.
+DEFAULT_ADAM_GROUP_SCALE: dict[str, float] = {"swan": 1.0, "sinkgd": 1.0}
 
 
 def _check_choices(config) -> None:
@@ -48,7 +50,8 @@ class OptimizerConfig:
     weight_decay: decoupled weight decay.
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
     adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd).
-    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group; ``None``: ``lr``.
+    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group; ``None``:
+      ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``.
     embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
     swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
@@ -132,6 +135,13 @@ class OptimizerConfig:
   @property
   def peak_lr(self) -> float:
     return DEFAULT_LR[self.name] if self.lr is None else self.lr
+
+  @property
+  def adam_group_peak_lr(self) -> float:
+    """swan/sinkgd: the Adam group's peak learning rate."""
+    if self.adam_group_lr is not None:
+      return self.adam_group_lr
+    return DEFAULT_ADAM_GROUP_SCALE[self.name] * self.peak_lr
 
 
 def model_data(model: str, **fields) -> DataConfig:

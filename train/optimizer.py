@@ -110,7 +110,7 @@ def _stateless(
 ) -> optax.GradientTransformation:
   """swan or sinkgd through their public keywords; a one-operator SWAN (an ablation) is
   ``swan_optax.stateless_partition`` around that operator."""
-  adam_lr = schedule(config, steps, config.adam_group_lr)
+  adam_lr = schedule(config, steps, config.adam_group_peak_lr)
   adafactor = optax.adafactor(
     adam_lr, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
   )

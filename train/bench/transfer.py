@@ -25,7 +25,6 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
-from train.config import OptimizerConfig
 
 WIDTHS = {64: "tiny-w64", 128: "tiny", 256: "tiny-w256", 512: "tiny-w512"}
 DEPTHS = {2: "tiny-l2", 4: "tiny", 8: "tiny-l8"}
@@ -51,8 +50,7 @@ def ladder_run(size: str, variant: str, lr: float, seed: int) -> protocol.Run:
   ``lr * REFERENCE_RMS``."""
   fields, _ = VARIANTS[variant]
   group = {"adam_group_lr": lr * REFERENCE_RMS} if fields.get("scale_rule") == "spectral" else {}
-  optimizer = OptimizerConfig(lr=lr, max_grad_norm=protocol.MAX_GRAD_NORM, **fields, **group)
-  return protocol.Run(size, variant, optimizer, seed)
+  return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields, **group), seed)
 
 
 def sweep_ladder(

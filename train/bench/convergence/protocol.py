@@ -22,6 +22,7 @@ VARIANTS: dict[str, dict] = {
   "swan": {"name": "swan"},
   "sinkgd": {"name": "sinkgd"},
 }
+STATELESS = ("swan", "sinkgd")
 GRID_ORDER = (2, 3, 1, 4, 0)  # centre first, so a partial grid already brackets something
 SEEDS = (0, 1, 2)
 ABLATION_SEEDS = (0, 1)
@@ -43,8 +44,15 @@ class Run:
 
 def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
   """A run of one of the ``VARIANTS``; ``fields`` override its optimizer settings."""
-  optimizer = OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **VARIANTS[variant], **fields)
-  return Run(size, variant, optimizer, seed)
+  return Run(size, variant, optimizer_config(lr, **VARIANTS[variant], **fields), seed)
+
+
+def optimizer_config(lr: float, **fields) -> OptimizerConfig:
+  """The protocol's optimizer at ``lr``: clipped, and every rate explicit (a swan/sinkgd Adam
+  group at ``lr`` unless ``fields`` say otherwise), so no trainer default enters a run."""
+  if fields["name"] in STATELESS:
+    fields.setdefault("adam_group_lr", lr)
+  return OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)
 
 
 def train_config(run: Run, steps: int, work: pathlib.Path) -> TrainConfig:
