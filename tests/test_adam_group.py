@@ -7,6 +7,8 @@ import pytest
 
 from tests import fake_runs
 from train.bench import adam_group
+from train.bench.convergence import protocol
+from train.bench.convergence import search
 from train.bench.convergence.store import Store
 
 # Fake optima (lr, group lr): Adam's embeddings want 0.2, beyond the grid's edge (0.1).
@@ -84,3 +86,22 @@ def test_every_run_counts_however_it_came_to_be_run(store):
 def test_a_diverged_run_is_never_the_best():
   grid = {(0.004, 0.1): math.nan, (0.004, 0.05): 4.2, (0.002, 0.1): None}
   assert adam_group.summarize("swan", grid)["best"]["group_lr"] == 0.05
+
+
+def test_the_tiny_best_ratio_is_checked_on_small_at_its_best_lr(store, tmp_path):
+  assert adam_group.small_checks(store) == {}  # no finished convergence sweep yet
+  best = search.best_lrs(search.sweep(store))
+  for runs in protocol.seed_runs(best).values():
+    list(map(store.get, runs))
+  adam = search.adam_reference(store, best)
+  small = search.best_lrs(search.small_sweep(store, best, adam))
+  assert adam_group.small_checks(store) == {}  # no complete window yet
+  adam_group.sweep(store, "swan")
+  (recipe, equal), *others = adam_group.small_checks(store).values()
+  assert not others and recipe.size == equal.size == "small"
+  assert recipe.optimizer.lr == equal.optimizer.lr == small["swan"]
+  assert recipe.optimizer.adam_group_lr == pytest.approx(12.5 * small["swan"])  # tiny's k
+  list(map(store.get, (recipe, equal)))
+  adam_group.report(store, tmp_path / "out")
+  text = (tmp_path / "out" / "adam_group.md").read_text()
+  assert f"On small, at the small sweep's best lr {small['swan']:g}: group lr" in text

@@ -1,12 +1,14 @@
-"""The Adam group's learning rate, tuned jointly with the rest (tiny, seed 0).
+"""The Adam group's learning rate, tuned jointly with the rest (tiny, seed 0; checked on small).
 
-Run: ``python -m train.bench.adam_group [--only swan|sinkgd|adam-b2_0.999|report]``. For SWAN
-and SinkGD a grid of ``lr`` (the matrices') x ``adam_group_lr`` (embeddings, lm_head, norms);
-for Adam, of ``lr`` (every other parameter) x the embedding and lm_head lr, so the baseline
-gets the same freedom. A 4 x 4 window of rates spaced 2x, slid until the best pair sits
-inside it; the convergence protocol and its run store (the points where both rates are
-equal are the convergence sweep's runs). Writes ``OUT/adam_group.md``, ``.json`` and ``.png``:
-each grid's final losses, the best pair and its ratio ``k = group lr / lr``.
+Run: ``python -m train.bench.adam_group [--only swan|sinkgd|adam-b2_0.999|small|report]``.
+For SWAN and SinkGD a grid of ``lr`` (the matrices') x ``adam_group_lr`` (embeddings, lm_head,
+norms); for Adam, of ``lr`` (every other parameter) x the embedding and lm_head lr, so the
+baseline gets the same freedom. A 4 x 4 window of rates spaced 2x, slid until the best pair
+sits inside it; the convergence protocol and its run store (the points where both rates are
+equal are the convergence sweep's runs). ``small``: each variant whose window is complete, on
+small at the convergence benchmark's best small lr, with the group at the tiny best ratio.
+Writes ``OUT/adam_group.md``, ``.json`` and ``.png``: each grid's final losses, the best pair
+and its ratio ``k = group lr / lr``, and the small check against equal rates.
 """
 
 import json
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 from train import loop
 from train.bench import harness
 from train.bench.convergence import protocol
+from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
 
@@ -31,14 +34,33 @@ LRS: dict[str, tuple[tuple[float, ...], float]] = {
 Grid = dict[tuple[float, float], float | None]  # (lr, group lr) -> final loss (None: not run)
 
 
-def joint_run(variant: str, lr: float, group_lr: float, seed: int = 0) -> protocol.Run:
-  """``variant`` on tiny at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
+def joint_run(
+  variant: str, lr: float, group_lr: float, seed: int = 0, size: str = "tiny"
+) -> protocol.Run:
+  """``variant`` on ``size`` at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
   if math.isclose(lr, group_lr):
-    return protocol.grid_run("tiny", variant, lr, seed)
+    return protocol.grid_run(size, variant, lr, seed)
   if variant.startswith("adam"):
-    return protocol.embed_lr_run("tiny", variant, lr, group_lr, seed)
-  run = protocol.grid_run("tiny", variant, lr, seed, adam_group_lr=group_lr)
+    return protocol.embed_lr_run(size, variant, lr, group_lr, seed)
+  run = protocol.grid_run(size, variant, lr, seed, adam_group_lr=group_lr)
   return protocol.Run(run.size, f"{variant}+adam_lr{group_lr:g}", run.optimizer, run.seed)
+
+
+def small_checks(store: Store) -> dict[str, tuple[protocol.Run, protocol.Run]]:
+  """Variant -> (small at its best small lr with the group at the tiny best ratio, small at
+  that lr with equal rates), for each variant whose tiny window is complete. The best small lr
+  is the convergence benchmark's small sweep's."""
+  read_only = store.read_only()
+  best = search.best_lrs(search.sweep(read_only))
+  adam = search.adam_reference(read_only, best)
+  small = search.best_lrs(search.small_sweep(read_only, best, adam)) if adam else {}
+  checks = {}
+  for variant in LRS:
+    tiny = summarize(variant, sweep(read_only, variant))
+    if tiny["complete"] and (lr := small.get(variant)) is not None:
+      recipe = joint_run(variant, lr, tiny["ratio"] * lr, size="small")
+      checks[variant] = (recipe, protocol.grid_run("small", variant, lr, 0))
+  return checks
 
 
 def sweep(store: Store, variant: str) -> Grid:
@@ -109,9 +131,21 @@ def report_text(summaries: dict[str, dict]) -> str:
     )
     parts.append(
       f"#### {variant}\n\n{harness.markdown_table(header, rows, 'l' + 'r' * len(groups))}\n"
-      f"{verdict}.\n"
+      f"{verdict}.{_small_line(s.get('small'))}\n"
     )
   return "\n".join(parts)
+
+
+def _small_line(small: dict | None) -> str:
+  """On small: the tiny best ratio at the small sweep's best lr, against equal rates."""
+  if small is None:
+    return ""
+  loss = lambda x: "not run yet" if x is None else f"{x:.3f}"
+  return (
+    f" On small, at the small sweep's best lr {small['lr']:g}: group lr {small['group_lr']:g} "
+    f"(the same k) reaches {loss(small['loss'])}, equal rates "
+    f"{loss(small['equal_rates_loss'])}."
+  )
 
 
 def plot(summaries: dict[str, dict], path: pathlib.Path) -> None:
@@ -134,6 +168,13 @@ def report(store: Store, out: pathlib.Path) -> None:
   """Writes ``adam_group.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   read_only = store.read_only()
   summaries = {v: summarize(v, sweep(read_only, v)) for v in LRS}
+  for variant, (recipe, equal) in small_checks(read_only).items():
+    summaries[variant]["small"] = {
+      "lr": recipe.optimizer.lr,
+      "group_lr": recipe.optimizer.lr * summaries[variant]["ratio"],
+      "loss": read_only.final(recipe),
+      "equal_rates_loss": read_only.final(equal),
+    }
   text = report_text(summaries)
   harness.save(
     f"### Adam group (`python -m train.bench.adam_group`)\n\n{text}", out / "adam_group.md"
@@ -144,15 +185,18 @@ def report(store: Store, out: pathlib.Path) -> None:
 
 def main() -> None:
   parser = harness.parser(__doc__, "adam_group")
-  parser.add_argument("--only", choices=(*LRS, "report"), action="append")
+  parser.add_argument("--only", choices=(*LRS, "small", "report"), action="append")
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/adam_group"))
   store_lib.add_runs_flag(parser)
   args = parser.parse_args()
   store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
-  for name in args.only or (*LRS, "report"):
+  for name in args.only or (*LRS, "small", "report"):
     if name == "report":
       args.out.mkdir(parents=True, exist_ok=True)
       report(store, args.out)
+    elif name == "small":
+      for runs in small_checks(store).values():
+        list(map(store.get, runs))
     else:
       sweep(store, name)
 
