@@ -37,7 +37,7 @@ REFERENCE_RMS = 1 / math.sqrt(128)
 VARIANTS: dict[str, tuple[dict, float]] = {
   "adam-b2_0.999": (protocol.VARIANTS["adam-b2_0.999"], 2e-3),
   "swan": (protocol.VARIANTS["swan"], 4e-3),
-  "swan-spectral": ({"name": "swan", "scale_rule": "spectral"}, 0.05),
+  "swan-spectral": ({**protocol.VARIANTS["swan"], "scale_rule": "spectral"}, 0.05),
   "sinkgd": (protocol.VARIANTS["sinkgd"], 0.05),
   "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 0.5),
 }

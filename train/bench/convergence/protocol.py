@@ -19,7 +19,7 @@ GRID: dict[str, tuple[float, ...]] = {
 VARIANTS: dict[str, dict] = {
   "adam-b2_0.95": {"name": "adam", "adam_b2": 0.95},
   "adam-b2_0.999": {"name": "adam", "adam_b2": 0.999},
-  "swan": {"name": "swan"},
+  "swan": {"name": "swan", "whiten_method": "newton_schulz"},  # the paper's whitening
   "sinkgd": {"name": "sinkgd"},
 }
 STATELESS = ("swan", "sinkgd")
@@ -44,7 +44,7 @@ class Run:
 
 def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
   """A run of one of the ``VARIANTS``; ``fields`` override its optimizer settings."""
-  return Run(size, variant, optimizer_config(lr, **VARIANTS[variant], **fields), seed)
+  return Run(size, variant, optimizer_config(lr, **{**VARIANTS[variant], **fields}), seed)
 
 
 def optimizer_config(lr: float, **fields) -> OptimizerConfig:
