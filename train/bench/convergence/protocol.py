@@ -19,7 +19,7 @@ GRID: dict[str, tuple[float, ...]] = {
 VARIANTS: dict[str, dict] = {
   "adam-b2_0.95": {"name": "adam", "adam_b2": 0.95},
   "adam-b2_0.999": {"name": "adam", "adam_b2": 0.999},
-  "swan": {"name": "swan", "whiten_method": "newton_schulz"},  # the paper's whitening
+  "swan": {"name": "swan"},
   "sinkgd": {"name": "sinkgd"},
 }
 STATELESS = ("swan", "sinkgd")
@@ -48,8 +48,10 @@ def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
 
 
 def optimizer_config(lr: float, **fields) -> OptimizerConfig:
-  """The protocol's optimizer at ``lr``: clipped, and every rate explicit (a swan/sinkgd Adam
-  group at ``lr`` unless ``fields`` say otherwise), so no trainer default enters a run."""
+  """The protocol's optimizer at ``lr``: clipped, and no trainer default that has changed
+  enters a run: a swan/sinkgd Adam group at ``lr`` and the paper's Newton-Schulz whitening,
+  unless ``fields`` say otherwise."""
+  fields.setdefault("whiten_method", "newton_schulz")
   if fields["name"] in STATELESS:
     fields.setdefault("adam_group_lr", lr)
   return OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)

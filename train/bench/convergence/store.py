@@ -109,12 +109,17 @@ def run_record(
   }
 
 
+# Trainer defaults changed after runs were kept: a kept run without the field ran at these.
+_OLD_DEFAULTS = {"whiten_method": "newton_schulz"}
+
+
 def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: str) -> None:
   """Raises if ``found`` (a run's optimizer settings) differs from ``expected``. A field the
-  run's trainer did not have yet ran at its default (fields are added so), and an unset
-  swan/sinkgd ``adam_group_lr`` ran at ``lr`` (before the protocol set it explicitly)."""
+  run's trainer did not have yet ran at its default then (fields are added so): today's, or
+  ``_OLD_DEFAULTS``' where it changed since; an unset swan/sinkgd ``adam_group_lr`` ran at
+  ``lr`` (before the protocol set it explicitly)."""
   want, defaults = json.loads(to_json(expected)), json.loads(to_json(OptimizerConfig()))
-  found = {**defaults, **found}
+  found = {**defaults, **_OLD_DEFAULTS, **found}
   if found["adam_group_lr"] is None and found["name"] in protocol.STATELESS:
     found["adam_group_lr"] = found["lr"]
   if diff := {k: (v, want[k]) for k, v in found.items() if want.get(k) != v}:
