@@ -74,7 +74,8 @@ def sweep(store: Store, variant: str) -> Grid:
   """
   centre, read_only = LRS[variant][1], store.read_only()
   nearby = [(centre * 2.0**i, GROUP_LRS[0] * 2.0**j) for i in range(-4, 5) for j in range(-4, 8)]
-  losses: Grid = {p: x for p in nearby if (x := read_only.final(joint_run(variant, *p)))}
+  finals = {p: read_only.final(joint_run(variant, *p)) for p in nearby}
+  losses: Grid = {p: x for p, x in finals.items() if x is not None}
   while missing := [p for p in window(variant, losses) if p not in losses]:
     best = _best(losses) or missing[0]
     distance = lambda p, best=best: sum(abs(math.log(a / b)) for a, b in zip(p, best, strict=True))
