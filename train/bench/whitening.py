@@ -31,12 +31,12 @@ STAGES = ("sweep", "seeds", "timing", "report")
 
 def method_run(size: str, method: str, lr: float, seed: int) -> protocol.Run:
   """SWAN whitening by ``method`` at ``lr``, its Adam group at ``GROUP_RATIO * lr``."""
-  run = adam_group.joint_run("swan", lr, GROUP_RATIO * lr, seed)
+  run = adam_group.joint_run("swan", lr, GROUP_RATIO * lr, seed, size)
   if method == "newton_schulz":
-    return dataclasses.replace(run, size=size)
+    return run
   optimizer = dataclasses.replace(run.optimizer, whiten_method=method)
   variant = run.variant.replace("swan", f"swan_{method}", 1)
-  return dataclasses.replace(run, size=size, variant=variant, optimizer=optimizer)
+  return dataclasses.replace(run, variant=variant, optimizer=optimizer)
 
 
 def seed_runs(best: dict[str, float]) -> dict[str, list[protocol.Run]]:
