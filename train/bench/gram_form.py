@@ -145,12 +145,8 @@ def main() -> None:
   parser = harness.parser(__doc__, "gram_form.md")
   parser.add_argument("--models", default="tiny,60m")
   args = parser.parse_args()
-  inputs = {}
-  for name in args.models.split(","):
-    inputs |= precision.gradient_inputs(name)
-  inputs |= precision.gaussian_inputs()
   header, *flops = flops_rows()
-  accuracy = accuracy_rows(inputs)
+  accuracy = accuracy_rows(precision.table_inputs(args.models))
   text = (
     "`python -m train.bench.gram_form` — Polar Express (8 steps) on the short-side Gram "
     "against the direct form. Cosine to the exact (pseudo-)polar factor of GradNorm-ed inputs "

@@ -110,6 +110,15 @@ def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[
   return out
 
 
+def table_inputs(models: str) -> dict[str, jax.Array]:
+  """The table's inputs: layer 0's kernel gradients of each comma-separated model, then the
+  Gaussians."""
+  inputs = {}
+  for name in models.split(","):
+    inputs |= gradient_inputs(name)
+  return inputs | gaussian_inputs()
+
+
 def measure(inputs: dict[str, jax.Array]) -> list[dict]:
   rows = []
   for label, x in inputs.items():
@@ -149,11 +158,7 @@ def main() -> None:
   parser = harness.parser(__doc__, "precision.md")
   parser.add_argument("--models", default="tiny,60m")
   args = parser.parse_args()
-  inputs = {}
-  for name in args.models.split(","):
-    inputs |= gradient_inputs(name)
-  inputs |= gaussian_inputs()
-  harness.save(to_markdown(measure(inputs)), args.out)
+  harness.save(to_markdown(measure(table_inputs(args.models))), args.out)
 
 
 if __name__ == "__main__":
