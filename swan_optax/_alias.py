@@ -103,10 +103,11 @@ def stateless_partition(
 def swan(
   learning_rate: optax.ScalarOrSchedule,
   *,
-  method: _whiten.WhiteningMethod = "newton_schulz",
+  method: _whiten.WhiteningMethod = "polar_express",
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
+  precision: jax.lax.PrecisionLike | None = None,
   scale_rule: _scale.ScaleRule = "unit_rms",
   mesh: jax.sharding.Mesh | None = None,
   shardings: _sharded.ShardingsSpec = None,
@@ -142,14 +143,16 @@ def swan(
   Args:
     learning_rate: learning rate (or optax schedule) of both groups: the
       matrix step is ``learning_rate`` times a unit-RMS update.
-    method: how :func:`whiten` computes the polar factor: ``'newton_schulz'``
-      (the paper's coupled iteration), ``'polar_express'``, ``'quintic'``
-      (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
-    ns_steps: iterations of the iterative methods (``None``: 10, 8 and 5).
+    method: how :func:`whiten` computes the polar factor: ``'polar_express'``
+      (default), ``'newton_schulz'`` (the paper's coupled iteration),
+      ``'quintic'`` (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
+    ns_steps: iterations of the iterative methods (``None``: 8, 10 and 5).
     ns_beta: step factor of ``'newton_schulz'``; only 0.5 is the exact inverse
       square root.
     eps: lower clamp of GradNorm's standard deviation and of every norm in a
       denominator of the whitening.
+    precision: the whitening's matmul precision (``None``: the method's, see
+      :func:`whiten`).
     scale_rule: the matrix step's size per shape (:func:`shape_scale`):
       ``'unit_rms'`` (the paper's) or ``'spectral'`` (muP's spectral norm
       ``sqrt(fan_out / fan_in)``).
@@ -203,6 +206,7 @@ def swan(
       ns_steps=ns_steps,
       ns_beta=ns_beta,
       eps=eps,
+      precision=precision,
       dimension_numbers=dimension_numbers,
       mesh=mesh,
       shardings=shardings,

@@ -189,13 +189,12 @@ def test_unboxed_layouts_fit_boxed_params():
   boxed = _boxed(_params())
   labels = swan_optax.param_labels(boxed, dimension_numbers=_layouts())
   assert [label for label in jax.tree.leaves(labels)] == ["matrix", "matrix", "adam", "matrix"]
-  tx = swan_optax.swan(1e-3, dimension_numbers=_layouts())
+  tx = swan_optax.swan(1e-3, dimension_numbers=_layouts(), precision=jax.lax.Precision.HIGHEST)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape), boxed)
   updates, _ = jax.jit(tx.update)(grads, tx.init(boxed), boxed)
-  plain = swan_optax.swan(1e-3, dimension_numbers=_layouts())
-  expected, _ = plain.update(nn.unbox(grads), plain.init(_params()), _params())
+  expected, _ = tx.update(nn.unbox(grads), tx.init(_params()), _params())
   np.testing.assert_allclose(
-    updates["attn"]["q"]["kernel"].value, expected["attn"]["q"]["kernel"], rtol=1e-4, atol=1e-8
+    updates["attn"]["q"]["kernel"].value, expected["attn"]["q"]["kernel"], rtol=1e-4, atol=1e-7
   )
 
 

@@ -1,5 +1,7 @@
 """Checks every stateless transform goes through: jit, vmap, state, dtypes, sharding, errors."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,16 +16,16 @@ from jax.sharding import PartitionSpec as P
 import swan_optax
 from swan_optax import MatrixDimensionNumbers
 
+# The default whitening (polar_express) in float32: these checks are of the transform
+# machinery; its default bfloat16 matmul inputs are held to the exact polar factor in
+# test_precision.py and to the float32 result on meshes in test_sharding.py.
+_whiten_f32 = functools.partial(swan_optax.whiten, precision=jax.lax.Precision.HIGHEST)
 TRANSFORMS = {
   "gradnorm": swan_optax.gradnorm,
-  "whiten": swan_optax.whiten,
-  # In float32: these checks are of the transform machinery; polar_express's default bfloat16
-  # matmul inputs are held to the exact polar factor in test_precision.py.
-  "whiten_polar_express": lambda **kw: swan_optax.whiten(
-    method="polar_express", precision=jax.lax.Precision.HIGHEST, **kw
-  ),
+  "whiten": _whiten_f32,
+  "whiten_newton_schulz": functools.partial(swan_optax.whiten, method="newton_schulz"),
   "sinkhorn": swan_optax.sinkhorn,
-  "whiten_spectral": lambda **kw: swan_optax.whiten(scale_rule="spectral", **kw),
+  "whiten_spectral": functools.partial(_whiten_f32, scale_rule="spectral"),
   "sinkhorn_spectral": lambda **kw: swan_optax.sinkhorn(scale_rule="spectral", **kw),
 }
 
