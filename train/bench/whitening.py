@@ -31,7 +31,11 @@ STAGES = ("sweep", "seeds", "timing", "report")
 
 def method_run(size: str, method: str, lr: float, seed: int) -> protocol.Run:
   """SWAN whitening by ``method`` at ``lr``, its Adam group at ``GROUP_RATIO * lr``."""
-  run = adam_group.joint_run("swan", lr, GROUP_RATIO * lr, seed, size)
+  return with_method(adam_group.joint_run("swan", lr, GROUP_RATIO * lr, seed, size), method)
+
+
+def with_method(run: protocol.Run, method: str) -> protocol.Run:
+  """A protocol SWAN ``run`` (Newton-Schulz) whitening by ``method``, named ``swan_METHOD``."""
   if method == "newton_schulz":
     return run
   optimizer = dataclasses.replace(run.optimizer, whiten_method=method)

@@ -88,12 +88,12 @@ def _row(variant, lr, records, adam_seeds, step_times) -> dict:
     "final_loss": [None if r is None else r["evals"][-1]["val_loss"] for r in records],
     "token_fraction": fractions,
     "step_time_ratio": ratio,
-    "wall_fraction": [_times(f, ratio) for f in fractions],
+    "wall_fraction": [wall_fraction(f, ratio) for f in fractions],
     "token_fraction_mean": float(np.mean(done)) if done and len(done) == len(records) else None,
   }
 
 
-def _times(fraction: float | str | None, ratio: float | None) -> float | str | None:
+def wall_fraction(fraction: float | str | None, ratio: float | None) -> float | str | None:
   """The wall-clock fraction of a token fraction; ``None`` without a step-time ratio."""
   if ratio is None or fraction is None:
     return None

@@ -1,0 +1,98 @@
+"""The defaults' table: which runs it trains, its references, and its fractions (fake runs)."""
+
+import json
+import math
+
+import pytest
+
+from tests import fake_runs
+from train.bench import adam_group
+from train.bench import headline
+from train.bench.convergence import protocol
+from train.bench.convergence import search
+from train.bench.convergence.store import Store
+
+# Fake final losses: each optimizer's floor, parabolic in log2(lr) around its best lr; Adam
+# with its embeddings (and lm_head) at their own lr is 0.05 lower at 0.05; small is 0.3
+# higher; each seed 0.01 higher.
+FLOOR = {"adam": 4.0, "swan": 3.9, "sinkgd": 3.85}
+BEST_LR = {"adam": 2e-3, "swan": 1e-3, "sinkgd": 0.025}
+
+
+def _fake_final_loss(config) -> float:
+  o = config.optimizer
+  loss = FLOOR[o.name] + 0.1 * math.log2(o.lr / BEST_LR[o.name]) ** 2
+  if o.name == "adam":
+    loss += 0.05 * (o.adam_b2 == 0.95)
+    if o.embed_lr_scale != 1:
+      loss += 0.02 * math.log2(o.lr * o.embed_lr_scale / 0.05) ** 2 - 0.05
+  return loss + 0.3 * (config.model == "small") + 0.01 * config.seed
+
+
+def _fake_train(config) -> None:
+  fake_runs.write_run_folder(config, _fake_final_loss(config))
+
+
+@pytest.fixture
+def store(tmp_path):
+  """The searches the table builds on, finished: the convergence sweep and seeds, the small
+  sweep, and Adam's joint grid of its lr and its embeddings'."""
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
+  best = search.best_lrs(search.sweep(store))
+  for runs in protocol.seed_runs(best).values():
+    list(map(store.get, runs))
+  search.small_sweep(store, best, search.adam_reference(store, best))
+  adam_group.sweep(store, "adam-b2_0.999")
+  return store
+
+
+def test_defaults_are_named_by_their_settings():
+  swan = headline.default_run("tiny", "swan", 1)
+  assert swan.tag == "tiny-swan_polar_express+adam_lr0.05-lr0.001-seed1"
+  assert swan.optimizer.whiten_method == "polar_express"
+  assert headline.default_run("small", "sinkgd", 0).tag == "small-sinkgd-lr0.02-seed0"
+
+
+def test_references_are_the_best_adam_and_adam_with_tuned_embeddings(store):
+  refs = headline.references(store)
+  assert [r.tag for r in refs["tiny"]["adam"]] == [
+    f"tiny-adam-b2_0.999-lr0.002-seed{s}" for s in protocol.SEEDS
+  ]
+  assert refs["tiny"]["adam+embed"][2].tag == "tiny-adam-b2_0.999+embed_lr0.05-lr0.002-seed2"
+  assert [r.tag for r in refs["small"]["adam+embed"]] == [
+    "small-adam-b2_0.999+embed_lr0.05-lr0.002-seed0"
+  ]
+
+
+def test_an_open_search_leaves_its_reference_unknown(tmp_path):
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, None)
+  refs = headline.references(store)
+  assert refs == {size: {"adam": [], "adam+embed": []} for size in headline.SEEDS}
+
+
+def test_the_table_from_the_run_jsons(store):
+  list(map(store.get, headline.table_runs(store)))
+  times = {"adam": 1.0, "swan": 1.2, "sinkgd": 1.1}
+  timing = {"reps": 3, "machine": "fake", "steps": {size: times for size in headline.SEEDS}}
+  summary = headline.summarize(store, timing)
+  swan = summary["tiny"][0]
+  assert swan["optimizer"] == "swan" and swan["adam_group_lr"] == pytest.approx(0.05)
+  # Losses fall linearly, by 1 over a run, to their final: a run 0.1 below the reference's
+  # final loss reaches it at 0.9 of its tokens.
+  assert swan["adam"]["token_fraction"] == pytest.approx([0.9] * 3)
+  assert swan["adam"]["wall_fraction"] == pytest.approx([0.9 * 1.2] * 3)
+  assert swan["adam+embed"]["token_fraction"] == pytest.approx([0.95] * 3)
+  sinkgd = summary["small"][1]
+  final = 3.85 + 0.1 * math.log2(0.02 / 0.025) ** 2 + 0.3
+  assert sinkgd["final_loss"] == pytest.approx([final])
+  assert sinkgd["adam+embed"]["token_fraction"] == pytest.approx([1 - (4.25 - final)])
+  text = headline.report_text(summary, timing)
+  assert "| tiny | swan(lr 0.001, Adam group 0.05) | 3.910 (3.900-3.920) | 1.20 | 0.90" in text
+  assert "small adam+embed: lr 0.002, embeddings and lm_head 0.05, final loss 4.250" in text
+  assert json.loads(json.dumps(summary)) == summary
+
+
+def test_a_partial_or_unreached_column_says_so():
+  assert headline._mean_range(["not reached", 0.5], ".2f") == "not reached"
+  assert headline._mean_range([0.5, None], ".2f") == "0.50 [1 of 2]"
+  assert headline._mean_range([None], ".2f") == ""

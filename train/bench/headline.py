@@ -1,0 +1,210 @@
+"""What a user gets at the trainer's defaults: SWAN and SinkGD against a tuned Adam, per size.
+
+Run: ``python -m train.bench.headline [--only runs|timing|report]``. At each size, SWAN and
+SinkGD at the trainer's defaults (``train.config``: lr, Adam-group lr, whitening) against two
+Adams: the best plain Adam of the convergence benchmark, and Adam with its embeddings and
+lm_head at a tuned lr (the Adam-group grid's best pair on tiny; on small, its ratio at the small
+sweep's best lr). Seeds 0-2 on tiny, seed 0 on small; the convergence protocol and its run
+store. Token fraction: the tokens a run needs to reach the reference's final loss (same seed),
+over the reference's; wall-clock fraction: that times the ratio of median step times of the
+compiled train steps, interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
+"""
+
+import json
+import pathlib
+import statistics
+
+from train import loop
+from train.bench import adam_group
+from train.bench import harness
+from train.bench import whitening
+from train.bench.convergence import analysis
+from train.bench.convergence import protocol
+from train.bench.convergence import search
+from train.bench.convergence import store as store_lib
+from train.bench.convergence.store import Store
+from train.config import OptimizerConfig
+
+SEEDS = {"tiny": protocol.SEEDS, "small": (0,)}
+OPTIMIZERS = ("swan", "sinkgd")
+REFERENCES = ("adam", "adam+embed")
+STAGES = ("runs", "timing", "report")
+_ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
+
+
+def default_run(size: str, name: str, seed: int) -> protocol.Run:
+  """``name`` at the trainer's defaults, named by its settings: a changed default trains anew."""
+  defaults = OptimizerConfig(name=name)
+  run = adam_group.joint_run(name, defaults.peak_lr, defaults.adam_group_peak_lr, seed, size)
+  return whitening.with_method(run, defaults.whiten_method) if name == "swan" else run
+
+
+def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:
+  """Size -> ``'adam'`` (the best plain Adam) and ``'adam+embed'`` (Adam with a tuned embedding
+  lr) -> its runs, one per seed of ``SEEDS``; an empty list while the search behind it is open."""
+  read_only = store.read_only()
+  best = search.best_lrs(search.sweep(read_only))
+  adam = search.adam_reference(read_only, best)
+  refs = {size: {name: [] for name in REFERENCES} for size in SEEDS}
+  if adam is None:
+    return refs
+  refs["tiny"]["adam"] = protocol.seed_runs(best)[adam]
+  small = search.best_lrs(search.small_sweep(read_only, best, adam))
+  if adam in small:
+    refs["small"]["adam"] = [protocol.grid_run("small", adam, small[adam], 0)]
+  pair = adam_group.summarize(_ADAM, adam_group.sweep(read_only, _ADAM))
+  if pair["complete"]:
+    lr, group = pair["best"]["lr"], pair["best"]["group_lr"]
+    refs["tiny"]["adam+embed"] = [adam_group.joint_run(_ADAM, lr, group, s) for s in SEEDS["tiny"]]
+  if check := adam_group.small_checks(read_only).get(_ADAM):
+    refs["small"]["adam+embed"] = [check[0]]
+  return refs
+
+
+def table_runs(store: Store) -> list[protocol.Run]:
+  """Every run of the table: the defaults', then the references' (known so far)."""
+  defaults = [
+    default_run(size, n, s) for size, seeds in SEEDS.items() for n in OPTIMIZERS for s in seeds
+  ]
+  refs = [r for sizes in references(store).values() for rs in sizes.values() for r in rs]
+  return defaults + refs
+
+
+def step_times(size: str, reps: int) -> dict[str, float]:
+  """Median seconds of the compiled train step of Adam and of each default, interleaved."""
+  setups = {}
+  for name in ("adam", *OPTIMIZERS):
+    run = (
+      default_run(size, name, 0) if name in OPTIMIZERS else protocol.grid_run(size, _ADAM, 2e-3, 0)
+    )
+    config = protocol.train_config(run, protocol.STEPS, pathlib.Path("runs/timing"))
+    setups[name] = harness.Stepper(harness.experiment(config)).setup
+  return harness.interleaved_medians(setups, reps)
+
+
+def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
+  """Size -> one row per default optimizer: its settings, final losses, and token and
+  wall-clock fractions against each reference, per seed (``None``: a run missing)."""
+  read_only, refs = store.read_only(), references(store)
+  summary = {}
+  for size, seeds in SEEDS.items():
+    steps = timing.get("steps", {}).get(size)
+    rows = []
+    for name in OPTIMIZERS:
+      records = [read_only.get(default_run(size, name, s)) for s in seeds]
+      defaults = OptimizerConfig(name=name)
+      row = {
+        "optimizer": name,
+        "lr": defaults.peak_lr,
+        "adam_group_lr": defaults.adam_group_peak_lr,
+        "final_loss": [_final(r) for r in records],
+        "step_time_ratio": steps[name] / steps["adam"] if steps else None,
+      }
+      for ref_name, ref_runs in refs[size].items():
+        ref = [read_only.get(r) for r in ref_runs] or [None] * len(seeds)
+        tokens = [analysis.token_fraction(r, a) for r, a in zip(records, ref, strict=True)]
+        row[ref_name] = {
+          "lr": ref_runs[0].optimizer.lr if ref_runs else None,
+          "embed_lr": ref_runs[0].optimizer.lr * ref_runs[0].optimizer.embed_lr_scale
+          if ref_runs
+          else None,
+          "final_loss": [_final(a) for a in ref],
+          "token_fraction": tokens,
+          "wall_fraction": [analysis.wall_fraction(f, row["step_time_ratio"]) for f in tokens],
+        }
+      rows.append(row)
+    summary[size] = rows
+  return summary
+
+
+def _final(record: dict | None) -> float | None:
+  return None if record is None else record["evals"][-1]["val_loss"]
+
+
+def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
+  header = ["size", "optimizer (defaults)", "final loss", "step time (x Adam)"]
+  for ref in REFERENCES:
+    header += [f"tokens (x {ref})", f"wall clock (x {ref})"]
+  rows = []
+  for size, size_rows in summary.items():
+    for row in size_rows:
+      ratio = row["step_time_ratio"]
+      cells = [
+        size,
+        f"{row['optimizer']}(lr {row['lr']:g}, Adam group {row['adam_group_lr']:g})",
+        _mean_range(row["final_loss"], ".3f"),
+        "" if ratio is None else f"{ratio:.2f}",
+      ]
+      for ref in REFERENCES:
+        cells += [
+          _mean_range(row[ref]["token_fraction"], ".2f"),
+          _mean_range(row[ref]["wall_fraction"], ".2f"),
+        ]
+      rows.append(cells)
+  refs = []
+  for size, size_rows in summary.items():
+    for ref in REFERENCES:
+      r = size_rows[0][ref]
+      what = "not known yet" if r["lr"] is None else f"lr {r['lr']:g}"
+      if r["embed_lr"] is not None and ref == "adam+embed":
+        what += f", embeddings and lm_head {r['embed_lr']:g}"
+      refs.append(f"{size} {ref}: {what}, final loss {_mean_range(r['final_loss'], '.3f')}")
+  measured = (
+    f"{timing['reps']} interleaved rounds in one process ({timing['machine']})"
+    if timing
+    else "not measured yet (`--only timing`)"
+  )
+  return (
+    f"{protocol.STEPS} steps; seeds {', '.join(map(str, SEEDS['tiny']))} on tiny, "
+    f"{', '.join(map(str, SEEDS['small']))} on small (mean and range over seeds). Token "
+    "fraction: tokens to reach the reference's final loss (same seed) over the reference's; "
+    f"wall clock: times the step-time ratio ({measured}). `not reached`: never got there.\n\n"
+    + harness.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
+    + "\nReferences (Adam, beta2 0.999 or the convergence benchmark's best beta2): "
+    + "; ".join(refs)
+    + ".\n"
+  )
+
+
+def _mean_range(values: list, fmt: str) -> str:
+  """``mean (min-max)`` of the finished values; ``not reached`` if any never got there."""
+  if any(v == analysis.NOT_REACHED for v in values):
+    return analysis.NOT_REACHED
+  done = [v for v in values if v is not None]
+  if not done:
+    return ""
+  text = f"{statistics.mean(done):{fmt}}"
+  if len(done) > 1:
+    text += f" ({min(done):{fmt}}-{max(done):{fmt}})"
+  return text + ("" if len(done) == len(values) else f" [{len(done)} of {len(values)}]")
+
+
+def main() -> None:
+  parser = harness.parser(__doc__, "headline")
+  parser.add_argument("--only", choices=STAGES, action="append")
+  parser.add_argument("--reps", type=int, default=15, help="timing rounds")
+  parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/headline"))
+  store_lib.add_runs_flag(parser)
+  args = parser.parse_args()
+  stages = args.only or STAGES
+  store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
+  if "runs" in stages:
+    list(map(store.get, table_runs(store)))
+  timing_path = args.out / "timing.json"
+  if "timing" in stages:
+    steps = {size: step_times(size, args.reps) for size in SEEDS}
+    timing = {"reps": args.reps, "machine": harness.machine(), "steps": steps}
+    args.out.mkdir(parents=True, exist_ok=True)
+    timing_path.write_text(json.dumps(timing))
+  if "report" in stages:
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    summary = summarize(store, timing)
+    text = report_text(summary, timing)
+    harness.save(
+      f"### At the defaults (`python -m train.bench.headline`)\n\n{text}", args.out / "headline.md"
+    )
+    (args.out / "headline.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+  main()
