@@ -40,8 +40,9 @@ def run_all(work: pathlib.Path) -> list[runs.Outcome]:
 
 def to_markdown(outcomes: list[runs.Outcome]) -> str:
   header = (
-    f"`python -m train.bench.fault_drill` — tiny LLaMA, SWAN, {runs.STEPS} steps, checkpoint "
-    f"every {runs.CHECKPOINT_EVERY}, each run separate `python -m train` processes (one, or "
+    "`python -m train.bench.fault_drill` — tiny LLaMA, SWAN (Newton-Schulz whitening), "
+    f"{runs.STEPS} steps, checkpoint every {runs.CHECKPOINT_EVERY}, each run separate "
+    "`python -m train` processes (one, or "
     f"{multi.PROCESSES} of {multi.DEVICES_PER_PROCESS} CPU devices each over localhost, "
     "compared with an uninterrupted run of as many); faults injected from outside (signals) "
     f"or by a hook in the child. {len(outcomes)} scenarios, all recovered: nothing lost, "
