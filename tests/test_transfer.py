@@ -9,11 +9,12 @@ from models import configs
 from tests import fake_runs
 from train import loop
 from train.bench import transfer
+from train.bench import whitening
 from train.bench.convergence import protocol
 from train.bench.convergence.store import Store
 
 # Fake optima at width 128; unit-RMS variants' optima fall as 1/width, the others' stay put.
-OPTIMUM = {v: centre for v, (_, centre) in transfer.VARIANTS.items()}
+OPTIMUM = {v: centre for v, (*_, centre) in transfer.VARIANTS.items()}
 MOVES = {"swan", "sinkgd"}
 
 
@@ -60,12 +61,17 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   assert (tmp_path / "out" / "transfer.png").stat().st_size > 0
 
 
-def test_spectral_variants_pair_the_adam_group_with_the_reference_width():
-  run = transfer.ladder_run("tiny-w64", "swan-spectral", 0.05, 0)
-  assert run.optimizer.scale_rule == "spectral"
-  assert run.optimizer.adam_group_lr == pytest.approx(0.05 / math.sqrt(128))
-  assert transfer.ladder_run("tiny", "swan", 0.004, 0).optimizer.adam_group_lr == 0.004
-  assert run.tag == "tiny-w64-swan-spectral-lr0.05-seed0"
+def test_each_variant_pairs_its_adam_group_and_reuses_the_runs_of_the_same_settings():
+  spectral = transfer.ladder_run("tiny-w64", "sinkgd-spectral", 0.5, 0)
+  assert spectral.optimizer.scale_rule == "spectral"
+  assert spectral.optimizer.adam_group_lr == pytest.approx(0.5 / math.sqrt(128))
+  assert spectral.tag == "tiny-w64-sinkgd-spectral-lr0.5-seed0"
+  swan = transfer.ladder_run("tiny", "swan", 0.004, 0)
+  assert swan == whitening.method_run("tiny", "polar_express", 0.004, 0)
+  assert swan.optimizer.adam_group_lr == pytest.approx(0.2)
+  swan_spectral = transfer.ladder_run("tiny-w64", "swan-spectral", 0.05, 0)
+  assert swan_spectral.optimizer.adam_group_lr == pytest.approx(50 * 0.05 / math.sqrt(128))
+  assert swan_spectral.tag == "tiny-w64-swan_polar_express-spectral+adam_lr0.220971-lr0.05-seed0"
 
 
 @pytest.mark.slow

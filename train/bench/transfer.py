@@ -28,29 +28,47 @@ from train.bench.convergence.store import Store
 
 WIDTHS = {64: "tiny-w64", 128: "tiny", 256: "tiny-w256", 512: "tiny-w512"}
 DEPTHS = {2: "tiny-l2", 4: "tiny", 8: "tiny-l8"}
-# The spectral rule's update RMS at the reference width (128 x 128 matrices): its Adam group
-# runs at lr times this, so at width 128 a spectral run pairs the same matrix and Adam-group
-# steps as a unit-RMS one.
+# The spectral rule's update RMS at the reference width (128 x 128 matrices): a spectral
+# variant's Adam group runs at its ratio x lr x this, so at width 128 it pairs the same matrix
+# and Adam-group steps as the unit-RMS one.
 REFERENCE_RMS = 1 / math.sqrt(128)
-# Variant -> (its optimizer fields, the centre of its grid: the best tiny lr, or for the
-# spectral rule the best tiny unit-RMS lr / REFERENCE_RMS).
-VARIANTS: dict[str, tuple[dict, float]] = {
-  "adam-b2_0.999": (protocol.VARIANTS["adam-b2_0.999"], 2e-3),
-  "swan": (protocol.VARIANTS["swan"], 4e-3),
-  "swan-spectral": ({**protocol.VARIANTS["swan"], "scale_rule": "spectral"}, 0.05),
-  "sinkgd": (protocol.VARIANTS["sinkgd"], 0.05),
-  "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 0.5),
+# Variant -> (its optimizer fields, its Adam group's lr over its lr (None: Adam), the centre of
+# its grid: the best tiny lr, or for the spectral rule the best tiny unit-RMS lr /
+# REFERENCE_RMS). SWAN runs as the trainer's default: Polar Express, its Adam group at 50x
+# (train.bench.whitening and adam_group); SinkGD with its Adam group at its global lr.
+VARIANTS: dict[str, tuple[dict, float | None, float]] = {
+  "adam-b2_0.999": (protocol.VARIANTS["adam-b2_0.999"], None, 2e-3),
+  "swan": ({"name": "swan", "whiten_method": "polar_express"}, 50.0, 4e-3),
+  "swan-spectral": (
+    {"name": "swan", "whiten_method": "polar_express", "scale_rule": "spectral"},
+    50.0,
+    0.05,
+  ),
+  "sinkgd": (protocol.VARIANTS["sinkgd"], 1.0, 0.05),
+  "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 1.0, 0.5),
 }
-GRID = {v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (_, centre) in VARIANTS.items()}
+GRID = {
+  v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (*_, centre) in VARIANTS.items()
+}
 LADDERS = {"width": WIDTHS, "depth": DEPTHS}
 
 
 def ladder_run(size: str, variant: str, lr: float, seed: int) -> protocol.Run:
-  """The run of ``variant`` at ``lr`` on ``size``; a spectral variant's Adam group at
-  ``lr * REFERENCE_RMS``."""
-  fields, _ = VARIANTS[variant]
-  group = {"adam_group_lr": lr * REFERENCE_RMS} if fields.get("scale_rule") == "spectral" else {}
-  return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields, **group), seed)
+  """The run of ``variant`` at ``lr`` on ``size``, its Adam group at its ratio x ``lr`` (x
+  ``REFERENCE_RMS`` if spectral), named as the other benchmarks name the same run."""
+  fields, ratio, _ = VARIANTS[variant]
+  if ratio is None:
+    return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields), seed)
+  group = ratio * lr * (REFERENCE_RMS if fields.get("scale_rule") == "spectral" else 1.0)
+  name = (
+    variant.replace("swan", f"swan_{fields['whiten_method']}")
+    if "whiten_method" in fields
+    else variant
+  )
+  name += "" if ratio == 1 else f"+adam_lr{group:g}"
+  return protocol.Run(
+    size, name, protocol.optimizer_config(lr, **fields, adam_group_lr=group), seed
+  )
 
 
 def sweep_ladder(
