@@ -51,8 +51,8 @@ class OptimizerConfig:
     weight_decay: decoupled weight decay.
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
     adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd).
-    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group; ``None``:
-      ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``.
+    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group (embeddings, lm_head,
+      norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``.
     embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
     swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
@@ -77,7 +77,12 @@ class OptimizerConfig:
   weight_decay: float = 0.0
   max_grad_norm: float | None = None
   adam_b2: float = 0.999
-  adam_group_lr: float | None = None
+  adam_group_lr: float | None = dataclasses.field(
+    default=None,
+    metadata={
+      "shown_default": ", ".join(f"{k} {v:g} x lr" for k, v in DEFAULT_ADAM_GROUP_SCALE.items())
+    },
+  )
   embed_lr_scale: float = 1.0
   swan_operators: SwanOperators = "both"
   non_matrix: NonMatrix = "adam"
