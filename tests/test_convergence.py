@@ -271,7 +271,7 @@ def test_embed_lr_scale_scales_only_the_embedding_and_lm_head(params):
 
 
 def test_adam_group_lr_changes_only_the_adam_group(params):
-  _, plain = _updates(params, name="sinkgd", lr=0.05)
+  _, plain = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.05)
   _, lower = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.005)
   labels = swan_optax.param_labels(params, dimension_numbers=LAYOUTS)
   for a, b, label in zip(*map(jax.tree.leaves, (plain, lower, labels)), strict=True):

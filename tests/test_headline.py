@@ -50,7 +50,7 @@ def test_defaults_are_named_by_their_settings():
   swan = headline.default_run("tiny", "swan", 1)
   assert swan.tag == "tiny-swan_polar_express+adam_lr0.05-lr0.001-seed1"
   assert swan.optimizer.whiten_method == "polar_express"
-  assert headline.default_run("small", "sinkgd", 0).tag == "small-sinkgd-lr0.02-seed0"
+  assert headline.default_run("small", "sinkgd", 0).tag == "small-sinkgd+adam_lr0.04-lr0.02-seed0"
 
 
 def test_references_are_the_best_adam_and_adam_with_tuned_embeddings(store):
