@@ -68,6 +68,8 @@ def test_an_open_search_leaves_its_reference_unknown(tmp_path):
   store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, None)
   refs = headline.references(store)
   assert refs == {size: {"adam": [], "adam+embed": []} for size in headline.SEEDS}
+  text = headline.report_text(headline.summarize(store, {}), {})
+  assert "tiny adam: not known yet (its search is open)" in text
 
 
 def test_the_table_from_the_run_jsons(store):
@@ -88,7 +90,10 @@ def test_the_table_from_the_run_jsons(store):
   assert sinkgd["adam+embed"]["token_fraction"] == pytest.approx([1 - (4.25 - final)])
   text = headline.report_text(summary, timing)
   assert "| tiny | swan(lr 0.001, Adam group 0.05) | 3.910 (3.900-3.920) | 1.20 | 0.90" in text
-  assert "small adam+embed: lr 0.002, embeddings and lm_head 0.05, final loss 4.250" in text
+  assert (
+    "small adam+embed: `adam-b2_0.999+embed_lr0.05` at lr 0.002, embeddings and lm_head at 0.05, "
+    "final loss 4.250" in text
+  )
   assert json.loads(json.dumps(summary)) == summary
 
 

@@ -104,6 +104,7 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
         ref = [read_only.get(r) for r in ref_runs] or [None] * len(seeds)
         tokens = [analysis.token_fraction(r, a) for r, a in zip(records, ref, strict=True)]
         row[ref_name] = {
+          "variant": ref_runs[0].variant if ref_runs else None,
           "lr": ref_runs[0].optimizer.lr if ref_runs else None,
           "embed_lr": ref_runs[0].optimizer.lr * ref_runs[0].optimizer.embed_lr_scale
           if ref_runs
@@ -145,22 +146,26 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
   for size, size_rows in summary.items():
     for ref in REFERENCES:
       r = size_rows[0][ref]
-      what = "not known yet" if r["lr"] is None else f"lr {r['lr']:g}"
-      if r["embed_lr"] is not None and ref == "adam+embed":
-        what += f", embeddings and lm_head {r['embed_lr']:g}"
-      refs.append(f"{size} {ref}: {what}, final loss {_mean_range(r['final_loss'], '.3f')}")
+      if r["lr"] is None:
+        refs.append(f"{size} {ref}: not known yet (its search is open)")
+        continue
+      what = f"{size} {ref}: `{r['variant']}` at lr {r['lr']:g}"
+      if ref == "adam+embed":
+        what += f", embeddings and lm_head at {r['embed_lr']:g}"
+      refs.append(f"{what}, final loss {_mean_range(r['final_loss'], '.3f') or 'not run yet'}")
   measured = (
-    f"{timing['reps']} interleaved rounds in one process ({timing['machine']})"
+    f"median step times, {timing['reps']} interleaved rounds in one process ({timing['machine']})"
     if timing
-    else "not measured yet (`--only timing`)"
+    else "step times not measured yet: `--only timing`"
   )
   return (
     f"{protocol.STEPS} steps; seeds {', '.join(map(str, SEEDS['tiny']))} on tiny, "
-    f"{', '.join(map(str, SEEDS['small']))} on small (mean and range over seeds). Token "
-    "fraction: tokens to reach the reference's final loss (same seed) over the reference's; "
-    f"wall clock: times the step-time ratio ({measured}). `not reached`: never got there.\n\n"
+    f"{', '.join(map(str, SEEDS['small']))} on small (mean and range over seeds). Tokens: "
+    "the tokens to reach the reference's final loss (same seed) over the reference's; wall "
+    f"clock: that times the step-time ratio ({measured}). `not reached`: never got there.\n\n"
     + harness.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
-    + "\nReferences (Adam, beta2 0.999 or the convergence benchmark's best beta2): "
+    + "\nReferences: the best plain Adam of the convergence benchmark (`adam`), and Adam with "
+    "its embeddings and lm_head at the Adam-group grid's best lr (`adam+embed`). "
     + "; ".join(refs)
     + ".\n"
   )
