@@ -2,6 +2,7 @@
 median timing, the cosine to the polar factor, the machine line and Markdown tables."""
 
 import argparse
+import json
 import os
 import pathlib
 import platform
@@ -158,3 +159,16 @@ def save(text: str, path: pathlib.Path) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(text)
   print(f"wrote {path}")
+
+
+def save_step_times(out: pathlib.Path, reps: int, steps: dict[str, dict[str, float]]) -> None:
+  """Writes ``out/timing.json``: median step seconds per size and setting, with the machine."""
+  out.mkdir(parents=True, exist_ok=True)
+  timing = {"reps": reps, "machine": machine(), "steps": steps}
+  (out / "timing.json").write_text(json.dumps(timing))
+
+
+def load_step_times(out: pathlib.Path) -> dict:
+  """``out/timing.json`` as written by :func:`save_step_times`; ``{}`` if not measured yet."""
+  path = out / "timing.json"
+  return json.loads(path.read_text()) if path.exists() else {}

@@ -195,14 +195,11 @@ def main() -> None:
   store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
   if "runs" in stages:
     list(map(store.get, table_runs(store)))
-  timing_path = args.out / "timing.json"
   if "timing" in stages:
     steps = {size: step_times(size, args.reps) for size in SEEDS}
-    timing = {"reps": args.reps, "machine": harness.machine(), "steps": steps}
-    args.out.mkdir(parents=True, exist_ok=True)
-    timing_path.write_text(json.dumps(timing))
+    harness.save_step_times(args.out, args.reps, steps)
   if "report" in stages:
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    timing = harness.load_step_times(args.out)
     summary = summarize(store, timing)
     text = report_text(summary, timing)
     harness.save(

@@ -124,14 +124,11 @@ def main() -> None:
   best = search.best_lrs(search.sweep(at("sweep"), "tiny", GRID, protocol.GRID_ORDER, method_run))
   for runs in seed_runs(best).values():
     list(map(at("seeds").get, runs))
-  timing_path = args.out / "timing.json"
   if "timing" in stages:
     steps = {size: step_times(size, args.reps) for size in ("tiny", "small")}
-    timing = {"reps": args.reps, "machine": harness.machine(), "steps": steps}
-    args.out.mkdir(parents=True, exist_ok=True)
-    timing_path.write_text(json.dumps(timing))
+    harness.save_step_times(args.out, args.reps, steps)
   if "report" in stages:
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    timing = harness.load_step_times(args.out)
     summary = summarize(store.read_only(), timing)
     text = report_text(summary, timing)
     harness.save(
