@@ -372,3 +372,14 @@ def test_bad_optimizer_options_name_the_field(fields, message):
 def test_cli_sets_adam_b2():
   config, _ = cli.parse_args(["--optimizer", "adam", "--adam-b2", "0.95"])
   assert config.optimizer.adam_b2 == 0.95
+
+
+def test_a_run_stopped_before_its_end_is_not_kept(tmp_path):
+  def preempted(config) -> None:
+    _fake_train(config)
+    (config.run_dir / "summary.json").write_text(json.dumps({"completed": False}))
+
+  run = protocol.grid_run("tiny", "swan", 4e-3, 0)
+  with pytest.raises(RuntimeError, match="stopped before its last step"):
+    _store(tmp_path, train_fn=preempted).get(run)
+  assert not (tmp_path / "runs" / f"{run.tag}.json").exists()

@@ -202,6 +202,8 @@ class Store:
       start = time.perf_counter()
       self.train_fn(config)
       wall = time.perf_counter() - start
+      if not _completed(config.run_dir):
+        raise RuntimeError(f"{run.tag} stopped before its last step (preempted?); not kept")
     record = run_record(run, config, config.run_dir, wall)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
