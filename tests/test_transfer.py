@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 
@@ -56,6 +57,9 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   assert "| swan-spectral | 0.05 | 0.05 | x1.00 |" in text
   # The depth ladder's 2-layer runs never ran: empty cells, nothing invented.
   assert "| swan |  | 0.004 |  |  | 4.000 |" in text
+  # What the runs took, per size, from their JSONs: 5 variants x 5 lrs at each trained size.
+  assert re.search(r"64: [0-9.]+ min a run, [0-9.]+ h for 25; 128: [0-9.]+ min a run", text)
+  assert re.search(r"cores, often shared with other work: 4: [0-9.]+ min a run", text)
   summary = json.loads((tmp_path / "out" / "transfer.json").read_text())
   assert summary["width"]["sinkgd"]["drift_per_doubling"] == pytest.approx(0.5)
   assert (tmp_path / "out" / "transfer.png").stat().st_size > 0

@@ -15,6 +15,7 @@ best lr with its drift per doubling.
 import json
 import math
 import pathlib
+import statistics
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
@@ -123,8 +124,28 @@ def summarize(losses: dict[int, search.Losses]) -> dict[str, dict]:
   return summary
 
 
-def report_text(ladder: str, summary: dict[str, dict], steps: int) -> str:
-  """The Markdown table of one ladder: best lr and loss per size, and the drift."""
+def minutes_per_run(
+  store: Store, sizes: dict[int, str], losses: dict[int, search.Losses]
+) -> dict[int, list[float]]:
+  """Each size's finished runs' wall-clock minutes, as their JSONs record them (runs adopted
+  from a folder have none)."""
+  minutes = {}
+  for n, per_variant in losses.items():
+    records = (
+      store.get(ladder_run(sizes[n], variant, lr, 0))
+      for variant, ls in per_variant.items()
+      for lr, x in ls.items()
+      if x is not None
+    )
+    minutes[n] = [r["wall_time_s"] / 60 for r in records if r["wall_time_s"] is not None]
+  return minutes
+
+
+def report_text(
+  ladder: str, summary: dict[str, dict], minutes: dict[int, list[float]], steps: int
+) -> str:
+  """The Markdown table of one ladder: best lr and loss per size, the drift, and what the
+  runs took."""
   sizes = sorted({n for s in summary.values() for n in s["losses"]})
   header = ["variant", *[f"best lr at {n}" for n in sizes], "drift / doubling"]
   header += [f"loss at {n}" for n in sizes]
@@ -137,12 +158,18 @@ def report_text(ladder: str, summary: dict[str, dict], steps: int) -> str:
     rows.append([variant, *map(lr, sizes), drift_cell, *map(loss, sizes)])
   align = "l" + "r" * (len(header) - 1)
   tokens = steps * protocol.BATCH * protocol.SEQ_LEN
+  took = "; ".join(
+    f"{n}: {statistics.median(m):.1f} min a run, {sum(m) / 60:.1f} h for {len(m)}"
+    for n, m in sorted(minutes.items())
+    if m
+  )
   return (
     f"#### {ladder} ladder ({', '.join(map(str, sizes))}; {steps} steps, {tokens:,} tokens)\n\n"
     + harness.markdown_table(header, rows, align)
     + "\nBest lr: the lowest seed-0 final validation loss of a grid that brackets it; "
     "`~x` while the grid is open (best so far), empty while nothing ran. Drift: the factor "
-    "the best lr moves per doubling (least squares in log2; 1.00 transfers exactly).\n"
+    "the best lr moves per doubling (least squares in log2; 1.00 transfers exactly). "
+    f"Wall clock on these 2 CPU cores, often shared with other work: {took or 'nothing ran'}.\n"
   )
 
 
@@ -174,8 +201,14 @@ def plot(summaries: dict[str, dict[str, dict]], path: pathlib.Path) -> None:
 def report(store: Store, ladders: dict[str, dict[int, str]], out: pathlib.Path) -> None:
   """Writes ``transfer.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   read_only = store.read_only()
-  summaries = {name: summarize(sweep_ladder(read_only, sizes)) for name, sizes in ladders.items()}
-  text = "\n".join(report_text(name, s, store.tiny_steps) for name, s in summaries.items())
+  losses = {name: sweep_ladder(read_only, sizes) for name, sizes in ladders.items()}
+  summaries = {name: summarize(ls) for name, ls in losses.items()}
+  text = "\n".join(
+    report_text(
+      name, summaries[name], minutes_per_run(read_only, ladders[name], ls), store.tiny_steps
+    )
+    for name, ls in losses.items()
+  )
   harness.save(f"## Transfer (`python -m train.bench.transfer`)\n\n{text}", out / "transfer.md")
   (out / "transfer.json").write_text(json.dumps(summaries, indent=1, default=str))
   plot(summaries, out / "transfer.png")
