@@ -25,12 +25,15 @@ def _variant(optimizer) -> str:
   return optimizer.name + ("-spectral" if optimizer.scale_rule == "spectral" else "")
 
 
-def _fake_train(config) -> None:
+def _fake_final(config) -> float:
   variant = _variant(config.optimizer)
   width = configs.get_config(config.model).dim
   optimum = OPTIMUM[variant] * (128 / width if variant in MOVES else 1)
-  final = 4 + 0.1 * math.log2(config.optimizer.lr / optimum) ** 2
-  fake_runs.write_run_folder(config, final)
+  return 4 + 0.1 * math.log2(config.optimizer.lr / optimum) ** 2
+
+
+def _fake_train(config) -> None:
+  fake_runs.write_run_folder(config, _fake_final(config))
 
 
 def test_ladder_finds_each_best_lr_and_its_drift(tmp_path):
@@ -47,6 +50,39 @@ def test_ladder_finds_each_best_lr_and_its_drift(tmp_path):
   assert sorted(summary["swan"]["losses"][64]) == pytest.approx(transfer.GRID["swan"])
 
 
+# The fake Adam group's optimum: GROUP_OPTIMUM x width / 128 times its ratio x lr, so at each
+# width's best lr (falling as 1 / width for SWAN and SinkGD) the best group lr stays put.
+GROUP_OPTIMUM = {"swan": 1.0, "sinkgd": 4.0}
+
+
+def _fake_train_with_group(config) -> None:
+  variant, lr = _variant(config.optimizer), config.optimizer.lr
+  fields, ratio, _ = transfer.VARIANTS[variant]
+  final = _fake_final(config)
+  if ratio is not None:
+    width = configs.get_config(config.model).dim
+    reference = transfer.REFERENCE_RMS if fields.get("scale_rule") == "spectral" else 1.0
+    factor = config.optimizer.adam_group_lr / (ratio * lr * reference)
+    final += 0.1 * math.log2(factor / (GROUP_OPTIMUM.get(variant, 1.0) * width / 128)) ** 2
+  fake_runs.write_run_folder(config, final)
+
+
+def test_the_adam_group_is_tuned_at_each_widths_best_lr(tmp_path):
+  store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train_with_group)
+  widths = {n: transfer.WIDTHS[n] for n in (64, 128, 256)}
+  losses = transfer.sweep_ladder(store, widths)
+  groups = transfer.sweep_group(store, widths, losses)
+  summary = transfer.summarize(transfer._by_size(groups))
+  for variant in transfer.GROUP_VARIANTS:
+    assert summary[variant]["best_lr"] == pytest.approx({64: 0.2, 128: 0.2, 256: 0.2})
+    assert summary[variant]["drift_per_doubling"] == pytest.approx(1.0)
+  # SinkGD's group optimum at 256 is 8x its ratio x lr, past the factors: the grid widened.
+  assert max(groups["sinkgd"][256]) == pytest.approx(16 * 0.025)
+  assert transfer.ladder_run("tiny", "swan", 0.004, 0, 0.5).optimizer.adam_group_lr == 0.1
+  with pytest.raises(ValueError, match="no Adam group"):
+    transfer.ladder_run("tiny", "adam-b2_0.999", 0.002, 0, 2.0)
+
+
 def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
   transfer.sweep_ladder(store, {64: "tiny-w64", 128: "tiny"})
@@ -60,6 +96,7 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   # What the runs took, per size, from their JSONs: 5 variants x 5 lrs at each trained size.
   assert re.search(r"64: [0-9.]+ min a run, [0-9.]+ h for 25; 128: [0-9.]+ min a run", text)
   assert re.search(r"cores, often shared with other work: 4: [0-9.]+ min a run", text)
+  assert "#### the Adam group across widths" in text
   summary = json.loads((tmp_path / "out" / "transfer.json").read_text())
   assert summary["width"]["sinkgd"]["drift_per_doubling"] == pytest.approx(0.5)
   assert (tmp_path / "out" / "transfer.png").stat().st_size > 0

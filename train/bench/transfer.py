@@ -1,15 +1,17 @@
 """Settings that carry across sizes: learning-rate grids along a width ladder and a depth ladder.
 
-Run: ``python -m train.bench.transfer [--only width|depth|report] [--widths 64 128 256]``.
+Run: ``python -m train.bench.transfer [--only width|depth|group|report] [--widths 64 128 256]``.
 One model family, the tiny LLaMA with only its width (``tiny-w64``, ``tiny`` = 128,
 ``tiny-w256``, ``tiny-w512``) or only its depth (``tiny-l2``, ``tiny`` = 4 layers,
 ``tiny-l8``) changed; vocabulary 2048, head_dim 32 and ffn = 43/16 d are kept. Every run
 follows the convergence benchmark's protocol (240 steps x 16 x 256 tokens, warmup 10%, cosine
 to 10%, clipping 1.0, seed 0) and shares its run store, so the ``tiny`` point reuses the
 convergence sweep's runs. For each optimizer variant and scale rule, a 5-point 2x lr grid per
-size, widened 2x while the best sits at an edge. Writes ``OUT/transfer.md``, ``.json`` and
-``.png``: final loss against lr, one curve per size, one panel per variant, and each size's
-best lr with its drift per doubling.
+size, widened 2x while the best sits at an edge; ``group``: at each width's best lr, SWAN's
+and SinkGD's Adam group over a 2x grid around its ratio, to see whether the group's lr
+transfers too. Writes ``OUT/transfer.md``, ``.json`` and ``.png``: final loss against lr, one
+curve per size, one panel per variant, and each size's best lr (and best group lr) with its
+drift per doubling.
 """
 
 import json
@@ -52,21 +54,31 @@ GRID = {
   v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (*_, centre) in VARIANTS.items()
 }
 LADDERS = {"width": WIDTHS, "depth": DEPTHS}
+# The Adam group's lr across the width ladder: at each width's best lr, the group at these
+# factors x its variant's ratio (1: the ladder's own point).
+GROUP_VARIANTS = ("swan", "sinkgd")
+GROUP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def ladder_run(size: str, variant: str, lr: float, seed: int) -> protocol.Run:
-  """The run of ``variant`` at ``lr`` on ``size``, its Adam group at its ratio x ``lr`` (x
-  ``REFERENCE_RMS`` if spectral), named as the other benchmarks name the same run."""
+def ladder_run(
+  size: str, variant: str, lr: float, seed: int, group_factor: float = 1.0
+) -> protocol.Run:
+  """The run of ``variant`` at ``lr`` on ``size``, its Adam group at ``group_factor`` x its
+  ratio x ``lr`` (x ``REFERENCE_RMS`` if spectral), named as the other benchmarks name the
+  same run."""
   fields, ratio, _ = VARIANTS[variant]
   if ratio is None:
+    if group_factor != 1.0:
+      raise ValueError(f"{variant} has no Adam group to scale; group_factor must be 1")
     return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields), seed)
-  group = ratio * lr * (REFERENCE_RMS if fields.get("scale_rule") == "spectral" else 1.0)
+  spectral = fields.get("scale_rule") == "spectral"
+  group = group_factor * ratio * lr * (REFERENCE_RMS if spectral else 1.0)
   name = (
     variant.replace("swan", f"swan_{fields['whiten_method']}")
     if "whiten_method" in fields
     else variant
   )
-  name += "" if ratio == 1 else f"+adam_lr{group:g}"
+  name += "" if group_factor * ratio == 1 else f"+adam_lr{group:g}"
   return protocol.Run(
     size, name, protocol.optimizer_config(lr, **fields, adam_group_lr=group), seed
   )
@@ -92,6 +104,26 @@ def sweep_ladder(
   }
 
 
+def sweep_group(
+  store: Store, sizes: dict[int, str], losses: dict[int, search.Losses]
+) -> dict[str, dict[int, dict[float, float | None]]]:
+  """Per ``GROUP_VARIANTS`` variant and size: its Adam group's lr -> seed-0 final loss, at that
+  size's best lr in ``losses`` (best so far while its grid is open), the group at
+  ``GROUP_FACTORS`` x the variant's ratio, widened 2x while the best sits at an edge."""
+  groups: dict[str, dict[int, dict[float, float | None]]] = {v: {} for v in GROUP_VARIANTS}
+  for n, size in sorted(sizes.items()):
+    for variant in GROUP_VARIANTS:
+      lr = search.best_so_far({variant: losses[n][variant]}).get(variant)
+      if lr is None:
+        continue
+      run = lambda size, v, factor, seed, lr=lr: ladder_run(size, v, lr, seed, factor)
+      by_factor = search.sweep(store, size, {variant: GROUP_FACTORS}, make_run=run)[variant]
+      groups[variant][n] = {
+        run(size, variant, f, 0).optimizer.adam_group_lr: x for f, x in by_factor.items()
+      }
+  return groups
+
+
 def drift_per_doubling(best: dict[int, float]) -> float | None:
   """The factor by which the best lr moves per doubling of the size (a least-squares slope in
   log2 space); ``None`` with fewer than two sizes."""
@@ -109,8 +141,8 @@ def drift_per_doubling(best: dict[int, float]) -> float | None:
 def summarize(losses: dict[int, search.Losses]) -> dict[str, dict]:
   """Per variant: each size's losses, best lr (bracketed or not yet), best loss and drift."""
   summary = {}
-  for variant in VARIANTS:
-    per_size = {n: ls[variant] for n, ls in losses.items()}
+  for variant in dict.fromkeys(v for ls in losses.values() for v in ls):
+    per_size = {n: ls[variant] for n, ls in losses.items() if variant in ls}
     bracketed = {n: search.best_lrs({variant: ls}).get(variant) for n, ls in per_size.items()}
     so_far = {n: search.best_so_far({variant: ls}).get(variant) for n, ls in per_size.items()}
     best = {n: lr for n, lr in bracketed.items() if lr is not None}
@@ -141,13 +173,10 @@ def minutes_per_run(
   return minutes
 
 
-def report_text(
-  ladder: str, summary: dict[str, dict], minutes: dict[int, list[float]], steps: int
-) -> str:
-  """The Markdown table of one ladder: best lr and loss per size, the drift, and what the
-  runs took."""
+def lr_table(summary: dict[str, dict], what: str) -> str:
+  """Each variant's best ``what`` and its loss per size, and the drift, as Markdown."""
   sizes = sorted({n for s in summary.values() for n in s["losses"]})
-  header = ["variant", *[f"best lr at {n}" for n in sizes], "drift / doubling"]
+  header = ["variant", *[f"best {what} at {n}" for n in sizes], "drift / doubling"]
   header += [f"loss at {n}" for n in sizes]
   rows = []
   for variant, s in summary.items():
@@ -156,7 +185,15 @@ def report_text(
     loss = lambda n, s=s: "" if n not in s["best_loss"] else f"{s['best_loss'][n]:.3f}"
     drift_cell = "" if drift is None else f"x{drift:.2f}"
     rows.append([variant, *map(lr, sizes), drift_cell, *map(loss, sizes)])
-  align = "l" + "r" * (len(header) - 1)
+  return harness.markdown_table(header, rows, "l" + "r" * (len(header) - 1))
+
+
+def report_text(
+  ladder: str, summary: dict[str, dict], minutes: dict[int, list[float]], steps: int
+) -> str:
+  """The Markdown table of one ladder: best lr and loss per size, the drift, and what the
+  runs took."""
+  sizes = sorted({n for s in summary.values() for n in s["losses"]})
   tokens = steps * protocol.BATCH * protocol.SEQ_LEN
   took = "; ".join(
     f"{n}: {statistics.median(m):.1f} min a run, {sum(m) / 60:.1f} h for {len(m)}"
@@ -165,11 +202,23 @@ def report_text(
   )
   return (
     f"#### {ladder} ladder ({', '.join(map(str, sizes))}; {steps} steps, {tokens:,} tokens)\n\n"
-    + harness.markdown_table(header, rows, align)
+    + lr_table(summary, "lr")
     + "\nBest lr: the lowest seed-0 final validation loss of a grid that brackets it; "
     "`~x` while the grid is open (best so far), empty while nothing ran. Drift: the factor "
     "the best lr moves per doubling (least squares in log2; 1.00 transfers exactly). "
     f"Wall clock on these 2 CPU cores, often shared with other work: {took or 'nothing ran'}.\n"
+  )
+
+
+def group_report_text(summary: dict[str, dict]) -> str:
+  """The Markdown table of the Adam group's best lr per width."""
+  factors = ", ".join(f"{f:g}" for f in GROUP_FACTORS)
+  return (
+    "#### the Adam group across widths\n\n"
+    + lr_table(summary, "group lr")
+    + f"\nAt each width's best lr (best so far while its grid is open), the Adam group at "
+    f"{factors} x the variant's ratio, widened 2x while the best sits at an edge; best group "
+    "lr and drift as above.\n"
   )
 
 
@@ -203,20 +252,33 @@ def report(store: Store, ladders: dict[str, dict[int, str]], out: pathlib.Path) 
   read_only = store.read_only()
   losses = {name: sweep_ladder(read_only, sizes) for name, sizes in ladders.items()}
   summaries = {name: summarize(ls) for name, ls in losses.items()}
+  groups = sweep_group(read_only, ladders["width"], losses["width"])
+  group_summary = summarize(_by_size(groups))
   text = "\n".join(
     report_text(
       name, summaries[name], minutes_per_run(read_only, ladders[name], ls), store.tiny_steps
     )
     for name, ls in losses.items()
   )
+  text += "\n" + group_report_text(group_summary)
   harness.save(f"## Transfer (`python -m train.bench.transfer`)\n\n{text}", out / "transfer.md")
-  (out / "transfer.json").write_text(json.dumps(summaries, indent=1, default=str))
+  (out / "transfer.json").write_text(
+    json.dumps({**summaries, "width_group": group_summary}, indent=1, default=str)
+  )
   plot(summaries, out / "transfer.png")
+
+
+def _by_size(groups: dict[str, dict[int, dict]]) -> dict[int, search.Losses]:
+  by_size: dict[int, search.Losses] = {}
+  for variant, per_size in groups.items():
+    for n, ls in per_size.items():
+      by_size.setdefault(n, {})[variant] = ls
+  return by_size
 
 
 def main() -> None:
   parser = harness.parser(__doc__, "transfer")
-  parser.add_argument("--only", choices=(*LADDERS, "report"), action="append")
+  parser.add_argument("--only", choices=(*LADDERS, "group", "report"), action="append")
   parser.add_argument("--widths", type=int, nargs="+", default=(64, 128, 256), choices=WIDTHS)
   parser.add_argument("--depths", type=int, nargs="+", default=(2, 4, 8), choices=DEPTHS)
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/transfer"))
@@ -228,9 +290,11 @@ def main() -> None:
     "width": {n: WIDTHS[n] for n in args.widths},
     "depth": {n: DEPTHS[n] for n in args.depths},
   }
-  for name in args.only or (*LADDERS, "report"):
+  for name in args.only or (*LADDERS, "group", "report"):
     if name == "report":
       report(store, ladders, args.out)
+    elif name == "group":
+      sweep_group(store, ladders["width"], sweep_ladder(store.read_only(), ladders["width"]))
     else:
       for order in (protocol.GRID_ORDER[:3], protocol.GRID_ORDER):
         sweep_ladder(store, ladders[name], order)
