@@ -39,13 +39,16 @@ def _fake_train(config) -> None:
 def test_ladder_finds_each_best_lr_and_its_drift(tmp_path):
   store = Store(tmp_path / "runs", tmp_path / "work", 40, 40, _fake_train)
   widths = {n: transfer.WIDTHS[n] for n in (64, 128, 256)}
-  summary = transfer.summarize(transfer.sweep_ladder(store, widths))
+  summary = transfer.summarize(transfer.sweep_ladder(store, widths), 128)
   for variant, s in summary.items():
     moves = variant in MOVES
     for n in widths:
       assert s["best_lr"][n] == pytest.approx(OPTIMUM[variant] * (128 / n if moves else 1))
       assert s["best_loss"][n] == pytest.approx(4.0)
     assert s["drift_per_doubling"] == pytest.approx(0.5 if moves else 1.0)
+    # Width 128's best lr, used at 64 or 256, is 2x off the optimum there when it moves.
+    cost = {n: 0.1 if moves and n != 128 else 0.0 for n in widths}
+    assert s["transfer_cost"] == pytest.approx(cost)
   # SWAN's optimum at width 64 (0.008) is inside its grid; at 256 (0.002) too: no widening.
   assert sorted(summary["swan"]["losses"][64]) == pytest.approx(transfer.GRID["swan"])
 
@@ -72,7 +75,7 @@ def test_the_adam_group_is_tuned_at_each_widths_best_lr(tmp_path):
   widths = {n: transfer.WIDTHS[n] for n in (64, 128, 256)}
   losses = transfer.sweep_ladder(store, widths)
   groups = transfer.sweep_group(store, widths, losses)
-  summary = transfer.summarize(transfer._by_size(groups))
+  summary = transfer.summarize(transfer._by_size(groups), 128)
   for variant in transfer.GROUP_VARIANTS:
     assert summary[variant]["best_lr"] == pytest.approx({64: 0.2, 128: 0.2, 256: 0.2})
     assert summary[variant]["drift_per_doubling"] == pytest.approx(1.0)
@@ -89,7 +92,7 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   ladders = {"width": {64: "tiny-w64", 128: "tiny"}, "depth": {2: "tiny-l2", 4: "tiny"}}
   transfer.report(store, ladders, tmp_path / "out")
   text = (tmp_path / "out" / "transfer.md").read_text()
-  assert "| swan | 0.008 | 0.004 | x0.50 | 4.000 | 4.000 |" in text
+  assert "| swan | 0.008 | 0.004 | x0.50 | 4.000 (+0.100) | 4.000 |" in text
   assert "| swan-spectral | 0.05 | 0.05 | x1.00 |" in text
   # The depth ladder's 2-layer runs never ran: empty cells, nothing invented.
   assert "| swan |  | 0.004 |  |  | 4.000 |" in text

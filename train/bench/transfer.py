@@ -54,6 +54,7 @@ GRID = {
   v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (*_, centre) in VARIANTS.items()
 }
 LADDERS = {"width": WIDTHS, "depth": DEPTHS}
+TINY = {"width": 128, "depth": 4}  # each ladder's rung that is the tiny model
 # The Adam group's lr across the width ladder: at each width's best lr, the group at these
 # factors x its variant's ratio (1: the ladder's own point).
 GROUP_VARIANTS = ("swan", "sinkgd")
@@ -138,8 +139,9 @@ def drift_per_doubling(best: dict[int, float]) -> float | None:
   return 2.0**slope
 
 
-def summarize(losses: dict[int, search.Losses]) -> dict[str, dict]:
-  """Per variant: each size's losses, best lr (bracketed or not yet), best loss and drift."""
+def summarize(losses: dict[int, search.Losses], reference: int) -> dict[str, dict]:
+  """Per variant: each size's losses, best lr (bracketed or not yet), best loss, drift, and
+  the cost of transfer: the loss at ``reference``'s best lr minus the best loss, per size."""
   summary = {}
   for variant in dict.fromkeys(v for ls in losses.values() for v in ls):
     per_size = {n: ls[variant] for n, ls in losses.items() if variant in ls}
@@ -152,8 +154,18 @@ def summarize(losses: dict[int, search.Losses]) -> dict[str, dict]:
       "best_so_far": so_far,
       "best_loss": {n: per_size[n][lr] for n, lr in so_far.items() if lr is not None},
       "drift_per_doubling": drift_per_doubling(best),
+      "transfer_cost": _transfer_cost(per_size, so_far.get(reference)),
     }
   return summary
+
+
+def _transfer_cost(per_size: dict[int, dict], lr: float | None) -> dict[int, float]:
+  """Per size where ``lr`` ran: its loss at ``lr`` minus its best loss so far."""
+  return {
+    n: ls[lr] - min(x for x in ls.values() if x is not None)
+    for n, ls in per_size.items()
+    if ls.get(lr) is not None
+  }
 
 
 def minutes_per_run(
@@ -182,7 +194,7 @@ def lr_table(summary: dict[str, dict], what: str) -> str:
   for variant, s in summary.items():
     lr = lambda n, s=s: _lr_cell(s["best_lr"].get(n), s["best_so_far"].get(n))
     drift = s["drift_per_doubling"]
-    loss = lambda n, s=s: "" if n not in s["best_loss"] else f"{s['best_loss'][n]:.3f}"
+    loss = lambda n, s=s: _loss_cell(s["best_loss"].get(n), s["transfer_cost"].get(n))
     drift_cell = "" if drift is None else f"x{drift:.2f}"
     rows.append([variant, *map(lr, sizes), drift_cell, *map(loss, sizes)])
   return harness.markdown_table(header, rows, "l" + "r" * (len(header) - 1))
@@ -206,6 +218,7 @@ def report_text(
     + "\nBest lr: the lowest seed-0 final validation loss of a grid that brackets it; "
     "`~x` while the grid is open (best so far), empty while nothing ran. Drift: the factor "
     "the best lr moves per doubling (least squares in log2; 1.00 transfers exactly). "
+    f"`(+x)`: the loss lost at this size with the best lr of {TINY[ladder]} (the tiny model). "
     f"Wall clock on these 2 CPU cores, often shared with other work: {took or 'nothing ran'}.\n"
   )
 
@@ -220,6 +233,12 @@ def group_report_text(summary: dict[str, dict]) -> str:
     f"{factors} x the variant's ratio, widened 2x while the best sits at an edge; best group "
     "lr and drift as above.\n"
   )
+
+
+def _loss_cell(best: float | None, cost: float | None) -> str:
+  if best is None:
+    return ""
+  return f"{best:.3f}" + ("" if not cost else f" (+{cost:.3f})")
 
 
 def _lr_cell(bracketed: float | None, so_far: float | None) -> str:
@@ -251,9 +270,9 @@ def report(store: Store, ladders: dict[str, dict[int, str]], out: pathlib.Path) 
   """Writes ``transfer.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   read_only = store.read_only()
   losses = {name: sweep_ladder(read_only, sizes) for name, sizes in ladders.items()}
-  summaries = {name: summarize(ls) for name, ls in losses.items()}
+  summaries = {name: summarize(ls, TINY[name]) for name, ls in losses.items()}
   groups = sweep_group(read_only, ladders["width"], losses["width"])
-  group_summary = summarize(_by_size(groups))
+  group_summary = summarize(_by_size(groups), TINY["width"])
   text = "\n".join(
     report_text(
       name, summaries[name], minutes_per_run(read_only, ladders[name], ls), store.tiny_steps
