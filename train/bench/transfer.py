@@ -288,10 +288,12 @@ def report(store: Store, ladders: dict[str, dict[int, str]], out: pathlib.Path) 
 
 
 def _by_size(groups: dict[str, dict[int, dict]]) -> dict[int, search.Losses]:
+  """``groups`` by size, keeping the grids where more than the ladder's own point ran."""
   by_size: dict[int, search.Losses] = {}
   for variant, per_size in groups.items():
     for n, ls in per_size.items():
-      by_size.setdefault(n, {})[variant] = ls
+      if sum(x is not None for x in ls.values()) > 1:
+        by_size.setdefault(n, {})[variant] = ls
   return by_size
 
 
