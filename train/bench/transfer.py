@@ -148,24 +148,21 @@ def summarize(losses: dict[int, search.Losses], reference: int) -> dict[str, dic
     bracketed = {n: search.best_lrs({variant: ls}).get(variant) for n, ls in per_size.items()}
     so_far = {n: search.best_so_far({variant: ls}).get(variant) for n, ls in per_size.items()}
     best = {n: lr for n, lr in bracketed.items() if lr is not None}
+    best_loss = {n: per_size[n][lr] for n, lr in so_far.items() if lr is not None}
+    transferred = so_far.get(reference)
     summary[variant] = {
       "losses": {n: {lr: x for lr, x in ls.items()} for n, ls in per_size.items()},
       "best_lr": bracketed,
       "best_so_far": so_far,
-      "best_loss": {n: per_size[n][lr] for n, lr in so_far.items() if lr is not None},
+      "best_loss": best_loss,
       "drift_per_doubling": drift_per_doubling(best),
-      "transfer_cost": _transfer_cost(per_size, so_far.get(reference)),
+      "transfer_cost": {
+        n: ls[transferred] - best_loss[n]
+        for n, ls in per_size.items()
+        if ls.get(transferred) is not None
+      },
     }
   return summary
-
-
-def _transfer_cost(per_size: dict[int, dict], lr: float | None) -> dict[int, float]:
-  """Per size where ``lr`` ran: its loss at ``lr`` minus its best loss so far."""
-  return {
-    n: ls[lr] - min(x for x in ls.values() if x is not None)
-    for n, ls in per_size.items()
-    if ls.get(lr) is not None
-  }
 
 
 def minutes_per_run(
