@@ -9,7 +9,9 @@ from swan_optax._labels import param_labels
 from swan_optax._layouts import dimension_numbers_from_einsum
 from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
+from swan_optax._scale import REFERENCE_WIDTH
 from swan_optax._scale import ScaleRule
+from swan_optax._scale import reference_rms
 from swan_optax._scale import shape_scale
 from swan_optax._sinkhorn import sinkhorn
 from swan_optax._table import Route
@@ -28,6 +30,8 @@ __all__ = [
   "gradnorm",
   "Route",
   "param_labels",
+  "REFERENCE_WIDTH",
+  "reference_rms",
   "routing_table",
   "ScaleRule",
   "shape_scale",

@@ -100,6 +100,23 @@ def stateless_partition(
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
 
 
+def _adam_learning_rate(
+  learning_rate: optax.ScalarOrSchedule,
+  adam_learning_rate: optax.ScalarOrSchedule | None,
+  scale_rule: _scale.ScaleRule,
+) -> optax.ScalarOrSchedule:
+  """``adam_learning_rate``, or by default ``learning_rate`` times :func:`reference_rms`."""
+  _scale.check_scale_rule(scale_rule)
+  if adam_learning_rate is not None:
+    return adam_learning_rate
+  factor = _scale.reference_rms(scale_rule)
+  if factor == 1:
+    return learning_rate
+  if callable(learning_rate):
+    return lambda count: factor * learning_rate(count)
+  return factor * learning_rate
+
+
 def swan(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -142,7 +159,8 @@ def swan(
 
   Args:
     learning_rate: learning rate (or optax schedule) of both groups: the
-      matrix step is ``learning_rate`` times a unit-RMS update.
+      matrix step is ``learning_rate`` times a unit-RMS update (times
+      :func:`shape_scale`).
     method: how :func:`whiten` computes the polar factor: ``'polar_express'``
       (default), ``'newton_schulz'`` (the paper's coupled iteration),
       ``'quintic'`` (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
@@ -164,11 +182,13 @@ def swan(
       ``NamedSharding`` or ``PartitionSpec`` as given to ``jax.jit``; needed
       inside ``jit`` on Auto mesh axes, where the gradients do not show it
       (see :func:`whiten`).
-    adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
-      weight_decay, weight_decay_mask, adam_b1, adam_b2, adam_eps,
-      adam_weight_decay, max_grad_norm, non_matrix_optimizer: the Adam group,
-      the routing, weight decay and clipping, as in
-      :func:`stateless_partition`.
+    adam_learning_rate: learning rate (or schedule) of the Adam group;
+      ``None``: ``learning_rate`` times :func:`reference_rms` of ``scale_rule``
+      (``learning_rate`` itself under unit RMS).
+    dimension_numbers, param_labels, adam_pattern, weight_decay,
+      weight_decay_mask, adam_b1, adam_b2, adam_eps, adam_weight_decay,
+      max_grad_norm, non_matrix_optimizer: the Adam group, the routing, weight
+      decay and clipping, as in :func:`stateless_partition`.
 
   Returns:
     An ``optax.GradientTransformation``: an ``optax.partition`` whose
@@ -216,7 +236,7 @@ def swan(
   return stateless_partition(
     operator,
     learning_rate,
-    adam_learning_rate=adam_learning_rate,
+    adam_learning_rate=_adam_learning_rate(learning_rate, adam_learning_rate, scale_rule),
     dimension_numbers=dimension_numbers,
     param_labels=param_labels,
     adam_pattern=adam_pattern,
@@ -232,12 +252,12 @@ def swan(
 
 
 def sinkgd(
-  learning_rate: optax.ScalarOrSchedule = 0.02,
+  learning_rate: optax.ScalarOrSchedule = 0.25,
   *,
   matrix_scale: jax.typing.ArrayLike = 0.05,
   num_iters: jax.typing.ArrayLike = 5,
   eps: jax.typing.ArrayLike = 1e-8,
-  scale_rule: _scale.ScaleRule = "unit_rms",
+  scale_rule: _scale.ScaleRule = "spectral",
   mesh: jax.sharding.Mesh | None = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
@@ -254,48 +274,56 @@ def sinkgd(
 ) -> optax.GradientTransformation:
   r"""SinkGD: SGD on SR-Sinkhorn-normalized gradients; stateless on matrices.
 
-  Each matrix leaf steps by its SR-Sinkhorn-normalized gradient scaled by
-  ``matrix_scale``:
+  Each matrix leaf steps by its SR-Sinkhorn-normalized gradient, scaled by
+  ``matrix_scale`` and by its shape's :func:`shape_scale`:
 
   .. math::
-    W \leftarrow W - \eta_t \, \alpha \, \mathrm{sinkhorn}(G)
+    W \leftarrow W - \eta_t \, \alpha \, s(m, n) \, \mathrm{sinkhorn}(G)
 
-  and everything else is trained with AdamW at ``learning_rate`` itself.
-  ``learning_rate`` is therefore a global rate, not the matrix step: with the
-  defaults the matrix step is ``0.02 * 0.05 = 1e-3`` while Adam's is 0.02 (the
-  paper's setting). To replace AdamW at learning rate ``X`` with the same
-  schedule, use ``sinkgd(X, matrix_scale=1.0)``: matrix steps of ``X`` times a
-  unit-RMS update (as :func:`swan`'s) and Adam unchanged at ``X``.
-  ``sinkgd(X)`` alone would step the matrices at ``X / 20``. Tuned jointly on
-  a small LLaMA, the Adam group was best at about twice the global rate
-  (``adam_learning_rate=2 * X``, 40x the matrix step), if only by 0.01-0.02
-  nats (the README's "The Adam group's lr").
+  and everything else is trained with AdamW at ``learning_rate`` times
+  :func:`reference_rms` (unless ``adam_learning_rate`` is given).
+  ``learning_rate`` is therefore a global rate, not the matrix step.
+
+  The default ``scale_rule='spectral'`` (``s = \sqrt{n / m} / \sqrt{\max(m, n)}``)
+  is the one whose best lr carried across a width ladder (64, 128, 256 wide):
+  at lr 0.25, the default, it was best at width 256 and within 0.04 nats of
+  the best at 64 and 128, while the paper's unit RMS lost 0.48 nats at width
+  256 at its width-128 lr (the README's "Transfer across widths"). At width
+  128 the default is the paper's setting within 10%: matrix RMS
+  ``0.25 * 0.05 / sqrt(128) = 1.1e-3``, Adam ``0.25 / sqrt(128) = 0.022``.
+  The paper's own setting is ``sinkgd(0.02, scale_rule='unit_rms')``: matrix
+  step ``0.02 * 0.05 = 1e-3`` times a unit-RMS update, Adam at 0.02. Tuned
+  jointly on a small LLaMA, the Adam group was best at about twice its
+  default rate, if only by 0.01-0.02 nats (the README's "The Adam group's lr").
 
   Args:
-    learning_rate: global learning rate (or optax schedule): the Adam group's
-      rate, and the matrix group's before ``matrix_scale``.
+    learning_rate: global learning rate (or optax schedule): the matrix
+      group's before ``matrix_scale`` and :func:`shape_scale`, and the Adam
+      group's before :func:`reference_rms`.
     matrix_scale: factor ``alpha`` on the normalized matrix updates; the
       matrix step is ``learning_rate * matrix_scale`` (1.0 makes
       ``learning_rate`` the matrix step). ``weight_decay`` is not scaled by it.
     num_iters: SR-Sinkhorn rounds ``L`` (see :func:`sinkhorn`).
     eps: SR-Sinkhorn's lower clamp of every row and column norm.
     scale_rule: the matrix step's size per shape (:func:`shape_scale`):
-      ``'unit_rms'`` (the paper's) or ``'spectral'``.
+      ``'spectral'`` (default) or ``'unit_rms'`` (the paper's).
     mesh: accepted as in :func:`swan`; SR-Sinkhorn needs no layout change on
       a mesh (it all-reduces one norm vector per step, see :func:`sinkhorn`).
-    adam_learning_rate, dimension_numbers, param_labels, adam_pattern,
-      weight_decay, weight_decay_mask, adam_b1, adam_b2, adam_eps,
-      adam_weight_decay, max_grad_norm, non_matrix_optimizer: the Adam group,
-      the routing, weight decay and clipping, as in
-      :func:`stateless_partition`.
+    adam_learning_rate: learning rate (or schedule) of the Adam group;
+      ``None``: ``learning_rate`` times :func:`reference_rms` of ``scale_rule``
+      (``learning_rate`` itself under unit RMS).
+    dimension_numbers, param_labels, adam_pattern, weight_decay,
+      weight_decay_mask, adam_b1, adam_b2, adam_eps, adam_weight_decay,
+      max_grad_norm, non_matrix_optimizer: the Adam group, the routing, weight
+      decay and clipping, as in :func:`stateless_partition`.
 
   Returns:
     The optimizer: AdamW on the non-matrix leaves, and no optimizer state at
     all on the matrix leaves.
 
   Examples:
-    A scanned ``(layers, in, out)`` stack is one matrix per layer; with
-    ``matrix_scale=1.0`` every matrix steps by an RMS of exactly
+    A scanned ``(layers, in, out)`` stack is one matrix per layer; with unit
+    RMS and ``matrix_scale=1.0`` every matrix steps by an RMS of exactly
     ``learning_rate``:
 
     >>> import jax
@@ -304,7 +332,9 @@ def sinkgd(
     >>> params = {'stack': jnp.ones((2, 8, 4)), 'norm': jnp.ones(4)}
     >>> grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape), params)
     >>> dims = {'stack': swan_optax.MatrixDimensionNumbers(1, 2), 'norm': None}
-    >>> solver = swan_optax.sinkgd(1e-3, matrix_scale=1.0, dimension_numbers=dims)
+    >>> solver = swan_optax.sinkgd(
+    ...   1e-3, matrix_scale=1.0, scale_rule='unit_rms', dimension_numbers=dims
+    ... )
     >>> updates, _ = solver.update(grads, solver.init(params), params)
     >>> [round(float(jnp.sqrt(jnp.mean(u**2))), 6) for u in updates['stack']]
     [0.001, 0.001]
@@ -326,7 +356,7 @@ def sinkgd(
   return stateless_partition(
     operator,
     learning_rate,
-    adam_learning_rate=adam_learning_rate,
+    adam_learning_rate=_adam_learning_rate(learning_rate, adam_learning_rate, scale_rule),
     dimension_numbers=dimension_numbers,
     param_labels=param_labels,
     adam_pattern=adam_pattern,

@@ -332,10 +332,11 @@ def test_whiten_method_reaches_swan_whitening(params, operators):
   ("name", "operators"), [("swan", "both"), ("swan", "whiten"), ("sinkgd", "both")]
 )
 def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operators):
-  """``--scale-rule spectral``: each matrix update is the unit-RMS one times ``shape_scale``."""
-  fields = {"name": name, "lr": 1e-3, "swan_operators": operators}
+  """``--scale-rule spectral``: each matrix update is the unit-RMS one times ``shape_scale``
+  (the Adam group's lr given, so that it steps alike under both)."""
+  fields = {"name": name, "lr": 1e-3, "swan_operators": operators, "adam_group_lr": 0.01}
   _, spectral = _updates(params, scale_rule="spectral", **fields)
-  _, unit = _updates(params, **fields)
+  _, unit = _updates(params, scale_rule="unit_rms", **fields)
   leaves = zip(
     *map(jax.tree.leaves, (params, spectral, unit)), _matrix_layouts(params), strict=True
   )
@@ -343,6 +344,21 @@ def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operato
     view = None if dim is None else matrix_view(param.shape, dim)
     factor = 1.0 if dim is None else swan_optax.shape_scale("spectral", view.fan_in, view.fan_out)
     np.testing.assert_allclose(update, factor * unit_update, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+  ("name", "rule", "adam_group_lr"),
+  [("swan", "unit_rms", 50 * 2e-3), ("sinkgd", "spectral", 2 * 0.25 / math.sqrt(128))],
+)
+def test_default_scale_rule_and_adam_group_per_optimizer(name, rule, adam_group_lr):
+  """Each optimizer's scale rule by default; its Adam group at its ratio x lr x the rule's
+  ``reference_rms``; and an explicit rule wins."""
+  defaults = OptimizerConfig(name=name)
+  assert defaults.effective_scale_rule == rule
+  assert defaults.adam_group_peak_lr == pytest.approx(adam_group_lr)
+  unit = OptimizerConfig(name="sinkgd", scale_rule="unit_rms")
+  assert unit.effective_scale_rule == "unit_rms" and unit.adam_group_peak_lr == 2 * 0.25
+  assert OptimizerConfig(name="adam").effective_scale_rule == "unit_rms"
 
 
 def test_cli_sets_whiten_method():

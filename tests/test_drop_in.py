@@ -25,7 +25,9 @@ LR = 1e-2
 OPTIMIZERS = {
   "swan": lambda dims: swan_optax.swan(LR, dimension_numbers=dims),
   # The README's recipe for AdamW's learning rate: matrix steps at LR, Adam at LR.
-  "sinkgd": lambda dims: swan_optax.sinkgd(LR, matrix_scale=1.0, dimension_numbers=dims),
+  "sinkgd": lambda dims: swan_optax.sinkgd(
+    LR, matrix_scale=1.0, scale_rule="unit_rms", dimension_numbers=dims
+  ),
 }
 
 

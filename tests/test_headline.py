@@ -8,6 +8,7 @@ import pytest
 from tests import fake_runs
 from train.bench import adam_group
 from train.bench import headline
+from train.bench import transfer
 from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence.store import Store
@@ -16,7 +17,7 @@ from train.bench.convergence.store import Store
 # with its embeddings (and lm_head) at their own lr is 0.05 lower at 0.05; small is 0.3
 # higher; each seed 0.01 higher.
 FLOOR = {"adam": 4.0, "swan": 3.9, "sinkgd": 3.85}
-BEST_LR = {"adam": 2e-3, "swan": 1e-3, "sinkgd": 0.025}
+BEST_LR = {"adam": 2e-3, "swan": 2e-3, "sinkgd": 0.2}
 
 
 def _fake_final_loss(config) -> float:
@@ -47,10 +48,15 @@ def store(tmp_path):
 
 
 def test_defaults_are_named_by_their_settings():
+  """... and are the width ladder's runs of the same settings, which they reuse."""
   swan = headline.default_run("tiny", "swan", 1)
-  assert swan.tag == "tiny-swan_polar_express+adam_lr0.05-lr0.001-seed1"
+  assert swan.tag == "tiny-swan_polar_express+adam_lr0.1-lr0.002-seed1"
   assert swan.optimizer.whiten_method == "polar_express"
-  assert headline.default_run("small", "sinkgd", 0).tag == "small-sinkgd+adam_lr0.04-lr0.02-seed0"
+  assert swan == transfer.ladder_run("tiny", "swan", 0.002, 1)
+  sinkgd = headline.default_run("small", "sinkgd", 0)
+  assert sinkgd.tag == "small-sinkgd-spectral+adam_lr0.0441942-lr0.25-seed0"
+  assert sinkgd.optimizer.scale_rule == "spectral"
+  assert sinkgd == transfer.ladder_run("small", "sinkgd-spectral", 0.25, 0, group_factor=2.0)
 
 
 def test_references_are_the_best_adam_and_adam_with_tuned_embeddings(store):
@@ -78,18 +84,18 @@ def test_the_table_from_the_run_jsons(store):
   timing = {"reps": 3, "machine": "fake", "steps": {size: times for size in headline.SEEDS}}
   summary = headline.summarize(store, timing)
   swan = summary["tiny"][0]
-  assert swan["optimizer"] == "swan" and swan["adam_group_lr"] == pytest.approx(0.05)
+  assert swan["optimizer"] == "swan" and swan["adam_group_lr"] == pytest.approx(0.1)
   # Losses fall linearly, by 1 over a run, to their final: a run 0.1 below the reference's
   # final loss reaches it at 0.9 of its tokens.
   assert swan["adam"]["token_fraction"] == pytest.approx([0.9] * 3)
   assert swan["adam"]["wall_fraction"] == pytest.approx([0.9 * 1.2] * 3)
   assert swan["adam+embed"]["token_fraction"] == pytest.approx([0.95] * 3)
   sinkgd = summary["small"][1]
-  final = 3.85 + 0.1 * math.log2(0.02 / 0.025) ** 2 + 0.3
+  final = 3.85 + 0.1 * math.log2(0.25 / 0.2) ** 2 + 0.3
   assert sinkgd["final_loss"] == pytest.approx([final])
   assert sinkgd["adam+embed"]["token_fraction"] == pytest.approx([1 - (4.25 - final)])
   text = headline.report_text(summary, timing)
-  assert "| tiny | swan(lr 0.001, Adam group 0.05) | 3.910 (3.900-3.920) | 1.20 | 0.90" in text
+  assert "| tiny | swan(lr 0.002, Adam group 0.1) | 3.910 (3.900-3.920) | 1.20 | 0.90" in text
   assert (
     "small adam+embed: `adam-b2_0.999+embed_lr0.05` at lr 0.002, embeddings and lm_head at 0.05, "
     "final loss 4.250" in text

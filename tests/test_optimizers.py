@@ -1,5 +1,7 @@
 """The swan() and sinkgd() optimizers: routing, statelessness, updates and convergence."""
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -120,16 +122,41 @@ def test_adafactor_on_non_matrix_leaves_is_nearly_stateless(name):
   np.testing.assert_allclose(updates["embed"]["embedding"], expected["e"], rtol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "matrix_lr"), [("swan", 1e-3), ("sinkgd", 0.05 * 1e-3)])
-def test_one_step_moves_matrix_leaves_by_rms_lr(name, matrix_lr):
+@pytest.mark.parametrize("lr", [1e-3, optax.constant_schedule(1e-3)], ids=["float", "schedule"])
+@pytest.mark.parametrize("rule", ["unit_rms", "spectral"])
+@pytest.mark.parametrize(("name", "matrix_scale"), [("swan", 1.0), ("sinkgd", 0.05)])
+def test_one_step_moves_each_group_by_its_scale_rule(name, matrix_scale, rule, lr):
+  """Matrices step by RMS lr x matrix_scale x ``shape_scale``; the Adam group (by default) by
+  lr x ``reference_rms``: lr itself under unit RMS."""
   params = _params()
-  tx = OPTIMIZERS[name](1e-3, dimension_numbers=_stack_dims)
+  tx = OPTIMIZERS[name](lr, scale_rule=rule, dimension_numbers=_stack_dims)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   for u in (updates["proj"]["kernel"], updates["layers"]["mlp"]["up"]["kernel"]):
-    np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(u))), matrix_lr, rtol=1e-4)
+    expected = 1e-3 * matrix_scale * swan_optax.shape_scale(rule, *u.shape[-2:])
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(u))), expected, rtol=1e-4)
   # Adam's first step is lr * sign(g) elementwise.
-  np.testing.assert_allclose(jnp.abs(updates["embed"]["embedding"]), 1e-3, rtol=1e-4)
+  adam_lr = 1e-3 * swan_optax.reference_rms(rule)
+  np.testing.assert_allclose(jnp.abs(updates["embed"]["embedding"]), adam_lr, rtol=1e-4)
+
+
+def test_defaults_are_the_ladders_choice():
+  """``sinkgd()`` steps spectrally at lr 0.25 (Adam at 0.25 / sqrt(128)); the papers' unit RMS
+  is one keyword away; an unknown rule raises before any default is derived from it."""
+  params = _params()
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
+  tx = swan_optax.sinkgd(dimension_numbers=_stack_dims)
+  default, _ = tx.update(grads, tx.init(params), params)
+  explicit = swan_optax.sinkgd(
+    0.25,
+    scale_rule="spectral",
+    adam_learning_rate=0.25 / math.sqrt(128),
+    dimension_numbers=_stack_dims,
+  )
+  expected, _ = explicit.update(grads, explicit.init(params), params)
+  jax.tree.map(np.testing.assert_allclose, default, expected)
+  with pytest.raises(ValueError, match="unknown scale_rule 'mup'"):
+    swan_optax.swan(1e-3, scale_rule="mup")
 
 
 def test_swan_matrix_update_is_whitened_gradnorm():

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import swan_optax
 from models import configs
 from tests import fake_runs
 from train import loop
@@ -64,7 +65,7 @@ def _fake_train_with_group(config) -> None:
   final = _fake_final(config)
   if ratio is not None:
     width = configs.get_config(config.model).dim
-    reference = transfer.REFERENCE_RMS if fields.get("scale_rule") == "spectral" else 1.0
+    reference = swan_optax.reference_rms(fields.get("scale_rule", "unit_rms"))
     factor = config.optimizer.adam_group_lr / (ratio * lr * reference)
     final += 0.1 * math.log2(factor / (GROUP_OPTIMUM.get(variant, 1.0) * width / 128)) ** 2
   fake_runs.write_run_folder(config, final)

@@ -13,6 +13,7 @@ from typing import Literal
 from models import configs
 from swan_optax import ScaleRule
 from swan_optax import WhiteningMethod
+from swan_optax import reference_rms
 from train import flags
 from train.data import DataConfig
 from train.flags import ConfigError
@@ -23,12 +24,17 @@ WhitenLayout = Literal["whole", "param"]
 OnNonFinite = Literal["skip", "stop"]
 ParamDtype = Literal["float32", "bfloat16"]
 SwanOperators = Literal["both", "gradnorm", "whiten"]
-# Peak learning rates of the benchmark protocol: 1e-3 for Adam and SWAN (SWAN paper, LLaMA
-# pretraining); SinkGD's is global, its matrix group steps 0.05x this (SinkGD paper).
-DEFAULT_LR: dict[str, float] = {"swan": 1e-3, "sinkgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
-# swan/sinkgd: the Adam group's peak lr as a multiple of ``lr`` when ``adam_group_lr`` is unset.
-# The best ratios of a joint grid on tiny (train.bench.adam_group): swan 50 (checked on small),
-# sinkgd 2 (its global lr: 40x its matrix step; at least as good as 1 at every lr of the grid).
+# Peak learning rates: swan and sinkgd at the best of a width ladder's widest rung (256; the best
+# at 64 and 128 is 2x higher, for 0.03-0.05 nats: train.bench.transfer); sinkgd's is global,
+# its matrix group steps 0.05x this times the spectral rule's shape factor.
+DEFAULT_LR: dict[str, float] = {"swan": 2e-3, "sinkgd": 0.25, "adam": 1e-3, "adamw": 1e-3}
+# swan/sinkgd: the matrix step's rule per shape, the one whose best lr drifted least across the
+# width ladder (the papers' is unit RMS for both).
+DEFAULT_SCALE_RULE: dict[str, ScaleRule] = {"swan": "unit_rms", "sinkgd": "spectral"}
+# swan/sinkgd: the Adam group's peak lr as a multiple of ``lr`` times ``swan_optax.reference_rms``
+# of the scale rule, when ``adam_group_lr`` is unset. The best ratios of a joint grid on tiny
+# (train.bench.adam_group): swan 50 (checked on small, and on widths 64 and 128 of the ladder),
+# sinkgd 2 (at least as good as 1 at every lr of the grid).
 DEFAULT_ADAM_GROUP_SCALE: dict[str, float] = {"swan": 50.0, "sinkgd": 2.0}
 
 
@@ -36,7 +42,7 @@ def _check_choices(config) -> None:
   """Raises for a field whose value is not one of its choices (``Literal`` or metadata)."""
   for field in dataclasses.fields(config):
     allowed, value = flags.choices(field), getattr(config, field.name)
-    if allowed is not None and value not in allowed:
+    if allowed is not None and value is not None and value not in allowed:
       raise ConfigError(config, field.name, f"must be one of {list(allowed)}, got {value!r}")
 
 
@@ -53,7 +59,8 @@ class OptimizerConfig:
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
     adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd).
     adam_group_lr: swan/sinkgd: peak learning rate of the Adam group (embeddings, lm_head,
-      norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``.
+      norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr`` times
+      ``swan_optax.reference_rms`` of the scale rule (1 for unit RMS, 1/sqrt(128) spectral).
     embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
     swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
@@ -65,7 +72,7 @@ class OptimizerConfig:
     whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
     scale_rule: swan/sinkgd: the matrix step's size per shape (``swan_optax.shape_scale``):
       ``unit_rms`` (the papers': Adam's RMS for every shape) or ``spectral`` (muP's spectral
-      norm ``sqrt(fan_out / fan_in)``).
+      norm ``sqrt(fan_out / fan_in)``); ``None``: the optimizer's, ``DEFAULT_SCALE_RULE``.
   """
 
   name: OptimizerName = dataclasses.field(default="swan", metadata={"flag": "--optimizer"})
@@ -82,6 +89,7 @@ class OptimizerConfig:
     default=None,
     metadata={
       "shown_default": ", ".join(f"{k} {v:g} x lr" for k, v in DEFAULT_ADAM_GROUP_SCALE.items())
+      + " (x 1/sqrt(128) if spectral)"
     },
   )
   embed_lr_scale: float = 1.0
@@ -89,7 +97,10 @@ class OptimizerConfig:
   non_matrix: NonMatrix = "adam"
   whiten_layout: WhitenLayout = "whole"
   whiten_method: WhiteningMethod = "polar_express"
-  scale_rule: ScaleRule = "unit_rms"
+  scale_rule: ScaleRule | None = dataclasses.field(
+    default=None,
+    metadata={"shown_default": ", ".join(f"{k} {v}" for k, v in DEFAULT_SCALE_RULE.items())},
+  )
 
   def __post_init__(self):
     _check_choices(self)
@@ -130,11 +141,11 @@ class OptimizerConfig:
       )
     if self.swan_operators != "both" and self.name != "swan":
       raise ConfigError(self, "swan_operators", f"is for swan only, got optimizer {self.name}")
-    if self.scale_rule != "unit_rms" and not stateless:
+    if self.effective_scale_rule != "unit_rms" and not stateless:
       raise ConfigError(
         self, "scale_rule", f"is for swan or sinkgd only, got optimizer {self.name}"
       )
-    if self.scale_rule != "unit_rms" and self.swan_operators == "gradnorm":
+    if self.effective_scale_rule != "unit_rms" and self.swan_operators == "gradnorm":
       raise ConfigError(
         self, "scale_rule", "scales the whitening, which swan_operators=gradnorm drops"
       )
@@ -144,11 +155,19 @@ class OptimizerConfig:
     return DEFAULT_LR[self.name] if self.lr is None else self.lr
 
   @property
+  def effective_scale_rule(self) -> ScaleRule:
+    """``scale_rule``, or the optimizer's (``unit_rms``, a no-op, for adam/adamw)."""
+    if self.scale_rule is not None:
+      return self.scale_rule
+    return DEFAULT_SCALE_RULE.get(self.name, "unit_rms")
+
+  @property
   def adam_group_peak_lr(self) -> float:
     """swan/sinkgd: the Adam group's peak learning rate."""
     if self.adam_group_lr is not None:
       return self.adam_group_lr
-    return DEFAULT_ADAM_GROUP_SCALE[self.name] * self.peak_lr
+    reference = reference_rms(self.effective_scale_rule)
+    return DEFAULT_ADAM_GROUP_SCALE[self.name] * self.peak_lr * reference
 
 
 def model_data(model: str, **fields) -> DataConfig:

@@ -124,9 +124,9 @@ def _stateless(
     non_matrix_optimizer=adafactor if config.non_matrix == "adafactor" else None,
   )
   if config.name == "sinkgd":
-    return swan_optax.sinkgd(lr, scale_rule=config.scale_rule, **group)
+    return swan_optax.sinkgd(lr, scale_rule=config.effective_scale_rule, **group)
   whitening = {
-    "scale_rule": config.scale_rule,
+    "scale_rule": config.effective_scale_rule,
     "method": config.whiten_method,
     "shardings": shardings if config.whiten_layout == "whole" else None,
   }

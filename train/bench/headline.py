@@ -11,13 +11,13 @@ compiled train steps, interleaved in one process. Writes ``OUT/headline.md`` and
 """
 
 import json
+import math
 import pathlib
 import statistics
 
 from train import loop
 from train.bench import adam_group
 from train.bench import harness
-from train.bench import whitening
 from train.bench.convergence import analysis
 from train.bench.convergence import protocol
 from train.bench.convergence import search
@@ -33,10 +33,19 @@ _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 
 
 def default_run(size: str, name: str, seed: int) -> protocol.Run:
-  """``name`` at the trainer's defaults, named by its settings: a changed default trains anew."""
+  """``name`` at the trainer's defaults, named by its settings as ``train.bench.transfer`` names
+  the same run: a changed default trains anew."""
   defaults = OptimizerConfig(name=name)
-  run = adam_group.joint_run(name, defaults.peak_lr, defaults.adam_group_peak_lr, seed, size)
-  return whitening.with_method(run, defaults.whiten_method) if name == "swan" else run
+  rule, lr, group = defaults.effective_scale_rule, defaults.peak_lr, defaults.adam_group_peak_lr
+  fields = {"name": name, "scale_rule": rule}
+  variant = name
+  if name == "swan":
+    fields["whiten_method"] = defaults.whiten_method
+    variant += f"_{defaults.whiten_method}"
+  variant += "" if rule == "unit_rms" else f"-{rule}"
+  variant += "" if math.isclose(group, lr) else f"+adam_lr{group:g}"
+  optimizer = protocol.optimizer_config(lr, **fields, adam_group_lr=group)
+  return protocol.Run(size, variant, optimizer, seed)
 
 
 def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:

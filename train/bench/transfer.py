@@ -22,6 +22,7 @@ import statistics
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+import swan_optax
 from train import loop
 from train.bench import harness
 from train.bench.convergence import protocol
@@ -31,14 +32,10 @@ from train.bench.convergence.store import Store
 
 WIDTHS = {64: "tiny-w64", 128: "tiny", 256: "tiny-w256", 512: "tiny-w512"}
 DEPTHS = {2: "tiny-l2", 4: "tiny", 8: "tiny-l8"}
-# The spectral rule's update RMS at the reference width (128 x 128 matrices): a spectral
-# variant's Adam group runs at its ratio x lr x this, so at width 128 it pairs the same matrix
-# and Adam-group steps as the unit-RMS one.
-REFERENCE_RMS = 1 / math.sqrt(128)
-# Variant -> (its optimizer fields, its Adam group's lr over its lr (None: Adam), the centre of
-# its grid: the best tiny lr, or for the spectral rule the best tiny unit-RMS lr /
-# REFERENCE_RMS). SWAN runs as the trainer's default: Polar Express, its Adam group at 50x
-# (train.bench.whitening and adam_group); SinkGD with its Adam group at its global lr.
+# Variant -> (its optimizer fields, its Adam group's lr over its lr x the rule's
+# swan_optax.reference_rms (None: Adam), the centre of its grid: the best tiny lr, or for the
+# spectral rule the best tiny unit-RMS lr / reference_rms). SWAN runs Polar Express, its Adam
+# group at 50x (train.bench.whitening and adam_group); SinkGD its Adam group at its global lr.
 VARIANTS: dict[str, tuple[dict, float | None, float]] = {
   "adam-b2_0.999": (protocol.VARIANTS["adam-b2_0.999"], None, 2e-3),
   "swan": ({"name": "swan", "whiten_method": "polar_express"}, 50.0, 4e-3),
@@ -65,15 +62,14 @@ def ladder_run(
   size: str, variant: str, lr: float, seed: int, group_factor: float = 1.0
 ) -> protocol.Run:
   """The run of ``variant`` at ``lr`` on ``size``, its Adam group at ``group_factor`` x its
-  ratio x ``lr`` (x ``REFERENCE_RMS`` if spectral), named as the other benchmarks name the
-  same run."""
+  ratio x ``lr`` x ``swan_optax.reference_rms`` of its rule (as the trainer's default), named
+  as the other benchmarks name the same run."""
   fields, ratio, _ = VARIANTS[variant]
   if ratio is None:
     if group_factor != 1.0:
       raise ValueError(f"{variant} has no Adam group to scale; group_factor must be 1")
     return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields), seed)
-  spectral = fields.get("scale_rule") == "spectral"
-  group = group_factor * ratio * lr * (REFERENCE_RMS if spectral else 1.0)
+  group = group_factor * ratio * lr * swan_optax.reference_rms(fields.get("scale_rule", "unit_rms"))
   name = (
     variant.replace("swan", f"swan_{fields['whiten_method']}")
     if "whiten_method" in fields

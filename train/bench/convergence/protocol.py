@@ -49,9 +49,10 @@ def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
 
 def optimizer_config(lr: float, **fields) -> OptimizerConfig:
   """The protocol's optimizer at ``lr``: clipped, and no trainer default that has changed
-  enters a run: a swan/sinkgd Adam group at ``lr`` and the paper's Newton-Schulz whitening,
-  unless ``fields`` say otherwise."""
+  enters a run: a swan/sinkgd Adam group at ``lr``, the paper's Newton-Schulz whitening and
+  unit-RMS steps, unless ``fields`` say otherwise."""
   fields.setdefault("whiten_method", "newton_schulz")
+  fields.setdefault("scale_rule", "unit_rms")
   if fields["name"] in STATELESS:
     fields.setdefault("adam_group_lr", lr)
   return OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)

@@ -110,7 +110,7 @@ def run_record(
 
 
 # Trainer defaults changed after runs were kept: a kept run without the field ran at these.
-_OLD_DEFAULTS = {"whiten_method": "newton_schulz"}
+_OLD_DEFAULTS = {"whiten_method": "newton_schulz", "scale_rule": "unit_rms"}
 
 
 def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: str) -> None:
