@@ -1,13 +1,13 @@
 """Which whitening SWAN should run by default: Newton-Schulz or Polar Express, each at its own lr.
 
-Run: ``python -m train.bench.whitening [--only sweep|seeds|timing|report]``. SWAN on tiny
-under the convergence protocol (and its run store), its Adam group at ``GROUP_RATIO`` x the
-matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening by the paper's
-10 coupled Newton-Schulz steps or by 8 Polar Express steps. Each method's matrix lr is swept
-on a 5-point 2x grid (widened while its best sits at an edge), then seeds 0-2 run at its best
-lr, and both compiled train steps of tiny and small are timed side by side (interleaved
-medians). Writes
-``OUT/whitening.md`` and ``.json``.
+Run: ``python -m train.bench.whitening [--only sweep|seeds|timing|report]``. SWAN on tiny and
+on the width ladder's ``tiny-w64`` (``train.bench.transfer``, whose Polar Express runs it
+shares) under the convergence protocol (and its run store), its Adam group at ``GROUP_RATIO`` x
+the matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening by the paper's
+10 coupled Newton-Schulz steps or by 8 Polar Express steps. On each size, each method's matrix
+lr is swept on a 5-point 2x grid (widened while its best sits at an edge), then ``SEEDS`` run at
+its best lr; both compiled train steps of tiny and small are timed side by side (interleaved
+medians). Writes ``OUT/whitening.md`` and ``.json``.
 """
 
 import dataclasses
@@ -27,6 +27,7 @@ GROUP_RATIO = 50.0
 METHODS = ("newton_schulz", "polar_express")
 GRID = {m: tuple(4e-3 * 2.0**k for k in (-2, -1, 0, 1, 2)) for m in METHODS}
 STAGES = ("sweep", "seeds", "timing", "report")
+SEEDS = {"tiny": protocol.SEEDS, "tiny-w64": (0, 1)}  # size -> seeds at each method's best lr
 
 
 def method_run(size: str, method: str, lr: float, seed: int) -> protocol.Run:
@@ -43,8 +44,8 @@ def with_method(run: protocol.Run, method: str) -> protocol.Run:
   return dataclasses.replace(run, variant=variant, optimizer=optimizer)
 
 
-def seed_runs(best: dict[str, float]) -> dict[str, list[protocol.Run]]:
-  return {m: [method_run("tiny", m, lr, s) for s in protocol.SEEDS] for m, lr in best.items()}
+def seed_runs(size: str, best: dict[str, float]) -> dict[str, list[protocol.Run]]:
+  return {m: [method_run(size, m, lr, s) for s in SEEDS[size]] for m, lr in best.items()}
 
 
 def step_times(size: str, reps: int) -> dict[str, float]:
@@ -58,56 +59,68 @@ def step_times(size: str, reps: int) -> dict[str, float]:
   return harness.interleaved_medians(setups, reps)
 
 
-def summarize(store: Store, timing: dict) -> dict[str, dict]:
-  """Per method: the seed-0 lr grid, its best lr, the seeds' final losses there, step time."""
-  losses = search.sweep(store, "tiny", GRID, protocol.GRID_ORDER, method_run)
-  best = search.best_lrs(losses)
-  so_far = search.best_so_far(losses)
+def summarize(store: Store, timing: dict) -> dict[str, dict[str, dict]]:
+  """Per size and method: the seed-0 lr grid, its best lr, the seeds' final losses there; and
+  per method its step time per timed size (under ``'step_s'``)."""
   summary = {}
-  for method in METHODS:
-    lr = best.get(method, so_far.get(method))
-    seeds = [] if lr is None else [store.final(r) for r in seed_runs({method: lr})[method]]
-    summary[method] = {
-      "losses": losses[method],
-      "best_lr": lr,
-      "bracketed": method in best,
-      "seeds": seeds,
-      "step_s": {size: steps[method] for size, steps in timing.get("steps", {}).items()},
-    }
+  for size in SEEDS:
+    losses = search.sweep(store, size, GRID, protocol.GRID_ORDER, method_run)
+    best, so_far = search.best_lrs(losses), search.best_so_far(losses)
+    summary[size] = {}
+    for method in METHODS:
+      lr = best.get(method, so_far.get(method))
+      runs = [] if lr is None else seed_runs(size, {method: lr})[method]
+      summary[size][method] = {
+        "losses": losses[method],
+        "best_lr": lr,
+        "bracketed": method in best,
+        "seeds": [store.final(r) for r in runs],
+      }
+  steps = timing.get("steps", {})
+  summary["step_s"] = {m: {size: s[m] for size, s in steps.items()} for m in METHODS}
   return summary
 
 
 def report_text(summary: dict[str, dict], timing: dict) -> str:
-  sizes = list(timing.get("steps", {}))
-  header = ["method", "best lr", "final loss, seeds 0-2", "mean", "spread"]
-  header += [f"{size} step ms (x NS)" for size in sizes]
-  rows, ns_step = [], summary["newton_schulz"]["step_s"]
-  for method, s in summary.items():
-    done = [x for x in s["seeds"] if x is not None]
-    lr = "" if s["best_lr"] is None else f"{s['best_lr']:g}" + ("" if s["bracketed"] else " ~")
-    steps = [f"{1e3 * s['step_s'][n]:.0f} ({s['step_s'][n] / ns_step[n]:.2f})" for n in sizes]
-    seeds = " / ".join("-" if x is None else f"{x:.3f}" for x in s["seeds"])
-    mean = f"{statistics.mean(done):.3f}" if done else ""
-    spread = f"{max(done) - min(done):.3f}" if len(done) > 1 else ""
-    rows.append([method, lr, seeds, mean, spread, *steps])
-  grid_header = ["lr", *METHODS]
-  lrs = sorted({lr for s in summary.values() for lr in s["losses"]})
-  cell = lambda m, lr: (
-    "" if summary[m]["losses"].get(lr) is None else f"{summary[m]['losses'][lr]:.3f}"
+  sizes = [size for size in summary if size != "step_s"]
+  header = ["size", "method", "best lr", "final loss, seed 0 / 1 / ...", "mean", "spread"]
+  rows = []
+  for size in sizes:
+    for method, s in summary[size].items():
+      done = [x for x in s["seeds"] if x is not None]
+      lr = "" if s["best_lr"] is None else f"{s['best_lr']:g}" + ("" if s["bracketed"] else " ~")
+      seeds = " / ".join("-" if x is None else f"{x:.3f}" for x in s["seeds"])
+      mean = f"{statistics.mean(done):.3f}" if done else ""
+      spread = f"{max(done) - min(done):.3f}" if len(done) > 1 else ""
+      rows.append([size, method, lr, seeds, mean, spread])
+  grid_header = ["lr", *(f"{size} {m}" for size in sizes for m in METHODS)]
+  lrs = sorted({lr for size in sizes for s in summary[size].values() for lr in s["losses"]})
+  cell = lambda size, m, lr: (
+    "" if summary[size][m]["losses"].get(lr) is None else f"{summary[size][m]['losses'][lr]:.3f}"
   )
-  grid_rows = [[f"{lr:g}", *(cell(m, lr) for m in METHODS)] for lr in lrs]
-  measured = (
-    f"{timing['reps']} interleaved rounds in one process ({timing['machine']})"
-    if timing
-    else "not measured yet (`--only timing`)"
-  )
-  return (
-    f"SWAN on tiny, {protocol.STEPS} steps, its Adam group at {GROUP_RATIO:g} x the matrix lr. "
-    "Best lr: the lowest seed-0 final validation loss of a grid that brackets it (`~`: the grid "
-    f"is still open). Step times: {measured}.\n\n"
-    + harness.markdown_table(header, rows, "llrrr" + "r" * len(sizes))
+  grid_rows = [[f"{lr:g}", *(cell(size, m, lr) for size in sizes for m in METHODS)] for lr in lrs]
+  text = (
+    f"SWAN, {protocol.STEPS} steps, its Adam group at {GROUP_RATIO:g} x the matrix lr. Best lr: "
+    "the lowest seed-0 final validation loss of a grid that brackets it (`~`: the grid is still "
+    "open).\n\n"
+    + harness.markdown_table(header, rows, "lllrrr")
     + "\nSeed-0 final validation loss per matrix lr:\n\n"
-    + harness.markdown_table(grid_header, grid_rows, "lrr")
+    + harness.markdown_table(grid_header, grid_rows, "l" + "r" * (len(grid_header) - 1))
+  )
+  if not timing:
+    return text + "\nStep times: not measured yet (`--only timing`).\n"
+  timed = list(timing["steps"])
+  ns_step = summary["step_s"]["newton_schulz"]
+  step_rows = [
+    [m, *(f"{1e3 * steps[n]:.0f} ({steps[n] / ns_step[n]:.2f})" for n in timed)]
+    for m, steps in summary["step_s"].items()
+  ]
+  return (
+    text
+    + f"\nStep times: {timing['reps']} interleaved rounds in one process ({timing['machine']}).\n\n"
+    + harness.markdown_table(
+      ["method", *(f"{n} step ms (x NS)" for n in timed)], step_rows, "l" + "r" * len(timed)
+    )
   )
 
 
@@ -121,9 +134,10 @@ def main() -> None:
   stages = args.only or STAGES
   store = Store(args.runs, args.work, protocol.STEPS, protocol.STEPS, loop.train)
   at = lambda stage: store if stage in stages else store.read_only()
-  best = search.best_lrs(search.sweep(at("sweep"), "tiny", GRID, protocol.GRID_ORDER, method_run))
-  for runs in seed_runs(best).values():
-    list(map(at("seeds").get, runs))
+  for size in SEEDS:
+    losses = search.sweep(at("sweep"), size, GRID, protocol.GRID_ORDER, method_run)
+    for runs in seed_runs(size, search.best_lrs(losses)).values():
+      list(map(at("seeds").get, runs))
   if "timing" in stages:
     steps = {size: step_times(size, args.reps) for size in ("tiny", "small")}
     harness.save_step_times(args.out, args.reps, steps)
