@@ -44,6 +44,8 @@ def store(tmp_path):
     list(map(store.get, runs))
   search.small_sweep(store, best, search.adam_reference(store, best))
   adam_group.sweep(store, "adam-b2_0.999")
+  adam = {"adam-b2_0.999": transfer.GRID["adam-b2_0.999"]}
+  search.sweep(store, "tiny-w64", adam, make_run=transfer.ladder_run)
   return store
 
 
@@ -68,6 +70,12 @@ def test_references_are_the_best_adam_and_adam_with_tuned_embeddings(store):
   assert [r.tag for r in refs["small"]["adam+embed"]] == [
     "small-adam-b2_0.999+embed_lr0.05-lr0.002-seed0"
   ]
+  # The ladder's rungs: its best plain Adam, and Adam with embeddings at tiny's ratio to it.
+  assert refs["tiny-w64"]["adam"] == [transfer.ladder_run("tiny-w64", "adam-b2_0.999", 0.002, 0)]
+  assert [r.tag for r in refs["tiny-w64"]["adam+embed"]] == [
+    "tiny-w64-adam-b2_0.999+embed_lr0.05-lr0.002-seed0"
+  ]
+  assert refs["tiny-w256"] == {"adam": [], "adam+embed": []}  # its Adam grid is not run
 
 
 def test_an_open_search_leaves_its_reference_unknown(tmp_path):

@@ -2,12 +2,13 @@
 
 Run: ``python -m train.bench.headline [--only runs|timing|report]``. At each size, SWAN and
 SinkGD at the trainer's defaults (``train.config``: lr, Adam-group lr, whitening) against two
-Adams: the best plain Adam of the convergence benchmark, and Adam with its embeddings and
-lm_head at a tuned lr (the Adam-group grid's best pair on tiny; on small, its ratio at the small
-sweep's best lr). Seeds 0-2 on tiny, seed 0 on small; the convergence protocol and its run
-store. Token fraction: the tokens a run needs to reach the reference's final loss (same seed),
-over the reference's; wall-clock fraction: that times the ratio of median step times of the
-compiled train steps, interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
+Adams: the best plain Adam of the convergence benchmark (tiny, small) or of the width ladder
+(``tiny-w64``, ``tiny-w256``, ``train.bench.transfer``), and Adam with its embeddings and lm_head
+at a tuned lr (the Adam-group grid's best pair on tiny; elsewhere its ratio at the size's best
+Adam lr). Seeds 0-2 on tiny, seed 0 elsewhere; the convergence protocol and its run store.
+Token fraction: the tokens a run needs to reach the reference's final loss (same seed), over
+the reference's; wall-clock fraction: that times the ratio of median step times of the compiled
+train steps, interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
 """
 
 import json
@@ -18,6 +19,7 @@ import statistics
 from train import loop
 from train.bench import adam_group
 from train.bench import harness
+from train.bench import transfer
 from train.bench.convergence import analysis
 from train.bench.convergence import protocol
 from train.bench.convergence import search
@@ -25,7 +27,10 @@ from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
 from train.config import OptimizerConfig
 
-SEEDS = {"tiny": protocol.SEEDS, "small": (0,)}
+# Size -> seeds, in the order the runs train: the convergence benchmark's sizes, then the
+# width ladder's other rungs.
+SEEDS = {"tiny": protocol.SEEDS, "small": (0,), "tiny-w64": (0,), "tiny-w256": (0,)}
+LADDER = ("tiny-w64", "tiny-w256")
 OPTIMIZERS = ("swan", "sinkgd")
 REFERENCES = ("adam", "adam+embed")
 STAGES = ("runs", "timing", "report")
@@ -67,6 +72,14 @@ def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:
     refs["tiny"]["adam+embed"] = [adam_group.joint_run(_ADAM, lr, group, s) for s in SEEDS["tiny"]]
   if check := adam_group.small_checks(read_only).get(_ADAM):
     refs["small"]["adam+embed"] = [check[0]]
+  adam_grid = {_ADAM: transfer.GRID[_ADAM]}
+  for size in LADDER:
+    losses = search.sweep(read_only, size, adam_grid, make_run=transfer.ladder_run)
+    if (lr := search.best_lrs(losses).get(_ADAM)) is None:
+      continue
+    refs[size]["adam"] = [transfer.ladder_run(size, _ADAM, lr, 0)]
+    if pair["complete"]:
+      refs[size]["adam+embed"] = [adam_group.joint_run(_ADAM, lr, pair["ratio"] * lr, 0, size)]
   return refs
 
 
@@ -169,14 +182,14 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
   )
   return (
     f"{protocol.STEPS} steps; seeds {', '.join(map(str, SEEDS['tiny']))} on tiny, "
-    f"{', '.join(map(str, SEEDS['small']))} on small (mean and range over seeds). Tokens: "
+    "0 on the other sizes (mean and range over seeds). Tokens: "
     "the tokens to reach the reference's final loss (same seed) over the reference's; wall "
     f"clock: that times the step-time ratio ({measured}). `not reached`: never got there.\n\n"
     + harness.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
-    + "\nReferences: the best plain Adam of the convergence benchmark (`adam`), and Adam with "
-    "its embeddings and lm_head at the Adam-group grid's best lr (`adam+embed`). "
-    + "; ".join(refs)
-    + ".\n"
+    + "\nReferences: the best plain Adam of the convergence benchmark or, on `tiny-w64` and "
+    "`tiny-w256`, of the width ladder (`adam`), and Adam with its embeddings and lm_head at the "
+    "Adam-group grid's best lr on tiny, elsewhere at its ratio to the best Adam lr "
+    "(`adam+embed`). " + "; ".join(refs) + ".\n"
   )
 
 
