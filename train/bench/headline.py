@@ -118,6 +118,7 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
       row = {
         "optimizer": name,
         "lr": defaults.peak_lr,
+        "scale_rule": defaults.effective_scale_rule,
         "adam_group_lr": defaults.adam_group_peak_lr,
         "final_loss": [_final(r) for r in records],
         "step_time_ratio": steps[name] / steps["adam"] if steps else None,
@@ -154,7 +155,8 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
       ratio = row["step_time_ratio"]
       cells = [
         size,
-        f"{row['optimizer']}(lr {row['lr']:g}, Adam group {row['adam_group_lr']:g})",
+        f"{row['optimizer']}(lr {row['lr']:g}, {row['scale_rule']}, "
+        f"Adam group {row['adam_group_lr']:.2g})",
         _mean_range(row["final_loss"], ".3f"),
         "" if ratio is None else f"{ratio:.2f}",
       ]
