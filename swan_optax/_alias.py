@@ -284,8 +284,9 @@ def sinkgd(
   :func:`reference_rms` (unless ``adam_learning_rate`` is given).
   ``learning_rate`` is therefore a global rate, not the matrix step.
 
-  The default ``scale_rule='spectral'`` (``s = \sqrt{n / m} / \sqrt{\max(m, n)}``)
-  is the one whose best lr carried across a width ladder (64, 128, 256 wide):
+  The default ``scale_rule='spectral'`` (``s = \sqrt{n / m} / \sqrt{\max(m, n)}``
+  for fan-in ``m`` and fan-out ``n``) is the rule whose best lr carried across
+  a width ladder (64, 128, 256 wide):
   at lr 0.25, the default, it was best at width 256 and within 0.04 nats of
   the best at 64 and 128, while the paper's unit RMS lost 0.48 nats at width
   256 at its width-128 lr (the README's "Transfer across widths"). At width
