@@ -27,9 +27,8 @@ from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
 from train.config import OptimizerConfig
 
-# Size -> seeds, in the order the runs train: the convergence benchmark's sizes, then the
-# width ladder's other rungs.
-SEEDS = {"tiny": protocol.SEEDS, "small": (0,), "tiny-w64": (0,), "tiny-w256": (0,)}
+# Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
+SEEDS = {"tiny-w64": (0,), "tiny": protocol.SEEDS, "tiny-w256": (0,), "small": (0,)}
 LADDER = ("tiny-w64", "tiny-w256")
 OPTIMIZERS = ("swan", "sinkgd")
 REFERENCES = ("adam", "adam+embed")
