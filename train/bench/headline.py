@@ -4,11 +4,12 @@ Run: ``python -m train.bench.headline [--only runs|timing|report]``. At each siz
 SinkGD at the trainer's defaults (``train.config``: lr, Adam-group lr, whitening) against two
 Adams: the best plain Adam of the convergence benchmark (tiny, small) or of the width ladder
 (``tiny-w64``, ``tiny-w256``, ``train.bench.transfer``), and Adam with its embeddings and lm_head
-at a tuned lr (the Adam-group grid's best pair on tiny; elsewhere its ratio at the size's best
-Adam lr). Seeds 0-2 on tiny, seed 0 elsewhere; the convergence protocol and its run store.
-Token fraction: the tokens a run needs to reach the reference's final loss (same seed), over
-the reference's; wall-clock fraction: that times the ratio of median step times of the compiled
-train steps, interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
+at a tuned lr (the Adam-group grid's best pair on tiny; elsewhere the size's best Adam lr with
+the embeddings at tiny's best embedding lr, which muP keeps constant across widths). Seeds 0-2
+on tiny, seed 0 elsewhere; the convergence protocol and its run store. Token fraction: the
+tokens a run needs to reach the reference's final loss (same seed), over the reference's;
+wall-clock fraction: that times the ratio of median step times of the compiled train steps,
+interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
 """
 
 import json
@@ -65,20 +66,19 @@ def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:
   small = search.best_lrs(search.small_sweep(read_only, best, adam))
   if adam in small:
     refs["small"]["adam"] = [protocol.grid_run("small", adam, small[adam], 0)]
+  adam_grid = {_ADAM: transfer.GRID[_ADAM]}
+  for size in LADDER:
+    losses = search.sweep(read_only, size, adam_grid, make_run=transfer.ladder_run)
+    if (lr := search.best_lrs(losses).get(_ADAM)) is not None:
+      refs[size]["adam"] = [transfer.ladder_run(size, _ADAM, lr, 0)]
   pair = adam_group.summarize(_ADAM, adam_group.sweep(read_only, _ADAM))
   if pair["complete"]:
     lr, group = pair["best"]["lr"], pair["best"]["group_lr"]
     refs["tiny"]["adam+embed"] = [adam_group.joint_run(_ADAM, lr, group, s) for s in SEEDS["tiny"]]
-  if check := adam_group.small_checks(read_only).get(_ADAM):
-    refs["small"]["adam+embed"] = [check[0]]
-  adam_grid = {_ADAM: transfer.GRID[_ADAM]}
-  for size in LADDER:
-    losses = search.sweep(read_only, size, adam_grid, make_run=transfer.ladder_run)
-    if (lr := search.best_lrs(losses).get(_ADAM)) is None:
-      continue
-    refs[size]["adam"] = [transfer.ladder_run(size, _ADAM, lr, 0)]
-    if pair["complete"]:
-      refs[size]["adam+embed"] = [adam_group.joint_run(_ADAM, lr, pair["ratio"] * lr, 0, size)]
+    for size in ("small", *LADDER):
+      if refs[size]["adam"]:
+        adam_lr = refs[size]["adam"][0].optimizer.lr
+        refs[size]["adam+embed"] = [adam_group.joint_run(_ADAM, adam_lr, group, 0, size)]
   return refs
 
 
@@ -189,8 +189,8 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
     + harness.markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
     + "\nReferences: the best plain Adam of the convergence benchmark or, on `tiny-w64` and "
     "`tiny-w256`, of the width ladder (`adam`), and Adam with its embeddings and lm_head at the "
-    "Adam-group grid's best lr on tiny, elsewhere at its ratio to the best Adam lr "
-    "(`adam+embed`). " + "; ".join(refs) + ".\n"
+    "Adam-group grid's best pair on tiny, elsewhere the best Adam lr with the embeddings at "
+    "tiny's best embedding lr (`adam+embed`). " + "; ".join(refs) + ".\n"
   )
 
 
