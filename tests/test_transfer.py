@@ -54,9 +54,9 @@ def test_ladder_finds_each_best_lr_and_its_drift(tmp_path):
   assert sorted(summary["swan"]["losses"][64]) == pytest.approx(transfer.GRID["swan"])
 
 
-# The fake Adam group's optimum: GROUP_OPTIMUM x width / 128 times its ratio x lr, so at each
-# width's best lr (falling as 1 / width for SWAN and SinkGD) the best group lr stays put.
-GROUP_OPTIMUM = {"swan": 1.0, "sinkgd": 4.0}
+# The fake Adam group's optimum: GROUP_OPTIMUM times its ratio x lr, x width / 128 where the
+# lr falls as 1 / width, so at each width's best lr the best group lr stays put.
+GROUP_OPTIMUM = {"swan": 1.0, "sinkgd-spectral": 4.0}
 
 
 def _fake_train_with_group(config) -> None:
@@ -67,7 +67,8 @@ def _fake_train_with_group(config) -> None:
     width = configs.get_config(config.model).dim
     reference = swan_optax.reference_rms(fields.get("scale_rule", "unit_rms"))
     factor = config.optimizer.adam_group_lr / (ratio * lr * reference)
-    final += 0.1 * math.log2(factor / (GROUP_OPTIMUM.get(variant, 1.0) * width / 128)) ** 2
+    optimum = GROUP_OPTIMUM.get(variant, 1.0) * (width / 128 if variant in MOVES else 1)
+    final += 0.1 * math.log2(factor / optimum) ** 2
   fake_runs.write_run_folder(config, final)
 
 
@@ -77,11 +78,14 @@ def test_the_adam_group_is_tuned_at_each_widths_best_lr(tmp_path):
   losses = transfer.sweep_ladder(store, widths)
   groups = transfer.sweep_group(store, widths, losses)
   summary = transfer.summarize(transfer._by_size(groups), 128)
+  spectral_group = 4 * 0.5 * swan_optax.reference_rms("spectral")
+  best = {"swan": 0.2, "sinkgd-spectral": spectral_group}
   for variant in transfer.GROUP_VARIANTS:
-    assert summary[variant]["best_lr"] == pytest.approx({64: 0.2, 128: 0.2, 256: 0.2})
+    assert summary[variant]["best_lr"] == pytest.approx(dict.fromkeys(widths, best[variant]))
     assert summary[variant]["drift_per_doubling"] == pytest.approx(1.0)
-  # SinkGD's group optimum at 256 is 8x its ratio x lr, past the factors: the grid widened.
-  assert max(groups["sinkgd"][256]) == pytest.approx(16 * 0.025)
+  # SinkGD's group optimum is 4x its ratio x lr, the factors' edge: each grid widened to 8x.
+  for n in widths:
+    assert max(groups["sinkgd-spectral"][n]) == pytest.approx(2 * spectral_group)
   assert transfer.ladder_run("tiny", "swan", 0.004, 0, 0.5).optimizer.adam_group_lr == 0.1
   with pytest.raises(ValueError, match="no Adam group"):
     transfer.ladder_run("tiny", "adam-b2_0.999", 0.002, 0, 2.0)

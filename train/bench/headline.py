@@ -13,7 +13,6 @@ interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
 """
 
 import json
-import math
 import pathlib
 import statistics
 
@@ -26,6 +25,7 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
+from train.config import DEFAULT_ADAM_GROUP_SCALE
 from train.config import OptimizerConfig
 
 # Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
@@ -38,19 +38,16 @@ _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 
 
 def default_run(size: str, name: str, seed: int) -> protocol.Run:
-  """``name`` at the trainer's defaults, named by its settings as ``train.bench.transfer`` names
-  the same run: a changed default trains anew."""
+  """``name`` at the trainer's defaults: the width ladder's run of the same settings
+  (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew."""
   defaults = OptimizerConfig(name=name)
-  rule, lr, group = defaults.effective_scale_rule, defaults.peak_lr, defaults.adam_group_peak_lr
-  fields = {"name": name, "scale_rule": rule}
-  variant = name
-  if name == "swan":
-    fields["whiten_method"] = defaults.whiten_method
-    variant += f"_{defaults.whiten_method}"
-  variant += "" if rule == "unit_rms" else f"-{rule}"
-  variant += "" if math.isclose(group, lr) else f"+adam_lr{group:g}"
-  optimizer = protocol.optimizer_config(lr, **fields, adam_group_lr=group)
-  return protocol.Run(size, variant, optimizer, seed)
+  rule = defaults.effective_scale_rule
+  variant = name if rule == "unit_rms" else f"{name}-{rule}"
+  fields, ratio, _ = transfer.VARIANTS[variant]
+  if fields.get("whiten_method", defaults.whiten_method) != defaults.whiten_method:
+    raise ValueError(f"{variant} of the ladder does not whiten by {defaults.whiten_method}")
+  group_factor = DEFAULT_ADAM_GROUP_SCALE[name] / ratio
+  return transfer.ladder_run(size, variant, defaults.peak_lr, seed, group_factor)
 
 
 def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:

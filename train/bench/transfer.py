@@ -54,7 +54,7 @@ LADDERS = {"width": WIDTHS, "depth": DEPTHS}
 TINY = {"width": 128, "depth": 4}  # each ladder's rung that is the tiny model
 # The Adam group's lr across the width ladder: at each width's best lr, the group at these
 # factors x its variant's ratio (1: the ladder's own point).
-GROUP_VARIANTS = ("swan", "sinkgd")
+GROUP_VARIANTS = ("swan", "sinkgd-spectral")  # each optimizer at its default rule
 GROUP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
