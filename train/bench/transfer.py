@@ -236,8 +236,8 @@ def _loss_cell(best: float | None, cost: float | None) -> str:
 
 def _lr_cell(bracketed: float | None, so_far: float | None) -> str:
   if bracketed is not None:
-    return f"{bracketed:g}"
-  return "" if so_far is None else f"~{so_far:g}"
+    return f"{bracketed:.3g}"
+  return "" if so_far is None else f"~{so_far:.3g}"
 
 
 def plot(summaries: dict[str, dict[str, dict]], path: pathlib.Path) -> None:
