@@ -40,9 +40,7 @@ _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 def default_run(size: str, name: str, seed: int) -> protocol.Run:
   """``name`` at the trainer's defaults: the width ladder's run of the same settings
   (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew."""
-  defaults = OptimizerConfig(name=name)
-  rule = defaults.effective_scale_rule
-  variant = name if rule == "unit_rms" else f"{name}-{rule}"
+  defaults, variant = OptimizerConfig(name=name), transfer.default_variant(name)
   fields, ratio, _ = transfer.VARIANTS[variant]
   if fields.get("whiten_method", defaults.whiten_method) != defaults.whiten_method:
     raise ValueError(f"{variant} of the ladder does not whiten by {defaults.whiten_method}")

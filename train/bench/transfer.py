@@ -29,6 +29,7 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
+from train.config import DEFAULT_SCALE_RULE
 
 WIDTHS = {64: "tiny-w64", 128: "tiny", 256: "tiny-w256", 512: "tiny-w512"}
 DEPTHS = {2: "tiny-l2", 4: "tiny", 8: "tiny-l8"}
@@ -52,9 +53,17 @@ GRID = {
 }
 LADDERS = {"width": WIDTHS, "depth": DEPTHS}
 TINY = {"width": 128, "depth": 4}  # each ladder's rung that is the tiny model
+
+
+def default_variant(name: str) -> str:
+  """The variant of optimizer ``name`` (swan, sinkgd) at the trainer's default scale rule."""
+  rule = DEFAULT_SCALE_RULE[name]
+  return name if rule == "unit_rms" else f"{name}-{rule}"
+
+
 # The Adam group's lr across the width ladder: at each width's best lr, the group at these
 # factors x its variant's ratio (1: the ladder's own point).
-GROUP_VARIANTS = ("swan", "sinkgd-spectral")  # each optimizer at its default rule
+GROUP_VARIANTS = tuple(map(default_variant, DEFAULT_SCALE_RULE))
 GROUP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
