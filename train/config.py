@@ -18,7 +18,8 @@ from train import flags
 from train.data import DataConfig
 from train.flags import ConfigError
 
-OptimizerName = Literal["swan", "sinkgd", "adam", "adamw"]
+OptimizerName = Literal["swan", "sinkgd", "muon", "adam", "adamw"]
+Schedule = Literal["cosine", "wsd"]
 NonMatrix = Literal["adam", "adafactor"]
 WhitenLayout = Literal["whole", "param"]
 OnNonFinite = Literal["skip", "stop"]
@@ -27,7 +28,14 @@ SwanOperators = Literal["both", "gradnorm", "whiten"]
 # Peak learning rates: swan and sinkgd at the best of a width ladder's widest rung (256; the best
 # at 64 and 128 is 2x higher, for 0.03-0.05 nats: train.bench.transfer); sinkgd's is global,
 # its matrix group steps 0.05x this times the spectral rule's shape factor.
-DEFAULT_LR: dict[str, float] = {"swan": 2e-3, "sinkgd": 0.25, "adam": 1e-3, "adamw": 1e-3}
+# muon: optax.contrib.muon's documented 0.02.
+DEFAULT_LR: dict[str, float] = {
+  "swan": 2e-3,
+  "sinkgd": 0.25,
+  "muon": 0.02,
+  "adam": 1e-3,
+  "adamw": 1e-3,
+}
 # swan/sinkgd: the matrix step's rule per shape, the one whose best lr drifted least across the
 # width ladder (the papers' is unit RMS for both).
 DEFAULT_SCALE_RULE: dict[str, ScaleRule] = {"swan": "unit_rms", "sinkgd": "spectral"}
@@ -35,7 +43,10 @@ DEFAULT_SCALE_RULE: dict[str, ScaleRule] = {"swan": "unit_rms", "sinkgd": "spect
 # of the scale rule, when ``adam_group_lr`` is unset. The best ratios of a joint grid on tiny
 # (train.bench.adam_group): swan 50 (checked on small, and on widths 64 and 128 of the ladder),
 # sinkgd 2 (at least as good as 1 at every lr of the grid).
-DEFAULT_ADAM_GROUP_SCALE: dict[str, float] = {"swan": 50.0, "sinkgd": 2.0}
+# muon: optax's default, its Adam group at Muon's own lr.
+DEFAULT_ADAM_GROUP_SCALE: dict[str, float] = {"swan": 50.0, "sinkgd": 2.0, "muon": 1.0}
+# The optimizers with a matrix group and an Adam group whose lr is ``adam_group_lr``.
+GROUPED = ("swan", "sinkgd", "muon")
 
 
 def _check_choices(config) -> None:
@@ -48,19 +59,28 @@ def _check_choices(config) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """The optimizer and its schedule: linear warmup, cosine decay to ``final_lr_fraction``.
+  """The optimizer and its schedule: linear warmup, then a decay to ``final_lr_fraction``.
 
   Attributes:
-    name: swan/sinkgd are stateless on attention and MLP kernels, Adam on the rest.
+    name: swan/sinkgd are stateless on attention and MLP kernels, Adam on the rest;
+      muon is ``optax.contrib.muon`` on the same kernels (Nesterov momentum 0.95, its
+      default shape scaling ``sqrt(max(1, fan_out / fan_in))``), Adam on the rest.
     lr: peak learning rate; ``None``: the optimizer's, ``DEFAULT_LR[name]``.
+    schedule: after the warmup, ``cosine`` decays over the rest of the run; ``wsd``
+      (warmup-stable-decay) holds the peak, then decays linearly over the last
+      ``decay_fraction`` of the run (Hägele et al., arXiv 2405.18392).
     warmup_fraction: linear warmup, as a fraction of the run's steps.
-    final_lr_fraction: the cosine ends at this fraction of the peak.
+    warmup_steps: linear warmup in steps, instead of ``warmup_fraction``: runs of
+      different lengths then share their warmup (the cooldown branches of a WSD run).
+    decay_fraction: wsd: the decay's share of the run (0: no decay, a constant lr).
+    final_lr_fraction: the schedule ends at this fraction of the peak.
     weight_decay: decoupled weight decay.
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
-    adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd).
-    adam_group_lr: swan/sinkgd: peak learning rate of the Adam group (embeddings, lm_head,
-      norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr`` times
-      ``swan_optax.reference_rms`` of the scale rule (1 for unit RMS, 1/sqrt(128) spectral).
+    adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd/muon).
+    adam_group_lr: swan/sinkgd/muon: peak learning rate of the Adam group (embeddings,
+      lm_head, norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``
+      times ``swan_optax.reference_rms`` of the scale rule (1 for unit RMS and muon,
+      1/sqrt(128) spectral).
     embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
     swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
@@ -80,7 +100,10 @@ class OptimizerConfig:
     default=None,
     metadata={"shown_default": ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())},
   )
+  schedule: Schedule = "cosine"
   warmup_fraction: float = dataclasses.field(default=0.1, metadata={"flag": "--warmup"})
+  warmup_steps: int | None = None
+  decay_fraction: float = 0.2
   final_lr_fraction: float = 0.1
   weight_decay: float = 0.0
   max_grad_norm: float | None = None
@@ -108,6 +131,10 @@ class OptimizerConfig:
       raise ConfigError(self, "lr", f"must be a positive number, got {self.lr}")
     if not 0 <= self.warmup_fraction < 1:
       raise ConfigError(self, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+    if self.warmup_steps is not None and self.warmup_steps < 0:
+      raise ConfigError(self, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+    if not 0 <= self.decay_fraction <= 1:
+      raise ConfigError(self, "decay_fraction", f"must be in [0, 1], got {self.decay_fraction}")
     if not 0 <= self.final_lr_fraction <= 1:
       raise ConfigError(
         self, "final_lr_fraction", f"must be in [0, 1], got {self.final_lr_fraction}"
@@ -125,20 +152,23 @@ class OptimizerConfig:
   def _check_group_options(self) -> None:
     """Raises for a per-group option the optimizer ``name`` does not have."""
     stateless = self.name in ("swan", "sinkgd")
-    if self.adam_group_lr is not None and not (stateless and 0 < self.adam_group_lr < math.inf):
+    grouped = self.name in GROUPED
+    if self.adam_group_lr is not None and not (grouped and 0 < self.adam_group_lr < math.inf):
       raise ConfigError(
         self,
         "adam_group_lr",
-        f"must be a positive number, for swan or sinkgd only; got {self.adam_group_lr} "
+        f"must be a positive number, for {', '.join(GROUPED)} only; got {self.adam_group_lr} "
         f"with optimizer {self.name}",
       )
-    if self.embed_lr_scale != 1 and not (not stateless and 0 < self.embed_lr_scale < math.inf):
+    if self.embed_lr_scale != 1 and not (not grouped and 0 < self.embed_lr_scale < math.inf):
       raise ConfigError(
         self,
         "embed_lr_scale",
         f"must be a positive number, for adam or adamw only; got {self.embed_lr_scale} "
         f"with optimizer {self.name}",
       )
+    if self.non_matrix != "adam" and not stateless:
+      raise ConfigError(self, "non_matrix", f"is for swan or sinkgd only, got optimizer {self.name}")
     if self.swan_operators != "both" and self.name != "swan":
       raise ConfigError(self, "swan_operators", f"is for swan only, got optimizer {self.name}")
     if self.effective_scale_rule != "unit_rms" and not stateless:
@@ -163,7 +193,7 @@ class OptimizerConfig:
 
   @property
   def adam_group_peak_lr(self) -> float:
-    """swan/sinkgd: the Adam group's peak learning rate."""
+    """swan/sinkgd/muon: the Adam group's peak learning rate."""
     if self.adam_group_lr is not None:
       return self.adam_group_lr
     reference = reference_rms(self.effective_scale_rule)

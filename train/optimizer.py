@@ -14,19 +14,29 @@ from train.config import OptimizerConfig
 
 
 def schedule(config: OptimizerConfig, steps: int, peak: float | None = None) -> optax.Schedule:
-  """Linear warmup from 0 over ``warmup_fraction * steps``, then cosine decay to the floor.
+  """Linear warmup from 0 over ``W`` steps, then the decay of ``config.schedule`` to the floor.
 
-  ``lr(t) = peak * t / W`` for ``t < W``, then ``floor + (peak - floor) (1 + cos(pi (t - W) /
-  (T - W))) / 2`` with ``floor = final_lr_fraction * peak``; ``peak`` defaults to
-  ``config.peak_lr``.
+  ``lr(t) = peak * t / W`` for ``t < W``, with ``W = warmup_steps`` or ``warmup_fraction *
+  steps``; then with ``floor = final_lr_fraction * peak``, ``cosine``: ``floor + (peak -
+  floor) (1 + cos(pi (t - W) / (T - W))) / 2``; ``wsd``: ``peak`` until ``D = (1 -
+  decay_fraction) T``, then linear to ``floor`` at ``T``. ``peak`` defaults to
+  ``config.peak_lr``. A WSD run is the same as every longer one until its own decay starts.
   """
   peak = config.peak_lr if peak is None else peak
-  return optax.warmup_cosine_decay_schedule(
-    0.0,
-    peak,
-    max(1, int(config.warmup_fraction * steps)),
-    max(steps, 2),
-    config.final_lr_fraction * peak,
+  floor = config.final_lr_fraction * peak
+  total = max(steps, 2)
+  warmup = config.warmup_steps
+  warmup = max(1, int(config.warmup_fraction * steps)) if warmup is None else max(1, warmup)
+  if config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, floor)
+  decay_start = max(warmup, round((1 - config.decay_fraction) * total))
+  return optax.join_schedules(
+    [
+      optax.linear_schedule(0.0, peak, warmup),
+      optax.constant_schedule(peak),
+      optax.linear_schedule(peak, floor, max(1, total - decay_start)),
+    ],
+    [warmup, decay_start],
   )
 
 
@@ -65,7 +75,9 @@ def make_optimizer(
   lr = schedule(config, steps)
   if config.name in ("swan", "sinkgd"):
     return in_float32(_stateless(config, lr, steps, dimension_numbers, shardings))
-  if config.name == "adam":
+  if config.name == "muon":
+    tx = _muon(config, lr, steps, dimension_numbers)
+  elif config.name == "adam":
     tx = optax.adam(lr, b2=config.adam_b2)
   else:
     tx = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
@@ -137,6 +149,44 @@ def _stateless(
   else:
     operator = swan_optax.whiten(dimension_numbers=dims, **whitening)
   return swan_optax.stateless_partition(operator, lr, **group)
+
+
+def _muon(
+  config: OptimizerConfig, lr: optax.Schedule, steps: int, dims: Any
+) -> optax.GradientTransformation:
+  """``optax.contrib.muon`` on the leaves swan and sinkgd would route to their matrix group.
+
+  Its own defaults otherwise: Nesterov momentum 0.95, 5 quintic Newton-Schulz steps, updates
+  scaled by ``sqrt(max(1, fan_out / fan_in))``; its Adam group (AdamW with Nesterov) at
+  ``config.adam_group_peak_lr``. ``dims`` must be a tree: muon's labels read its structure.
+  """
+  if dims is None or callable(dims):
+    raise ValueError("muon needs the params' dimension numbers as a tree, e.g. dimension_numbers()")
+  return optax.contrib.muon(
+    lr,
+    beta=0.95,
+    weight_decay=config.weight_decay,
+    adam_b2=config.adam_b2,
+    adam_weight_decay=config.weight_decay,
+    adam_learning_rate=schedule(config, steps, config.adam_group_peak_lr),
+    muon_weight_dimension_numbers=muon_dimension_numbers(dims),
+  )
+
+
+def muon_dimension_numbers(dims: Any) -> Any:
+  """``dims`` (a tree of ``swan_optax.MatrixDimensionNumbers``) as optax muon's: a leaf keeps
+  its layout where swan and sinkgd would whiten or balance it, and is ``None`` (muon's Adam)
+  where its layout is ``None`` or its key path matches ``swan_optax.DEFAULT_ADAM_PATTERN``
+  (the embedding, lm_head and norms)."""
+  pattern = re.compile(swan_optax.DEFAULT_ADAM_PATTERN)
+  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
+
+  def to_muon(path, d):
+    if d is None or pattern.search(jax.tree_util.keystr(path).lower()):
+      return None
+    return optax.contrib.MuonDimensionNumbers(d.reduction_axes, d.output_axes)
+
+  return jax.tree_util.tree_map_with_path(to_muon, dims, is_leaf=is_dims)
 
 
 def _embed_mask(params) -> object:

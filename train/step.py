@@ -119,25 +119,26 @@ def state_shardings(
 ) -> TrainState:
   """Shardings of ``init_state(params, tx)``: optimizer leaves follow the params they mirror.
 
-  ``optax.tree_map_params`` pairs each optimizer-state leaf that mirrors a
-  parameter (Adam's ``mu`` and ``nu``) with that parameter, by position in the
-  state's structure; such a leaf takes the parameter's sharding unless its
-  shape differs (Adafactor's factored row/column statistics), and every other
-  leaf (counters, factored statistics) is replicated.
+  An optimizer-state leaf mirrors a parameter when its key path ends with that
+  parameter's key path (the longest such, so ``mu/b/a/kernel`` is ``b/a/kernel``'s,
+  not ``a/kernel``'s) and it has the parameter's shape (Adam's ``mu`` and ``nu``,
+  Muon's momentum, inside any ``optax.partition`` or ``chain``); it takes that
+  parameter's sharding. Every other leaf (counters, Adafactor's factored row and
+  column statistics) is replicated. Paths, unlike ``optax.tree_map_params``, need no
+  call of the optimizer's ``init`` on a placeholder, which ``optax.contrib.muon``'s
+  labels cannot take.
   """
   abstract = jax.eval_shape(functools.partial(init_state, tx=tx), params)
+  flat_params, _ = jax.tree_util.tree_flatten_with_path(params)
+  by_path = {tuple(map(str, path)): param for path, param in flat_params}
 
-  def follow(leaf, param):
-    if isinstance(leaf, optax.MaskedNode):  # a parameter routed to another optimizer
-      return leaf
-    return param.sharding if leaf.shape == param.shape else replicated
+  def follow(path, leaf):
+    keys = tuple(map(str, path))
+    for start in range(len(keys)):
+      param = by_path.get(keys[start:])
+      if param is not None:
+        return param.sharding if param.shape == leaf.shape else replicated
+    return replicated
 
-  opt_state = optax.tree_map_params(
-    tx,
-    follow,
-    abstract.opt_state,
-    params,
-    transform_non_params=lambda _: replicated,
-    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
-  )
+  opt_state = jax.tree_util.tree_map_with_path(follow, abstract.opt_state)
   return TrainState(replicated, jax.tree.map(lambda p: p.sharding, params), opt_state, replicated)

@@ -1,0 +1,406 @@
+"""Optimizers at the budgets people train at: multiples of Chinchilla, from WSD cooldown branches.
+
+Run: ``python -m train.bench.budgets [--only queue|report] [--stage N ...]``.
+A budget is a multiple of Chinchilla's 20 tokens per parameter, counting every parameter of
+the model (embedding and lm_head included): tiny-w64 has 460,352, so 1x is 9.2M tokens,
+2,248 steps of 16 x 256. Every run uses the other benchmarks' data, batch, sequence length
+and clipping (1.0), and the warmup-stable-decay schedule (Hägele et al., arXiv 2405.18392):
+a fixed linear warmup, the peak lr, then a linear decay to 0 over the last 20% of the run.
+One stable-phase run (the *trunk*) per optimizer setting gives every budget: the budget's
+run resumes the trunk's checkpoint at its decay start and decays from there (a *branch*), so
+a trunk taken to 0.8x of the largest budget yields all of them for 1.2x its steps.
+
+Optimizers, each tuned alike: a 4-point lr grid 2x apart, widened while the best sits at an
+edge; then, at the best lr, its Adam group's lr (Adam: the embedding and lm_head lr) at 2x
+and 0.5x its default ratio, widened likewise. Adam b2 0.95 everywhere (its Adam group too);
+plain Adam is the Adam grid's own points. ``queue`` runs ``STAGES`` in order, resumably (a
+killed run resumes from its last checkpoint); every finished branch keeps its JSON in
+``--runs``. ``report`` writes ``OUT/budgets.md``, ``.json`` and two plots from those JSONs.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+
+from matplotlib.figure import Figure
+
+from models import configs
+from train import checkpoint
+from train import loop
+from train import metrics
+from train import optimizer as optimizer_lib
+from train.bench import harness
+from train.config import OptimizerConfig
+from train.config import TrainConfig
+from train.config import model_data
+
+TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al., arXiv 2203.15556)
+BATCH, SEQ_LEN, MAX_GRAD_NORM, EVAL_BATCHES = 16, 256, 1.0, 8
+DECAY_FRACTION = 0.2
+ADAM_B2 = 0.95
+# Budgets (x Chinchilla) each width's trunks are taken to, in the order they are reached. The
+# 0.5x and 2x branches cost 0.1x and 0.4x: they let a loss be placed between budgets.
+BUDGETS: dict[str, tuple[float, ...]] = {
+  "tiny-w64": (0.25, 0.5, 1.0, 2.0, 4.0),
+  "tiny": (0.25, 0.5, 1.0),
+  "tiny-w256": (0.25,),
+}
+WIDTHS = {"tiny-w64": 64, "tiny": 128, "tiny-w256": 256}
+RUNS = harness.RESULTS / "budgets" / "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """An optimizer as the budget runs set it.
+
+  Attributes:
+    fields: its ``OptimizerConfig`` fields besides lr and the schedule.
+    lrs: the first lr grid (4 points, 2x apart).
+    groups: the group factors tried at the best lr: multiples of the default Adam-group lr
+      (Adam: ``embed_lr_scale``, the embedding and lm_head lr over lr; 1 is plain Adam).
+  """
+
+  fields: dict
+  lrs: tuple[float, ...]
+  groups: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+VARIANTS: dict[str, Variant] = {
+  "adam": Variant({"name": "adam"}, (2e-3, 4e-3, 8e-3, 1.6e-2), (2.0, 4.0, 8.0)),
+  "muon": Variant({"name": "muon"}, (5e-3, 1e-2, 2e-2, 4e-2)),
+  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3)),
+  "sinkgd": Variant({"name": "sinkgd"}, (0.125, 0.25, 0.5, 1.0)),
+}
+GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
+SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One optimizer setting on one model: a trunk and its branches.
+
+  ``group``: the Adam group's lr as a multiple of the optimizer's default one (Adam: the
+  embedding and lm_head lr as a multiple of ``lr``).
+  """
+
+  size: str
+  variant: str
+  lr: float
+  group: float = 1.0
+  seed: int = 0
+
+  @property
+  def tag(self) -> str:
+    group = "" if self.group == 1 else f"-group{self.group:g}"
+    return f"{self.size}-{self.variant}-lr{self.lr:g}{group}-seed{self.seed}"
+
+  def optimizer(
+    self, warmup: int, decay_fraction: float, schedule: str = "wsd"
+  ) -> OptimizerConfig:
+    """The point's optimizer on ``schedule``, after ``warmup`` steps."""
+    fields = {**VARIANTS[self.variant].fields, "adam_b2": ADAM_B2}
+    if self.group != 1 and self.variant == "adam":
+      fields["embed_lr_scale"] = self.group
+    elif self.group != 1:
+      fields["adam_group_lr"] = self.group * OptimizerConfig(lr=self.lr, **fields).adam_group_peak_lr
+    return OptimizerConfig(
+      lr=self.lr,
+      schedule=schedule,
+      warmup_steps=warmup,
+      decay_fraction=decay_fraction,
+      final_lr_fraction=0.0,
+      max_grad_norm=MAX_GRAD_NORM,
+      **fields,
+    )
+
+
+def chinchilla_steps(size: str, budget: float) -> int:
+  """Steps of ``budget`` x 20 tokens per parameter (embeddings included) of ``size``."""
+  params = configs.get_config(size).num_params
+  return round(budget * TOKENS_PER_PARAM * params / (BATCH * SEQ_LEN))
+
+
+def decay_start(steps: int) -> int:
+  """The step a branch of ``steps`` leaves its trunk: where its decay starts."""
+  return round((1 - DECAY_FRACTION) * steps)
+
+
+def effective_rates(config: OptimizerConfig) -> dict[str, float | str]:
+  """The peak step sizes of each parameter group, as the library applies them: ``matrix`` (the
+  attention and MLP kernels; a multiplier of a unit-RMS update, or of Muon's or the spectral
+  rule's shape-scaled polar factor, per ``matrix_rule``) and ``adam`` (embeddings, lm_head,
+  norms; Adam's embedding and lm_head only)."""
+  lr = config.peak_lr
+  if config.name == "sinkgd":
+    return {"matrix": lr * 0.05, "matrix_rule": config.effective_scale_rule,
+            "adam": config.adam_group_peak_lr}
+  if config.name in ("swan", "muon"):
+    rule = "muon" if config.name == "muon" else config.effective_scale_rule
+    return {"matrix": lr, "matrix_rule": rule, "adam": config.adam_group_peak_lr}
+  return {"matrix": lr, "matrix_rule": "adam", "adam": lr * config.embed_lr_scale}
+
+
+class Runner:
+  """Trunks and branches under ``work``; each finished branch's JSON under ``runs_dir``.
+
+  Args:
+    runs_dir: where each finished branch's ``TAG.json`` is kept.
+    work: the trunk folders ``work/TRUNK`` and branch folders ``work/TRUNK-Bx``.
+    train_fn: trains a ``TrainConfig`` into its folder; ``None``: never train.
+    steps_of: ``(size, budget) -> steps`` (a smoke test shortens them).
+    checkpoint_every: a run's checkpoint interval (a killed run resumes from it).
+  """
+
+  def __init__(
+    self,
+    runs_dir: pathlib.Path,
+    work: pathlib.Path,
+    train_fn: Callable[[TrainConfig], object] | None = loop.train,
+    steps_of: Callable[[str, float], int] = chinchilla_steps,
+    checkpoint_every: int = 250,
+  ):
+    self.runs_dir, self.work, self.train_fn = runs_dir, work, train_fn
+    self.steps_of, self.checkpoint_every = steps_of, checkpoint_every
+
+  def read_only(self) -> "Runner":
+    return Runner(self.runs_dir, self.work, None, self.steps_of, self.checkpoint_every)
+
+  def warmup(self, size: str) -> int:
+    """The warmup every budget of ``size`` shares: 10% of its smallest budget."""
+    return max(1, round(0.1 * self.steps_of(size, BUDGETS[size][0])))
+
+  def path(self, point: Point, budget: float, schedule: str = "wsd") -> pathlib.Path:
+    return self.runs_dir / f"{run_name(point, budget, schedule)}.json"
+
+  def get(self, point: Point, budget: float, schedule: str = "wsd") -> dict | None:
+    """``point`` at ``budget``: its JSON, or trained now (if allowed). ``wsd``: the branch
+    of its trunk (the smaller budgets' branches first: the trunk passes their decay starts);
+    ``cosine``: a run of its own, cosine-decayed to 0 after the same warmup."""
+    path = self.path(point, budget, schedule)
+    if path.exists():
+      return json.loads(path.read_text())
+    if self.train_fn is None:
+      return None
+    if schedule == "wsd":
+      for smaller in (b for b in BUDGETS[point.size] if b < budget):
+        self.get(point, smaller)
+    steps = self.steps_of(point.size, budget)
+    run = self._config(point, steps, schedule, run_name(point, budget, schedule))
+    start = time.perf_counter()
+    if not _completed(run.run_dir):
+      if schedule == "wsd" and not _checkpoints(run.run_dir):
+        self._branch_from_trunk(point, decay_start(steps), run.run_dir)
+      print(f"training {run_name(point, budget, schedule)} ({steps} steps)", flush=True)
+      self.train_fn(run)
+    record = run_record(point, budget, run, time.perf_counter() - start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+  def final(self, point: Point, budget: float, schedule: str = "wsd") -> float | None:
+    record = self.get(point, budget, schedule)
+    return None if record is None else record["final_val_loss"]
+
+  def _config(self, point: Point, steps: int, schedule: str, name: str) -> TrainConfig:
+    """``point``'s run of ``steps``: ``wsd`` a branch, ``trunk`` its stable phase, ``cosine``."""
+    decay = 0.0 if schedule == "trunk" else DECAY_FRACTION
+    return TrainConfig(
+      model=point.size,
+      data=model_data(point.size, seq_len=SEQ_LEN),
+      optimizer=point.optimizer(
+        self.warmup(point.size), decay, "cosine" if schedule == "cosine" else "wsd"
+      ),
+      steps=steps,
+      batch_size=BATCH,
+      eval_every=max(1, steps // 20),
+      eval_batches=EVAL_BATCHES,
+      checkpoint_every=self.checkpoint_every,
+      keep_checkpoints=2,
+      out=self.work / name,
+      seed=point.seed,
+      resume=True,
+    )
+
+  def _branch_from_trunk(self, point: Point, start: int, branch_dir: pathlib.Path) -> None:
+    """Takes ``point``'s trunk to step ``start`` and copies that checkpoint (and the metrics
+    up to it) into ``branch_dir``, whose run then resumes from it."""
+    trunk = self._config(point, start, "trunk", point.tag)
+    ckpts = trunk.run_dir / "checkpoints"
+    reached = _checkpoints(trunk.run_dir)
+    if start not in reached:
+      if reached and max(reached) > start:
+        raise RuntimeError(
+          f"trunk {trunk.run_dir} is past step {start} (at {max(reached)}): a branch needs the "
+          "checkpoint at its decay start; run the budgets in increasing order"
+        )
+      print(f"training trunk {point.tag} to step {start}", flush=True)
+      self.train_fn(trunk)
+    (branch_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ckpts / str(start), branch_dir / "checkpoints" / str(start))
+    kept = [
+      r for r in metrics.read_jsonl(trunk.run_dir / "metrics.jsonl")
+      if r["kind"] != "run" and r["step"] <= start
+    ]
+    (branch_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def run_name(point: Point, budget: float, schedule: str = "wsd") -> str:
+  return f"{point.tag}-{budget:g}x" + ("" if schedule == "wsd" else f"-{schedule}")
+
+
+def _checkpoints(folder: pathlib.Path) -> list[int]:
+  return checkpoint.published_steps(folder / "checkpoints")
+
+
+def _completed(folder: pathlib.Path) -> bool:
+  summary = folder / "summary.json"
+  return summary.exists() and json.loads(summary.read_text())["completed"]
+
+
+def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) -> dict:
+  """The JSON kept for a finished run: its settings, effective rates and evaluations."""
+  records = metrics.read_jsonl(config.run_dir / "metrics.jsonl")
+  header = next(r for r in records if r["kind"] == "run")
+  train = [r for r in records if r["kind"] == "train"]
+  evals = [
+    {k: r[k] for k in ("step", "tokens", "val_loss")} for r in records if r["kind"] == "eval"
+  ]
+  if not evals or evals[-1]["step"] != config.steps:
+    raise RuntimeError(f"{config.run_dir} has no evaluation at its last step {config.steps}")
+  return {
+    "tag": config.run_dir.name,
+    "point": dataclasses.asdict(point),
+    "budget": budget,
+    "steps": config.steps,
+    "tokens": config.steps * config.tokens_per_step,
+    "params": header["params"],
+    "optimizer_state_bytes": header["optimizer_state_bytes"],
+    "optimizer": json.loads(json.dumps(dataclasses.asdict(config.optimizer))),
+    "rates": effective_rates(config.optimizer),
+    "final_val_loss": evals[-1]["val_loss"],
+    "evals": evals,
+    "step_time_median_s": statistics.median(r["step_time_s"] for r in train),
+    "wall_s": wall_s,  # of this run (a branch: its decay, and its trunk's share if run now)
+  }
+
+
+
+
+# --- the queue ---------------------------------------------------------------------------
+
+Losses = dict[float, float | None]  # lr or group factor -> final loss (None: not run)
+
+
+def widened(final: Callable[[float], float | None], grid: tuple[float, ...]) -> Losses:
+  """``x -> final(x)`` over ``grid``, one 2x step further while the best sits at an edge;
+  the search stops at the first point not run yet (its grid stays open)."""
+  losses = {x: final(x) for x in grid}
+  while None not in losses.values():
+    best = min(losses, key=losses.get)
+    if best not in (min(losses), max(losses)):
+      break
+    edge = best / 2 if best == min(losses) else best * 2
+    losses[edge] = final(edge)
+  return dict(sorted(losses.items()))
+
+
+def lr_sweep(runner: Runner, size: str, budget: float) -> dict[str, Losses]:
+  """Per variant: its seed-0 lr grid at ``budget`` (group 1), points in ``GRID_ORDER`` with
+  every variant in turn, then widened."""
+  for i in GRID_ORDER:
+    for variant, spec in VARIANTS.items():
+      runner.get(Point(size, variant, spec.lrs[i]), budget)
+  return {
+    v: widened(lambda lr, v=v: runner.final(Point(size, v, lr), budget), spec.lrs)
+    for v, spec in VARIANTS.items()
+  }
+
+
+def best(losses: Losses, closed: bool = True) -> float | None:
+  """The value of the lowest loss: of a complete grid that brackets it, or (``closed=False``)
+  the best so far."""
+  done = {x: v for x, v in losses.items() if v is not None}
+  if not done or (closed and (len(done) < len(losses) or _at_edge(done))):
+    return None
+  return min(done, key=done.get)
+
+
+def _at_edge(done: Losses) -> bool:
+  x = min(done, key=done.get)
+  return len(done) > 1 and x in (min(done), max(done))
+
+
+def group_sweep(runner: Runner, size: str, budget: float, variant: str, lr: float) -> Losses:
+  """Group factor -> ``variant``'s seed-0 final loss at ``lr`` and ``budget``, widened."""
+  grid = VARIANTS[variant].groups
+  return widened(lambda g: runner.final(Point(size, variant, lr, group=g), budget), grid)
+
+
+def best_points(runner: Runner, size: str, budget: float, closed: bool = True) -> dict[str, Point]:
+  """Each optimizer's best seed-0 point at ``budget``: ``adam`` plain Adam at its best lr,
+  ``adam+embed`` Adam with its embedding lr tuned at that lr, the others at their best lr
+  and group. Only searches that are complete (or, ``closed=False``, the best so far)."""
+  points = {}
+  for variant, losses in lr_sweep(runner, size, budget).items():
+    lr = best(losses, closed)
+    if lr is None:
+      continue
+    groups = group_sweep(runner, size, budget, variant, lr)
+    if variant == "adam":
+      points["adam"] = Point(size, "adam", lr)
+    group = best(groups, closed)
+    if group is not None:
+      points["adam+embed" if variant == "adam" else variant] = Point(size, variant, lr, group)
+  return points
+
+
+def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosine: bool) -> None:
+  """One (size, budget): the lr grids, the group grids at the best lrs, the seeds at each
+  optimizer's best point, and (``cosine``) one cosine run at each best point."""
+  points = best_points(runner, size, budget)
+  for point in points.values():
+    for seed in seeds[1:]:
+      runner.get(dataclasses.replace(point, seed=seed), budget)
+  if cosine:
+    for point in points.values():
+      runner.get(point, budget, "cosine")
+
+
+# (size, budget, seeds at the best points, the cosine check): in order, so a partial queue
+# has every optimizer at 1x on tiny-w64 first.
+STAGES = (
+  ("tiny-w64", 1.0, SEEDS["tiny-w64"], True),
+  ("tiny", 1.0, SEEDS["tiny"], False),
+  ("tiny-w64", 4.0, (0,), False),
+  ("tiny-w256", 0.25, (0,), False),
+)
+
+
+def queue(runner: Runner, stages=STAGES) -> None:
+  for size, budget, seeds, cosine in stages:
+    stage(runner, size, budget, seeds, cosine)
+
+
+def main() -> None:
+  parser = harness.parser(__doc__, "budgets")
+  parser.add_argument("--only", choices=("queue", "report"), action="append")
+  parser.add_argument("--stage", type=int, nargs="+", help="queue: these STAGES (0-based) only")
+  parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/budgets"))
+  parser.add_argument("--runs", type=pathlib.Path, default=RUNS, help="the run JSONs")
+  args = parser.parse_args()
+  runner = Runner(args.runs, args.work)
+  for what in args.only or ("queue", "report"):
+    if what == "queue":
+      chosen = STAGES if args.stage is None else tuple(STAGES[i] for i in args.stage)
+      queue(runner, chosen)
+    else:
+      report(runner.read_only(), args.out)
+
+
+if __name__ == "__main__":
+  main()
