@@ -35,7 +35,8 @@ def _losses(records: list[dict]) -> dict[int, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["swan", "sinkgd", "adamw"])  # adam: optax.adam, no wd
+# adam: optax.adam, no weight decay
+@pytest.mark.parametrize("optimizer", ["swan", "sinkgd", "muon", "adamw"])
 def test_loss_decreases_on_the_shipped_corpus(tmp_path, optimizer):
   records = _run(
     tmp_path, "--optimizer", optimizer, "--steps", "30", "--log-every", "1", "--eval-every", "15"

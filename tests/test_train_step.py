@@ -103,7 +103,7 @@ def _sharded(params, specs, mesh):
   return jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
 
 
-@pytest.mark.parametrize("name", ["adam", "swan", "sinkgd"])
+@pytest.mark.parametrize("name", ["adam", "swan", "sinkgd", "muon"])
 def test_state_shardings_follow_params(name):
   mesh = mesh_lib.make_mesh("data=2,fsdp=2,tensor=2")
   specs = {
@@ -126,11 +126,20 @@ def test_state_shardings_follow_params(name):
   assert mu["lm_head"]["kernel"].sharding.spec == P("fsdp", "tensor")
   if name == "adam":  # swan and sinkgd keep no moments for the stacked matrices
     assert mu["layers"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  if name == "muon":  # its momentum of the stacked kernel, its Adam's of the rest
+    (momentum,) = [x.mu for x in jax.tree.leaves(state.opt_state, is_leaf=_is_muon) if _is_muon(x)]
+    assert momentum["layers"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert isinstance(mu["layers"]["mlp"]["up"]["kernel"], optax.MaskedNode)
+    assert isinstance(momentum["lm_head"]["kernel"], optax.MaskedNode)
   assert state.step.sharding.spec == P() and shardings.step.spec == P()
 
 
 def _is_adam(x):
   return isinstance(x, optax.ScaleByAdamState)
+
+
+def _is_muon(x):
+  return isinstance(x, optax.contrib.MuonState)
 
 
 def test_state_shardings_pair_moments_with_their_own_param():

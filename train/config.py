@@ -168,7 +168,9 @@ class OptimizerConfig:
         f"with optimizer {self.name}",
       )
     if self.non_matrix != "adam" and not stateless:
-      raise ConfigError(self, "non_matrix", f"is for swan or sinkgd only, got optimizer {self.name}")
+      raise ConfigError(
+        self, "non_matrix", f"is for swan or sinkgd only, got optimizer {self.name}"
+      )
     if self.swan_operators != "both" and self.name != "swan":
       raise ConfigError(self, "swan_operators", f"is for swan only, got optimizer {self.name}")
     if self.effective_scale_rule != "unit_rms" and not stateless:

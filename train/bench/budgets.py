@@ -33,7 +33,6 @@ from models import configs
 from train import checkpoint
 from train import loop
 from train import metrics
-from train import optimizer as optimizer_lib
 from train.bench import harness
 from train.config import OptimizerConfig
 from train.config import TrainConfig
@@ -56,36 +55,41 @@ RUNS = harness.RESULTS / "budgets" / "runs"
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """An optimizer as the budget runs set it.
+  """An optimizer as the budget runs set it, in effective per-group rates.
 
   Attributes:
-    fields: its ``OptimizerConfig`` fields besides lr and the schedule.
-    lrs: the first lr grid (4 points, 2x apart).
-    groups: the group factors tried at the best lr: multiples of the default Adam-group lr
-      (Adam: ``embed_lr_scale``, the embedding and lm_head lr over lr; 1 is plain Adam).
+    fields: its ``OptimizerConfig`` fields besides the rates and the schedule.
+    lrs: the first grid of its matrix group's peak lr (Adam: its lr), 4 points 2x apart.
+    adam_ratio: its Adam group's peak lr over the matrix lr at group factor 1 (the
+      trainer's default; Adam: 1, plain Adam).
+    groups: the group factors tried at the best lr, multiples of ``adam_ratio``.
   """
 
   fields: dict
   lrs: tuple[float, ...]
+  adam_ratio: float
   groups: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 VARIANTS: dict[str, Variant] = {
-  "adam": Variant({"name": "adam"}, (2e-3, 4e-3, 8e-3, 1.6e-2), (2.0, 4.0, 8.0)),
-  "muon": Variant({"name": "muon"}, (5e-3, 1e-2, 2e-2, 4e-2)),
-  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3)),
-  "sinkgd": Variant({"name": "sinkgd"}, (0.125, 0.25, 0.5, 1.0)),
+  "adam": Variant({"name": "adam"}, (2e-3, 4e-3, 8e-3, 1.6e-2), 1.0, (2.0, 4.0, 8.0)),
+  "muon": Variant({"name": "muon"}, (5e-3, 1e-2, 2e-2, 4e-2), 1.0),
+  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3), 50.0),
+  # Spectral rule: the matrix lr is the spectral norm of a polar factor's step over
+  # sqrt(fan_out / fan_in); the Adam group at the trainer's 2 / sqrt(128) x its global lr.
+  "sinkgd": Variant({"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), 2 / 0.05 / 128**0.5),
 }
 GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
 SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
+SINKGD_MATRIX_SCALE = 0.05  # the trainer's sinkgd lr is global: its matrix step is 0.05x it
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
   """One optimizer setting on one model: a trunk and its branches.
 
-  ``group``: the Adam group's lr as a multiple of the optimizer's default one (Adam: the
-  embedding and lm_head lr as a multiple of ``lr``).
+  ``lr``: the matrix group's peak lr (Adam: its lr); ``group``: the Adam group's peak lr as a
+  multiple of ``adam_ratio x lr`` (Adam: the embedding and lm_head lr over ``lr``).
   """
 
   size: str
@@ -99,17 +103,24 @@ class Point:
     group = "" if self.group == 1 else f"-group{self.group:g}"
     return f"{self.size}-{self.variant}-lr{self.lr:g}{group}-seed{self.seed}"
 
-  def optimizer(
-    self, warmup: int, decay_fraction: float, schedule: str = "wsd"
-  ) -> OptimizerConfig:
+  @property
+  def rates(self) -> dict[str, float]:
+    """The peak lr of each parameter group: ``matrix`` and ``adam`` (Adam: embeddings)."""
+    variant = VARIANTS[self.variant]
+    return {"matrix": self.lr, "adam": self.lr * variant.adam_ratio * self.group}
+
+  def optimizer(self, warmup: int, decay_fraction: float, schedule: str = "wsd") -> OptimizerConfig:
     """The point's optimizer on ``schedule``, after ``warmup`` steps."""
     fields = {**VARIANTS[self.variant].fields, "adam_b2": ADAM_B2}
-    if self.group != 1 and self.variant == "adam":
+    lr = self.lr
+    if self.variant == "adam":
       fields["embed_lr_scale"] = self.group
-    elif self.group != 1:
-      fields["adam_group_lr"] = self.group * OptimizerConfig(lr=self.lr, **fields).adam_group_peak_lr
+    else:
+      fields["adam_group_lr"] = self.rates["adam"]
+    if self.variant == "sinkgd":
+      lr = self.lr / SINKGD_MATRIX_SCALE
     return OptimizerConfig(
-      lr=self.lr,
+      lr=lr,
       schedule=schedule,
       warmup_steps=warmup,
       decay_fraction=decay_fraction,
@@ -128,21 +139,6 @@ def chinchilla_steps(size: str, budget: float) -> int:
 def decay_start(steps: int) -> int:
   """The step a branch of ``steps`` leaves its trunk: where its decay starts."""
   return round((1 - DECAY_FRACTION) * steps)
-
-
-def effective_rates(config: OptimizerConfig) -> dict[str, float | str]:
-  """The peak step sizes of each parameter group, as the library applies them: ``matrix`` (the
-  attention and MLP kernels; a multiplier of a unit-RMS update, or of Muon's or the spectral
-  rule's shape-scaled polar factor, per ``matrix_rule``) and ``adam`` (embeddings, lm_head,
-  norms; Adam's embedding and lm_head only)."""
-  lr = config.peak_lr
-  if config.name == "sinkgd":
-    return {"matrix": lr * 0.05, "matrix_rule": config.effective_scale_rule,
-            "adam": config.adam_group_peak_lr}
-  if config.name in ("swan", "muon"):
-    rule = "muon" if config.name == "muon" else config.effective_scale_rule
-    return {"matrix": lr, "matrix_rule": rule, "adam": config.adam_group_peak_lr}
-  return {"matrix": lr, "matrix_rule": "adam", "adam": lr * config.embed_lr_scale}
 
 
 class Runner:
@@ -183,7 +179,10 @@ class Runner:
     ``cosine``: a run of its own, cosine-decayed to 0 after the same warmup."""
     path = self.path(point, budget, schedule)
     if path.exists():
-      return json.loads(path.read_text())
+      record = json.loads(path.read_text())
+      if record["rates"] != point.rates:
+        raise ValueError(f"{path} ran at rates {record['rates']}, not {point.tag}'s {point.rates}")
+      return record
     if self.train_fn is None:
       return None
     if schedule == "wsd":
@@ -243,7 +242,8 @@ class Runner:
     (branch_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copytree(ckpts / str(start), branch_dir / "checkpoints" / str(start))
     kept = [
-      r for r in metrics.read_jsonl(trunk.run_dir / "metrics.jsonl")
+      r
+      for r in metrics.read_jsonl(trunk.run_dir / "metrics.jsonl")
       if r["kind"] != "run" and r["step"] <= start
     ]
     (branch_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -281,14 +281,12 @@ def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) 
     "params": header["params"],
     "optimizer_state_bytes": header["optimizer_state_bytes"],
     "optimizer": json.loads(json.dumps(dataclasses.asdict(config.optimizer))),
-    "rates": effective_rates(config.optimizer),
+    "rates": point.rates,
     "final_val_loss": evals[-1]["val_loss"],
     "evals": evals,
     "step_time_median_s": statistics.median(r["step_time_s"] for r in train),
     "wall_s": wall_s,  # of this run (a branch: its decay, and its trunk's share if run now)
   }
-
-
 
 
 # --- the queue ---------------------------------------------------------------------------
@@ -379,6 +377,237 @@ STAGES = (
   ("tiny-w64", 4.0, (0,), False),
   ("tiny-w256", 0.25, (0,), False),
 )
+
+
+# --- the report --------------------------------------------------------------------------
+
+LABELS = {
+  "adam": "Adam",
+  "adam+embed": "Adam, embedding lr tuned",
+  "muon": "Muon (optax)",
+  "swan": "SWAN",
+  "sinkgd": "SinkGD",
+}
+REFERENCES = ("adam", "adam+embed")  # token fractions are of these optimizers' tokens
+
+
+def summarize(runner: Runner, size: str, budget: float) -> dict:
+  """The finished runs of ``size`` at ``budget``: every grid, and per optimizer its best point
+  (best so far while a grid is open) with its seeds' losses, rates, state and step time."""
+  grids = lr_sweep(runner, size, budget)
+  points = best_points(runner, size, budget, closed=False)
+  closed = best_points(runner, size, budget, closed=True)
+  rows = {}
+  for name, point in points.items():
+    record = runner.get(point, budget)
+    seeds = SEEDS.get(size, (0,))
+    finals = [runner.final(dataclasses.replace(point, seed=s), budget) for s in seeds]
+    finals = [x for x in finals if x is not None]
+    rows[name] = {
+      "point": dataclasses.asdict(point),
+      "bracketed": closed.get(name) == point,
+      "rates": record["rates"],
+      "finals": finals,
+      "mean": statistics.mean(finals),
+      "spread": max(finals) - min(finals),
+      "optimizer_state_bytes": record["optimizer_state_bytes"],
+      "step_time_s": record["step_time_median_s"],
+    }
+  groups = {
+    name: group_sweep(runner, size, budget, point.variant, point.lr)
+    for name, point in points.items()
+    if name != "adam"
+  }
+  return {"grids": grids, "groups": groups, "rows": rows}
+
+
+def token_fraction(loss: float, budget: float, curve: dict[float, float]) -> tuple[str, float]:
+  """The fraction of ``budget`` at which ``curve`` (budget -> final loss) reaches ``loss``,
+  linear in log budget between measured budgets; ``('<', f)`` or ``('>', f)`` when ``loss``
+  lies outside the curve (a bound at its smallest or largest budget)."""
+  points = sorted(curve.items())
+  if loss > points[0][1]:
+    return "<", points[0][0] / budget
+  for (b0, l0), (b1, l1) in zip(points, points[1:], strict=False):
+    if l1 <= loss <= l0:
+      t = 0.0 if l0 == l1 else (l0 - loss) / (l0 - l1)
+      return "", math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))) / budget
+  if loss == points[-1][1]:
+    return "", points[-1][0] / budget
+  return ">", points[-1][0] / budget
+
+
+def summaries(runner: Runner) -> dict[str, dict[float, dict]]:
+  """Per size, per budget with a finished run: :func:`summarize`, with each optimizer's token
+  fraction of each reference (``REFERENCES``) and its wall-clock fraction of plain Adam's."""
+  out: dict[str, dict[float, dict]] = {}
+  for size, budgets in BUDGETS.items():
+    per_budget = {b: summarize(runner, size, b) for b in budgets}
+    per_budget = {b: s for b, s in per_budget.items() if s["rows"]}
+    curves = {
+      ref: {b: s["rows"][ref]["mean"] for b, s in per_budget.items() if ref in s["rows"]}
+      for ref in REFERENCES
+    }
+    for budget, s in per_budget.items():
+      for row in s["rows"].values():
+        for ref, curve in curves.items():
+          row[f"tokens_vs_{ref}"] = token_fraction(row["mean"], budget, curve) if curve else None
+        adam = s["rows"].get("adam")
+        tokens = row["tokens_vs_adam"]
+        if adam and tokens and not tokens[0]:
+          row["wall_vs_adam"] = tokens[1] * row["step_time_s"] / adam["step_time_s"]
+    if per_budget:
+      out[size] = per_budget
+  return out
+
+
+def _fraction_cell(fraction: tuple[str, float] | None) -> str:
+  return "" if fraction is None else f"{fraction[0]}{fraction[1]:.2f}"
+
+
+def budget_table(size: str, budget: float, summary: dict) -> str:
+  """One (size, budget): each optimizer's best point, loss with its seeds' spread, token and
+  wall-clock fractions, and optimizer-state bytes, as Markdown."""
+  columns = [
+    ("optimizer", "optimizer", "", "l"),
+    ("lr", "best lr", "", "r"),
+    ("group", "group lr", "", "r"),
+    ("loss", "final val loss", "", "r"),
+    ("vs_adam", "tokens of Adam's", "", "r"),
+    ("vs_embed", "tokens of tuned Adam's", "", "r"),
+    ("wall", "wall clock of Adam's", ".2f", "r"),
+    ("state", "optimizer state (MiB)", ".2f", "r"),
+  ]
+  rows = []
+  for name, row in summary["rows"].items():
+    open_mark = "" if row["bracketed"] else "~"
+    seeds = len(row["finals"])
+    loss = f"{row['mean']:.3f}" + (f" ± {row['spread'] / 2:.3f} ({seeds})" if seeds > 1 else "")
+    rows.append(
+      {
+        "optimizer": LABELS[name],
+        "lr": f"{open_mark}{row['point']['lr']:g}",
+        "group": f"{row['rates']['adam']:.3g}",
+        "loss": loss,
+        "vs_adam": _fraction_cell(row.get("tokens_vs_adam")),
+        "vs_embed": _fraction_cell(row.get("tokens_vs_adam+embed")),
+        "wall": row.get("wall_vs_adam"),
+        "state": row["optimizer_state_bytes"] / 2**20,
+      }
+    )
+  tokens = chinchilla_steps(size, budget) * BATCH * SEQ_LEN
+  params = configs.get_config(size).num_params
+  return (
+    f"#### {size} ({params:,} params) at {budget:g}x Chinchilla ({tokens:,} tokens)\n\n"
+    + harness.table(columns, rows)
+  )
+
+
+def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> str:
+  """WSD against cosine at each optimizer's best point: the WSD seeds' mean and spread, and
+  one cosine run of the same length, warmup and floor (0)."""
+  rows = []
+  for name, point in best_points(runner, size, budget).items():
+    cosine = runner.final(point, budget, "cosine")
+    seeds = [runner.final(dataclasses.replace(point, seed=s), budget) for s in SEEDS[size]]
+    seeds = [x for x in seeds if x is not None]
+    if cosine is None or not seeds:
+      continue
+    spread = max(seeds) - min(seeds)
+    diff = cosine - statistics.mean(seeds)
+    rows.append(
+      {
+        "optimizer": LABELS[name],
+        "wsd": f"{statistics.mean(seeds):.3f} ± {spread / 2:.3f} ({len(seeds)})",
+        "cosine": cosine,
+        "diff": diff,
+        "within": "yes" if min(seeds) <= cosine <= max(seeds) else "no",
+      }
+    )
+  columns = [
+    ("optimizer", "optimizer", "", "l"),
+    ("wsd", "WSD (seeds)", "", "r"),
+    ("cosine", "cosine (seed 0)", ".3f", "r"),
+    ("diff", "cosine - WSD", "+.3f", "r"),
+    ("within", "within the seeds' range", "", "l"),
+  ]
+  return harness.table(columns, rows) if rows else ""
+
+
+def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> None:
+  """Top: token fraction of tuned Adam's against budget, one line per optimizer, one panel per
+  width. Bottom: final loss against lr per budget, one panel per (width, optimizer)."""
+  sizes = list(all_summaries)
+  fig = Figure(figsize=(4 * max(len(sizes), len(VARIANTS)), 7))
+  top = fig.subplots(2, max(len(sizes), len(VARIANTS)), squeeze=False)
+  for ax, size in zip(top[0], sizes, strict=False):
+    for name in LABELS:
+      line = [
+        (b, s["rows"][name]["tokens_vs_adam+embed"][1])
+        for b, s in all_summaries[size].items()
+        if name in s["rows"] and s["rows"][name].get("tokens_vs_adam+embed")
+      ]
+      if line:
+        ax.plot(*zip(*line, strict=True), "o-", label=LABELS[name])
+    ax.set(
+      xscale="log", xlabel="budget (x Chinchilla)", ylabel="tokens of tuned Adam's", title=size
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  size = sizes[0]
+  for ax, variant in zip(top[1], VARIANTS, strict=False):
+    for budget, s in all_summaries[size].items():
+      done = sorted((lr, x) for lr, x in s["grids"][variant].items() if x is not None)
+      if done:
+        ax.plot(*zip(*done, strict=True), "o-", label=f"{budget:g}x")
+    ax.set(xscale="log", xlabel="peak lr", ylabel="final val loss", title=f"{size} {variant}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def stage_hours(runner: Runner) -> dict[str, float]:
+  """Wall-clock hours each size's kept runs took on these cores (a branch's includes the
+  trunk steps it ran)."""
+  hours: dict[str, float] = {}
+  for path in sorted(runner.runs_dir.glob("*.json")):
+    record = json.loads(path.read_text())
+    size = record["point"]["size"]
+    hours[size] = hours.get(size, 0.0) + record["wall_s"] / 3600
+  return hours
+
+
+def report(runner: Runner, out: pathlib.Path) -> None:
+  """Writes ``budgets.md``, ``.json`` and ``.png`` from the run JSONs alone."""
+  runner = runner.read_only()
+  all_summaries = summaries(runner)
+  reported = {(size, budget) for size, budget, *_ in STAGES}
+  tables = [
+    budget_table(size, budget, s)
+    for size, per_budget in all_summaries.items()
+    for budget, s in per_budget.items()
+    if (size, budget) in reported
+  ]
+  hours = "; ".join(f"{size} {h:.1f} h" for size, h in stage_hours(runner).items())
+  text = (
+    "## Budgets (`python -m train.bench.budgets`)\n\n"
+    + "\n".join(tables)
+    + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open). "
+    "Group lr: the Adam group's peak lr (Adam: its embedding and lm_head lr). Loss: the mean "
+    "and half range of the seeds run at the best point (their count in brackets). Tokens: "
+    "the fraction of the reference's budget at which it reaches this loss, from its best "
+    "final losses at every budget (0.25x to 4x, linear in log budget); `<`/`>` a bound "
+    "beyond the budgets measured. Wall clock: tokens x the step-time ratio to Adam (medians "
+    f"of separate runs on these shared CPU cores). Runs took {hours or 'nothing yet'}.\n"
+  )
+  if check := cosine_check(runner):
+    text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
+  out.mkdir(parents=True, exist_ok=True)
+  harness.save(text, out / "budgets.md")
+  (out / "budgets.json").write_text(json.dumps(all_summaries, indent=1, default=str))
+  if all_summaries:
+    plot(all_summaries, out / "budgets.png")
 
 
 def queue(runner: Runner, stages=STAGES) -> None:

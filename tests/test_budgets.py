@@ -1,0 +1,145 @@
+"""The budget benchmark: Chinchilla steps, WSD trunks and branches, and its report."""
+
+import dataclasses
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from models import llama
+from train import loop
+from train import metrics
+from train import optimizer
+from train.bench import budgets
+from train.bench import harness
+from train.config import OptimizerConfig
+
+
+def test_a_budget_counts_every_parameter_embeddings_included():
+  config = budgets.configs.get_config("tiny-w64")
+  _, abstract = llama.abstract_init(config, harness.one_device_mesh())
+  params = sum(x.size for x in jax.tree.leaves(abstract))
+  assert config.num_params == params == 460_352
+  assert budgets.chinchilla_steps("tiny-w64", 1.0) == round(20 * params / (16 * 256)) == 2248
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_and_agrees_with_longer_runs():
+  config = OptimizerConfig(lr=0.1, schedule="wsd", warmup_steps=10, final_lr_fraction=0.0)
+  short, long = optimizer.schedule(config, 100), optimizer.schedule(config, 400)
+  assert [float(short(t)) for t in (0, 5, 10, 80)] == pytest.approx([0, 0.05, 0.1, 0.1])
+  assert float(short(90)) == pytest.approx(0.05) and float(short(100)) == pytest.approx(0.0)
+  np.testing.assert_allclose([short(t) for t in range(81)], [long(t) for t in range(81)])
+  constant = optimizer.schedule(dataclasses.replace(config, decay_fraction=0.0), 50)
+  assert float(constant(50)) == pytest.approx(0.1)
+
+
+def test_token_fraction_interpolates_in_log_budget_and_bounds_outside():
+  curve = {0.25: 4.0, 1.0: 3.0, 4.0: 2.5}
+  assert budgets.token_fraction(3.0, 1.0, curve) == ("", 1.0)
+  kind, fraction = budgets.token_fraction(3.5, 1.0, curve)
+  assert kind == "" and fraction == pytest.approx(0.5)  # halfway in log between 0.25 and 1
+  assert budgets.token_fraction(2.0, 1.0, curve) == (">", 4.0)
+  assert budgets.token_fraction(4.5, 1.0, curve) == ("<", 0.25)
+
+
+@pytest.mark.slow
+def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
+  """Trunk to the decay start, then the branch resumed from its checkpoint: the same run."""
+  steps_of = lambda size, budget: round(40 * budget)
+  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", steps_of=steps_of)
+  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  branch = runner.get(point, 0.5)
+  assert [e["step"] for e in branch["evals"]][-1] == 20
+  direct = runner._config(point, 20, "wsd", "direct")
+  loop.train(direct)
+  evals = [r for r in metrics.read_jsonl(direct.run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+  np.testing.assert_allclose(
+    [e["val_loss"] for e in branch["evals"]], [e["val_loss"] for e in evals], rtol=1e-6
+  )
+  assert branch["rates"] == {"matrix": 2e-3, "adam": 0.1}
+  assert runner.get(point, 0.5) == branch  # kept: read back, not trained again
+  tampered = {**branch, "rates": {"matrix": 1e-3, "adam": 0.1}}
+  runner.path(point, 0.5).write_text(json.dumps(tampered))
+  with pytest.raises(ValueError, match="ran at rates"):
+    runner.get(point, 0.5)
+
+
+def test_a_branch_cannot_start_from_a_trunk_already_past_its_decay(tmp_path):
+  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=lambda config: None)
+  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  (tmp_path / "work" / point.tag / "checkpoints" / "5000").mkdir(parents=True)
+  with pytest.raises(RuntimeError, match="past step 450"):
+    runner._branch_from_trunk(point, 450, tmp_path / "work" / "branch")
+
+
+# Fake runs: loss = a - b log(budget) + c log2(lr / best lr)^2 + the group's own bowl.
+BEST = {"adam": 8e-3, "muon": 2e-2, "swan": 2e-3, "sinkgd": 1.25e-2}
+BASE = {"adam": 3.0, "muon": 2.8, "swan": 2.85, "sinkgd": 3.2}
+
+
+def _fake_loss(point: budgets.Point, budget: float) -> float:
+  best_group = 4.0 if point.variant == "adam" else 1.0
+  group_cost = 0.02 * math.log2(point.group / best_group) ** 2
+  if point.variant == "adam" and point.group == 1:
+    group_cost = 0.05  # plain Adam: 0.05 behind its best embedding lr
+  return (
+    BASE[point.variant]
+    - 0.2 * math.log(budget)
+    + 0.01 * math.log2(point.lr / BEST[point.variant]) ** 2
+    + group_cost
+    + 0.001 * point.seed
+  )
+
+
+def _fake_runner(tmp_path) -> budgets.Runner:
+  def fake_get(point, budget, schedule="wsd"):
+    loss = _fake_loss(point, budget) + (0.002 if schedule == "cosine" else 0.0)
+    record = {
+      "tag": budgets.run_name(point, budget, schedule),
+      "point": dataclasses.asdict(point),
+      "rates": point.rates,
+      "final_val_loss": loss,
+      "optimizer_state_bytes": 0 if point.variant in ("swan", "sinkgd") else 2**20,
+      "step_time_median_s": 0.1,
+      "wall_s": 60.0,
+    }
+    path = runner.path(point, budget, schedule)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return record
+
+  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
+  for size, budget, seeds, cosine in budgets.STAGES[:1]:
+    training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+    training.get = fake_get
+    budgets.stage(training, size, budget, seeds, cosine)
+    for smaller in (b for b in budgets.BUDGETS[size] if b < budget):
+      for path in list(runner.runs_dir.glob(f"*-{budget:g}x.json")):
+        record = json.loads(path.read_text())
+        fake_get(budgets.Point(**record["point"]), smaller)
+  return runner
+
+
+def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp_path):
+  runner = _fake_runner(tmp_path)
+  summary = budgets.summaries(runner)["tiny-w64"]
+  rows = summary[1.0]["rows"]
+  assert {n: r["point"]["lr"] for n, r in rows.items()} == {"adam+embed": 8e-3, **BEST}
+  assert rows["adam+embed"]["point"]["group"] == 4.0 and rows["adam"]["point"]["group"] == 1
+  assert all(r["bracketed"] for r in rows.values())
+  assert rows["swan"]["finals"] == pytest.approx([2.85, 2.851, 2.852])
+  # Plain Adam's seed mean is 3.051 - 0.2 log(b): SinkGD's 3.201 is Adam's at 0.47x.
+  kind, fraction = rows["sinkgd"]["tokens_vs_adam"]
+  assert kind == "" and fraction == pytest.approx(math.exp((3.051 - 3.201) / 0.2))
+  assert rows["swan"]["tokens_vs_adam"] == (">", 1.0)  # better than Adam's largest budget
+  assert "wall_vs_adam" not in rows["swan"]
+  assert rows["sinkgd"]["wall_vs_adam"] == pytest.approx(fraction)
+  budgets.report(runner, tmp_path / "out")
+  text = (tmp_path / "out" / "budgets.md").read_text()
+  assert "#### tiny-w64 (460,352 params) at 1x Chinchilla (9,207,808 tokens)" in text
+  assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 0.47 |" in text
+  assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | >1.00 |" in text
+  assert "WSD against cosine" in text and "| +0.001 | yes |" in text
+  assert (tmp_path / "out" / "budgets.png").exists()
