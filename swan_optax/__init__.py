@@ -1,5 +1,7 @@
 """swan-optax: stateless LLM optimizers (SWAN, SinkGD) as Optax transforms."""
 
+from swan_optax import defaults
+from swan_optax import inspect
 from swan_optax._alias import sinkgd
 from swan_optax._alias import stateless_partition
 from swan_optax._alias import swan
@@ -9,37 +11,29 @@ from swan_optax._labels import param_labels
 from swan_optax._layouts import dimension_numbers_from_einsum
 from swan_optax._layouts import dimension_numbers_from_model
 from swan_optax._matrix import MatrixDimensionNumbers
-from swan_optax._scale import REFERENCE_WIDTH
 from swan_optax._scale import ScaleRule
-from swan_optax._scale import reference_rms
-from swan_optax._scale import shape_scale
 from swan_optax._sinkhorn import sinkhorn
-from swan_optax._table import Route
 from swan_optax._table import routing_table
-from swan_optax._table import whitening_plan
 from swan_optax._trace import dimension_numbers_from_fn
 from swan_optax._whiten import WhiteningMethod
 from swan_optax._whiten import whiten
 
 __all__ = [
   "DEFAULT_ADAM_PATTERN",
+  "defaults",
+  "inspect",
   "MatrixDimensionNumbers",
   "dimension_numbers_from_einsum",
   "dimension_numbers_from_fn",
   "dimension_numbers_from_model",
   "gradnorm",
-  "Route",
   "param_labels",
-  "REFERENCE_WIDTH",
-  "reference_rms",
   "routing_table",
   "ScaleRule",
-  "shape_scale",
   "sinkgd",
   "sinkhorn",
   "stateless_partition",
   "swan",
   "whiten",
   "WhiteningMethod",
-  "whitening_plan",
 ]

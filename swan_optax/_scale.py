@@ -8,8 +8,6 @@ from typing import Literal
 import jax
 
 ScaleRule = Literal["unit_rms", "spectral"]
-# The width at which every rule steps alike: the Adam group's default lr pairs with it.
-REFERENCE_WIDTH = 128
 
 
 def shape_scale(rule: ScaleRule, fan_in: int, fan_out: int) -> float:
@@ -27,14 +25,6 @@ def shape_scale(rule: ScaleRule, fan_in: int, fan_out: int) -> float:
   if rule == "unit_rms":
     return 1.0
   return math.sqrt(fan_out / fan_in) / math.sqrt(max(fan_in, fan_out))
-
-
-def reference_rms(rule: ScaleRule) -> float:
-  """The RMS of ``rule``'s update of a square ``REFERENCE_WIDTH`` matrix: 1 for ``'unit_rms'``,
-  ``1 / sqrt(128)`` for ``'spectral'``. :func:`swan` and :func:`sinkgd` step their Adam group
-  at ``learning_rate`` times this unless told otherwise, so that at width 128 both groups step
-  alike under either rule (the pairing of ``python -m train.bench.transfer``)."""
-  return shape_scale(rule, REFERENCE_WIDTH, REFERENCE_WIDTH)
 
 
 def check_scale_rule(rule: str) -> None:

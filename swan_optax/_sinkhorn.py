@@ -50,8 +50,7 @@ def sinkhorn(
   num_iters: jax.typing.ArrayLike = 5,
   eps: jax.typing.ArrayLike = 1e-8,
   dimension_numbers: _matrix.DimensionNumbersSpec = None,
-  mesh: jax.sharding.Mesh | None = None,
-  scale_rule: _scale.ScaleRule = "unit_rms",
+  scale_rule: _scale.ScaleRule = "spectral",
 ) -> optax.GradientTransformation:
   r"""SR-Sinkhorn normalization of every gradient matrix (SinkGD).
 
@@ -60,21 +59,19 @@ def sinkhorn(
   ``\sqrt{fan_{in}}`` (the Sinkhorn-Knopp fixed point of ``X \odot X``, signs
   kept). Zero rows and columns stay zero. Computed in float32 and cast back to
   the gradient's dtype. Stateless; O(num_iters * fan_in * fan_out) work, no
-  matmul.
+  matmul. On a mesh it needs no layout change: each half-step reduces over one
+  axis, so in the gradients' own layout the partitioner all-reduces one vector
+  of norms per matrix (``fan_in`` or ``fan_out`` floats) and moves no matrix.
 
   Args:
     num_iters: number of (output-unit, input-unit) normalization rounds ``L``.
     eps: lower clamp of every norm, ``max(norm, eps)``.
     dimension_numbers: how each leaf is viewed as a batch of matrices (see
       :func:`gradnorm`).
-    mesh: accepted so that ``sinkhorn`` and ``whiten`` take the same
-      arguments, and not needed: each half-step only reduces over one axis,
-      so in the gradients' own layout the partitioner all-reduces one vector
-      of norms per matrix (``fan_in`` or ``fan_out`` floats) and moves no
-      matrix.
-    scale_rule: the update's size per matrix shape (:func:`shape_scale`):
-      ``'unit_rms'`` (the paper's) or ``'spectral'`` (the factor that gives a
-      polar factor of the same shape spectral norm ``sqrt(fan_out / fan_in)``).
+    scale_rule: the update's size per matrix shape
+      (:func:`swan_optax.inspect.shape_scale`): ``'spectral'`` (as
+      :func:`sinkgd`: the factor that gives a polar factor of the same shape
+      spectral norm ``sqrt(fan_out / fan_in)``) or ``'unit_rms'`` (the paper's).
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -83,6 +80,5 @@ def sinkhorn(
     Scetbon et al., `Gradient Multi-Normalization for Efficient LLM Training
     <https://arxiv.org/abs/2502.06742>`_, 2025 (Algorithm 3).
   """
-  del mesh
   operator = _scale.scaled(lambda x: sr_sinkhorn(x, num_iters, eps), scale_rule)
   return _transform.stateless_matrix_transform(operator, dimension_numbers, name="sinkhorn")

@@ -231,7 +231,7 @@ def whiten(
       stacked, padded to the device count, and exchanged by one all-to-all
       over the mesh axes that shard them (and back); leaves repeated over an
       axis (data parallel) are whitened ``1/size`` per device and
-      all-gathered. See :func:`whitening_plan`. Only the layout and the cost
+      all-gathered. See :func:`swan_optax.inspect.whitening_plan`. Only the layout and the cost
       change, never the result. ``None``: the mesh of ``shardings``, else the
       gradients' own when their types carry one with Explicit axes
       (``jax.make_mesh``'s default); else the partitioner lays out each leaf,
@@ -243,7 +243,7 @@ def whiten(
       shardings given to ``jax.jit(in_shardings=...)``. ``None``: read from
       the gradients: concrete arrays carry it, traced ones only in their types
       on Explicit mesh axes.
-    scale_rule: the update's size per matrix shape (:func:`shape_scale`):
+    scale_rule: the update's size per matrix shape (:func:`swan_optax.inspect.shape_scale`):
       ``'unit_rms'`` (the paper's: Adam's RMS for every shape) or
       ``'spectral'`` (spectral norm ``sqrt(fan_out / fan_in)``, muP's).
 

@@ -342,7 +342,7 @@ def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operato
   )
   for param, update, unit_update, dim in leaves:
     view = None if dim is None else matrix_view(param.shape, dim)
-    factor = 1.0 if dim is None else swan_optax.shape_scale("spectral", view.fan_in, view.fan_out)
+    factor = 1.0 if dim is None else swan_optax.inspect.shape_scale("spectral", view.fan_in, view.fan_out)
     np.testing.assert_allclose(update, factor * unit_update, rtol=1e-5, atol=1e-12)
 
 

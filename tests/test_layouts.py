@@ -1,5 +1,7 @@
 """Layouts derived from models and einsums, and routing that never falls back to Adam silently."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -207,7 +209,8 @@ def test_adam_pattern_matches_with_and_without_the_value_box():
 
 
 def test_an_empty_matrix_group_raises():
-  tx = swan_optax.swan(1e-3, adam_pattern=r".")
+  everything_to_adam = functools.partial(swan_optax.param_labels, adam_pattern=r".")
+  tx = swan_optax.swan(1e-3, param_labels=everything_to_adam)
   with pytest.raises(ValueError, match="no leaf is routed to the stateless matrix group"):
     tx.init(_params())
   labels = jax.tree.map(lambda _: "adam", _params())

@@ -49,6 +49,10 @@ def _cosine(a, b):
   return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+# SR-Sinkhorn's own normalization, without the spectral rule's shape factor (sinkhorn's default).
+_unit_sinkhorn = functools.partial(swan_optax.sinkhorn, scale_rule="unit_rms")
+
+
 def _numpy_sinkhorn(x, num_iters, eps=1e-8):
   x = np.asarray(x, np.float64)
   fan_in, fan_out = x.shape
@@ -194,8 +198,8 @@ def test_spectral_rule_is_unit_rms_times_the_shape_factor(name, shape, dims, fan
   unit = _apply(OPERATORS[name](dimension_numbers=dims), x)
   spectral = _apply(OPERATORS[name](dimension_numbers=dims, scale_rule="spectral"), x)
   factor = np.sqrt(fan_out / fan_in) / np.sqrt(max(fan_in, fan_out))
-  assert swan_optax.shape_scale("spectral", fan_in, fan_out) == pytest.approx(factor)
-  assert swan_optax.shape_scale("unit_rms", fan_in, fan_out) == 1.0
+  assert swan_optax.inspect.shape_scale("spectral", fan_in, fan_out) == pytest.approx(factor)
+  assert swan_optax.inspect.shape_scale("unit_rms", fan_in, fan_out) == 1.0
   np.testing.assert_allclose(spectral, factor * unit, rtol=1e-5, atol=1e-7)
 
 
@@ -212,7 +216,7 @@ def test_unknown_scale_rule_raises(name):
 def test_sinkhorn_fixed_point(shape):
   x = _scaled_gaussian(shape)
   for num_iters, max_r_out in [(1, None), (5, 1e-3), (50, 1e-5)]:
-    got = _apply(swan_optax.sinkhorn(num_iters=num_iters), x)
+    got = _apply(_unit_sinkhorn(num_iters=num_iters), x)
     r_out, r_in = _sinkhorn_residuals(got)
     assert r_in < 1e-5
     np.testing.assert_allclose(np.sqrt(np.mean(got**2)), 1.0, rtol=1e-5)
@@ -224,7 +228,7 @@ def test_sinkhorn_fixed_point(shape):
 @pytest.mark.parametrize("num_iters", [1, 2, 5])
 def test_sinkhorn_matches_numpy_loop(shape, num_iters):
   x = _scaled_gaussian(shape)
-  got = _apply(swan_optax.sinkhorn(num_iters=num_iters), x)
+  got = _apply(_unit_sinkhorn(num_iters=num_iters), x)
   np.testing.assert_allclose(got, _numpy_sinkhorn(x, num_iters), rtol=1e-4, atol=1e-5)
 
 
@@ -232,7 +236,7 @@ def test_sinkhorn_limit_is_invariant_to_diagonal_rescaling():
   x = _gaussian((64, 96))
   rng = np.random.default_rng(3)
   d1, d2 = np.exp(rng.uniform(-2, 2, (64, 1))), np.exp(rng.uniform(-2, 2, (1, 96)))
-  tx = swan_optax.sinkhorn(num_iters=50)
+  tx = _unit_sinkhorn(num_iters=50)
   np.testing.assert_allclose(_apply(tx, (d1 * x * d2).astype(np.float32)), _apply(tx, x), atol=1e-4)
 
 
@@ -240,7 +244,7 @@ def test_sinkhorn_keeps_zero_rows_and_columns_zero():
   x = _gaussian((16, 24))
   x[3, :] = 0.0
   x[:, 7] = 0.0
-  got = _apply(swan_optax.sinkhorn(num_iters=20), x)
+  got = _apply(_unit_sinkhorn(num_iters=20), x)
   assert np.isfinite(got).all()
   np.testing.assert_array_equal(got[3], 0.0)
   np.testing.assert_array_equal(got[:, 7], 0.0)
@@ -253,7 +257,7 @@ def test_sinkhorn_keeps_zero_rows_and_columns_zero():
 OPERATORS = {
   "gradnorm": swan_optax.gradnorm,
   "whiten": functools.partial(swan_optax.whiten, precision=jax.lax.Precision.HIGHEST),
-  "sinkhorn": swan_optax.sinkhorn,
+  "sinkhorn": _unit_sinkhorn,
 }
 
 

@@ -1,5 +1,6 @@
 """The swan() and sinkgd() optimizers: routing, statelessness, updates and convergence."""
 
+import functools
 import math
 
 import chex
@@ -106,8 +107,10 @@ def test_matrix_group_is_stateless_and_state_bytes_are_adams_for_adam_leaves(nam
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_adafactor_on_non_matrix_leaves_is_nearly_stateless(name):
   params = _params()
-  adafactor = optax.adafactor(1e-3, min_dim_size_to_factor=8)
-  tx = OPTIMIZERS[name](1e-3, dimension_numbers=_stack_dims, non_matrix_optimizer=adafactor)
+  adafactor = functools.partial(optax.adafactor, min_dim_size_to_factor=8)
+  tx = OPTIMIZERS[name](
+    1e-3, adam_learning_rate=1e-3, dimension_numbers=_stack_dims, non_matrix=adafactor
+  )
   state = tx.init(params)
   # Factored second moments: a row and a column vector per (50, 16) matrix, not 50 x 16.
   assert _state_bytes(state) < 0.2 * 8 * (50 * 16 * 2)
@@ -124,39 +127,56 @@ def test_adafactor_on_non_matrix_leaves_is_nearly_stateless(name):
 
 @pytest.mark.parametrize("lr", [1e-3, optax.constant_schedule(1e-3)], ids=["float", "schedule"])
 @pytest.mark.parametrize("rule", ["unit_rms", "spectral"])
-@pytest.mark.parametrize(("name", "matrix_scale"), [("swan", 1.0), ("sinkgd", 0.05)])
-def test_one_step_moves_each_group_by_its_scale_rule(name, matrix_scale, rule, lr):
-  """Matrices step by RMS lr x matrix_scale x ``shape_scale``; the Adam group (by default) by
-  lr x ``reference_rms``: lr itself under unit RMS."""
+@pytest.mark.parametrize("name", ["swan", "sinkgd"])
+def test_one_step_moves_each_group_by_its_scale_rule(name, rule, lr):
+  """Matrices step by RMS lr x ``shape_scale``; the Adam group (by default) by lr times the
+  optimizer's ratio for the rule, ``swan_optax.defaults.ADAM_LR_RATIO``."""
   params = _params()
   tx = OPTIMIZERS[name](lr, scale_rule=rule, dimension_numbers=_stack_dims)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   for u in (updates["proj"]["kernel"], updates["layers"]["mlp"]["up"]["kernel"]):
-    expected = 1e-3 * matrix_scale * swan_optax.shape_scale(rule, *u.shape[-2:])
+    expected = 1e-3 * swan_optax.inspect.shape_scale(rule, *u.shape[-2:])
     np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.square(u))), expected, rtol=1e-4)
   # Adam's first step is lr * sign(g) elementwise.
-  adam_lr = 1e-3 * swan_optax.reference_rms(rule)
+  adam_lr = 1e-3 * swan_optax.defaults.ADAM_LR_RATIO[name, rule]
   np.testing.assert_allclose(jnp.abs(updates["embed"]["embedding"]), adam_lr, rtol=1e-4)
 
 
-def test_defaults_are_the_ladders_choice():
-  """``sinkgd()`` steps spectrally at lr 0.25 (Adam at 0.25 / sqrt(128)); the papers' unit RMS
-  is one keyword away; an unknown rule raises before any default is derived from it."""
+@pytest.mark.parametrize("name", ["swan", "sinkgd"])
+def test_defaults_are_declared_once_in_swan_optax_defaults(name):
+  """``swan()`` and ``sinkgd()`` step at ``defaults.LEARNING_RATE`` under
+  ``defaults.SCALE_RULE``, their Adam group at the rule's ratio; the papers' settings are
+  one keyword away; an unknown rule raises before any default is derived from it."""
   params = _params()
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
-  tx = swan_optax.sinkgd(dimension_numbers=_stack_dims)
+  tx = OPTIMIZERS[name](dimension_numbers=_stack_dims)
   default, _ = tx.update(grads, tx.init(params), params)
-  explicit = swan_optax.sinkgd(
-    0.25,
-    scale_rule="spectral",
-    adam_learning_rate=0.25 / math.sqrt(128),
+  lr, rule = swan_optax.defaults.LEARNING_RATE[name], swan_optax.defaults.SCALE_RULE[name]
+  explicit = OPTIMIZERS[name](
+    lr,
+    scale_rule=rule,
+    adam_learning_rate=lr * swan_optax.defaults.ADAM_LR_RATIO[name, rule],
     dimension_numbers=_stack_dims,
   )
   expected, _ = explicit.update(grads, explicit.init(params), params)
   jax.tree.map(np.testing.assert_allclose, default, expected)
+  paper = OPTIMIZERS[name](1e-3, adam_learning_rate=1e-3, dimension_numbers=_stack_dims)
+  updates, _ = paper.update(grads, paper.init(params), params)
+  np.testing.assert_allclose(jnp.abs(updates["embed"]["embedding"]), 1e-3, rtol=1e-4)
   with pytest.raises(ValueError, match="unknown scale_rule 'mup'"):
-    swan_optax.swan(1e-3, scale_rule="mup")
+    OPTIMIZERS[name](1e-3, scale_rule="mup")
+
+
+def test_sinkhorn_alone_is_sinkgds_matrix_step():
+  """``chain(sinkhorn(), scale_by_learning_rate(lr))`` is what ``sinkgd(lr)`` does to a matrix."""
+  params = {"w": jax.random.normal(jax.random.key(1), (32, 16))}
+  grads = {"w": jax.random.normal(jax.random.key(2), (32, 16))}
+  tx = swan_optax.sinkgd(0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  reference = optax.chain(swan_optax.sinkhorn(), optax.scale_by_learning_rate(0.5))
+  expected, _ = reference.update(grads, reference.init(params))
+  chex.assert_trees_all_close(updates, expected, atol=1e-7)
 
 
 def test_swan_matrix_update_is_whitened_gradnorm():
@@ -174,8 +194,14 @@ def test_schedules_weight_decay_and_clipping(name):
   params = {"w": jnp.ones((8, 8)), "b": jnp.ones(8)}
   grads = {"w": jax.random.normal(jax.random.key(3), (8, 8)), "b": 100.0 * jnp.ones(8)}
   schedule = optax.linear_schedule(0.0, 1.0, 10)
-  tx = OPTIMIZERS[name](
-    schedule, weight_decay=0.5, weight_decay_mask={"w": True, "b": False}, max_grad_norm=1.0
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    OPTIMIZERS[name](
+      schedule,
+      adam_learning_rate=schedule,
+      weight_decay=0.5,
+      weight_decay_mask={"w": True, "b": False},
+    ),
   )
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)  # step 0: lr 0

@@ -169,7 +169,7 @@ def test_each_device_whitens_an_equal_share_of_whole_matrices():
   chex.assert_trees_all_close(update(sharded), jax.jit(plain.update)(grads, ())[0], atol=2e-5)
   text = update.lower(sharded).compile().as_text()
   assert "f32[2,128,128]" in text and "f32[12,128,128]" not in text
-  route = swan_optax.whitening_plan(sharded, dims, mesh)["q"]
+  route = swan_optax.inspect.whitening_plan(sharded, dims, mesh)["q"]
   assert route.strategy == "all-to-all + replicated + all-gather"
   assert route.sharded_axes == ("fsdp", "tensor") and route.spread_axes == ("data",)
   assert route.group_size == 3
@@ -186,7 +186,7 @@ def test_each_device_whitens_an_equal_share_of_whole_matrices():
 def test_plan_strategies_and_bytes(shape, spec, strategy):
   mesh = _mesh(shape)
   leaf = jax.ShapeDtypeStruct((8, 64, 32), jnp.float32, sharding=NamedSharding(mesh, spec))
-  route = swan_optax.whitening_plan({"w": leaf}, MatrixDimensionNumbers(1, 2), mesh)["w"]
+  route = swan_optax.inspect.whitening_plan({"w": leaf}, MatrixDimensionNumbers(1, 2), mesh)["w"]
   assert route.strategy == strategy
   assert route.leaf_bytes == 8 * 64 * 32 * 4
   expected = {"all-to-all": 2 / 8, "replicated + all-gather": 1.0, "local": 0.0}[strategy]
@@ -234,7 +234,7 @@ def test_shardings_show_auto_axes_to_the_update_inside_jit(reference, types, giv
   sharded = _place(grads, mesh)
   _check_matches_and_keeps_layout(update(sharded), expected["swan"], sharded)
   moved = hlo.collective_bytes(update.lower(sharded).compile().as_text())
-  planned = sum(r.bytes_per_device for r in swan_optax.whitening_plan(sharded, dims, mesh).values())
+  planned = sum(r.bytes_per_device for r in swan_optax.inspect.whitening_plan(sharded, dims, mesh).values())
   assert moved.get("all-to-all", 0) > 0
   assert sum(moved.values()) <= 1.01 * planned + 2**16, (moved, planned)
 
@@ -294,7 +294,7 @@ def test_routing_table_on_a_mesh_says_how_each_matrix_is_whitened():
   grads = _place(_grads(), mesh)
   dims = optimizer.dimension_numbers(CONFIG)
   table = swan_optax.routing_table(grads, dimension_numbers=dims, mesh=mesh)
-  plan = swan_optax.whitening_plan(grads, dims, mesh)
+  plan = swan_optax.inspect.whitening_plan(grads, dims, mesh)
   rows = {line.split()[0]: line for line in table.splitlines()[2:]}
   assert "swan on the mesh (per device)" in table.splitlines()[0]
   for path, route in plan.items():

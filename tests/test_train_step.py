@@ -188,7 +188,7 @@ def test_update_on_auto_axes_moves_only_the_planned_all_to_alls():
     .compile()
   )
   moved = hlo.collective_bytes(compiled.as_text())
-  plan = swan_optax.whitening_plan(
+  plan = swan_optax.inspect.whitening_plan(
     exp.state.params, optimizer.dimension_numbers(exp.model_config), mesh
   )
   planned = sum(route.bytes_per_device for route in plan.values())

@@ -24,9 +24,9 @@ TRANSFORMS = {
   "gradnorm": swan_optax.gradnorm,
   "whiten": _whiten_f32,
   "whiten_newton_schulz": functools.partial(swan_optax.whiten, method="newton_schulz"),
-  "sinkhorn": swan_optax.sinkhorn,
+  "sinkhorn": functools.partial(swan_optax.sinkhorn, scale_rule="unit_rms"),
   "whiten_spectral": functools.partial(_whiten_f32, scale_rule="spectral"),
-  "sinkhorn_spectral": lambda **kw: swan_optax.sinkhorn(scale_rule="spectral", **kw),
+  "sinkhorn_spectral": swan_optax.sinkhorn,  # the default rule
 }
 
 DIMS = {
@@ -53,7 +53,7 @@ FANS = {"dense": (32, 48), "stack": (32, 64), "q": (64, 32), "o": (32, 64)}
 def _expected_rms(name, leaf):
   """Unit RMS, or ``shape_scale('spectral', ...)`` of the leaf's matrices."""
   rule = "spectral" if name.endswith("_spectral") else "unit_rms"
-  return swan_optax.shape_scale(rule, *FANS[leaf])
+  return swan_optax.inspect.shape_scale(rule, *FANS[leaf])
 
 
 @pytest.fixture(params=TRANSFORMS)
