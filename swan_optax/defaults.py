@@ -19,12 +19,13 @@ Optimizer = Literal["swan", "sinkgd"]
 
 LEARNING_RATE: dict[Optimizer, float] = {"swan": 2e-3, "sinkgd": 1.25e-2}
 SCALE_RULE: dict[Optimizer, _scale.ScaleRule] = {"swan": "unit_rms", "sinkgd": "spectral"}
-# The Adam group's lr over the matrix lr, per optimizer and scale rule.
+# The Adam group's lr over the matrix lr, per optimizer and scale rule: the best of a joint
+# grid, or (swan's spectral rule, untuned) the setting its lr was tuned at.
 ADAM_LR_RATIO: dict[tuple[Optimizer, _scale.ScaleRule], float] = {
   ("swan", "unit_rms"): 50.0,
-  ("swan", "spectral"): 4.42,
+  ("swan", "spectral"): 4.4194174,
   ("sinkgd", "unit_rms"): 40.0,
-  ("sinkgd", "spectral"): 3.54,
+  ("sinkgd", "spectral"): 3.5355339,
 }
 
 

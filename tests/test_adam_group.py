@@ -12,12 +12,12 @@ from train.bench.convergence import search
 from train.bench.convergence.store import Store
 
 # Fake optima (lr, group lr): Adam's embeddings want 0.2, beyond the grid's edge (0.1).
-OPTIMUM = {"swan": (0.004, 0.05), "sinkgd": (0.1, 0.025), "adam": (0.002, 0.2)}
+OPTIMUM = {"swan": (0.004, 0.05), "sinkgd": (0.005, 0.025), "adam": (0.002, 0.2)}
 
 
 def _fake_train(config) -> None:
   o = config.optimizer
-  group = o.lr * o.embed_lr_scale if o.name == "adam" else (o.adam_group_lr or o.lr)
+  group = o.lr * o.embed_lr_scale if o.name == "adam" else o.adam_group_lr
   lr_best, group_best = OPTIMUM[o.name]
   final = 4 + 0.1 * math.log2(o.lr / lr_best) ** 2 + 0.05 * math.log2(group / group_best) ** 2
   fake_runs.write_run_folder(config, final)
@@ -54,9 +54,12 @@ def test_each_window_slides_to_its_best_pair(store):
   assert swan == pytest.approx([0.00625, *adam_group.GROUP_LRS])  # neighbours tie: one down
 
 
-def test_equal_rates_reuse_the_convergence_runs():
-  assert adam_group.joint_run("sinkgd", 0.05, 0.05).tag == "tiny-sinkgd-lr0.05-seed0"
-  assert adam_group.joint_run("sinkgd", 0.05, 0.1).tag == "tiny-sinkgd+adam_lr0.1-lr0.05-seed0"
+def test_the_papers_pairing_reuses_the_convergence_runs():
+  """SinkGD's Adam group at 20x its matrix lr (its global lr), SWAN's and Adam's at 1x."""
+  assert adam_group.joint_run("sinkgd", 2.5e-3, 0.05).tag == "tiny-sinkgd-lr0.0025-seed0"
+  other = adam_group.joint_run("sinkgd", 2.5e-3, 0.1)
+  assert other.tag == "tiny-sinkgd+adam_lr0.1-lr0.0025-seed0"
+  assert adam_group.joint_run("swan", 4e-3, 4e-3).tag == "tiny-swan-lr0.004-seed0"
   embed = adam_group.joint_run("adam-b2_0.999", 0.002, 0.05)
   assert embed.tag == "tiny-adam-b2_0.999+embed_lr0.05-lr0.002-seed0"
 

@@ -10,9 +10,10 @@ import typing
 
 import pytest
 
+from swan_optax import defaults
 from train import cli
 from train import flags
-from train.config import DEFAULT_LR
+from train.config import TRAINER_LR
 from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
@@ -177,7 +178,8 @@ def test_help_lists_every_flag_with_its_doc_and_default():
     # The flag, then its doc before the next flag (` --`), then its default.
     flag_and_doc = rf"{re.escape(_flag(path))} (?:(?! --).)*?{re.escape(words)}.*?\(default: "
     assert re.search(flag_and_doc, text), path
-  assert ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) in text
+  lrs = {**defaults.LEARNING_RATE, **TRAINER_LR}
+  assert ", ".join(f"{name} {lr:g}" for name, lr in lrs.items()) in text
 
 
 def test_the_vocab_size_is_the_models_unless_set():

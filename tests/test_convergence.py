@@ -26,12 +26,11 @@ from train.bench.convergence import report
 from train.bench.convergence import search
 from train.bench.convergence import stages
 from train.bench.convergence.store import Store
-from train.config import DEFAULT_ADAM_GROUP_SCALE
 from train.config import OptimizerConfig
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
 # the optimizer's offset.
-OPTIMUM = {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 0.05}
+OPTIMUM = {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 2.5e-3}
 OFFSET = {"adam-b2_0.95": 0.05, "adam-b2_0.999": 0.0, "swan": -0.2, "sinkgd": -0.3}
 # On the small model SWAN's optimum moves 4x lower, off the tiny best's 2x neighbours.
 SMALL_SHIFT = {"swan": 0.25}
@@ -67,7 +66,7 @@ def test_tokens_to_reach_interpolates_between_evaluations():
 def test_sweep_widens_each_grid_until_it_brackets_the_best(tmp_path):
   losses = search.sweep(_store(tmp_path))
   best = search.best_lrs(losses)
-  assert best == {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 0.05}
+  assert best == {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 2.5e-3}
   # 2.5e-4 sat at the widened edge once more, so 1.25e-4 was run too.
   assert sorted(losses["adam-b2_0.95"]) == [1.25e-4, 2.5e-4, *protocol.ADAM_LRS]
   assert sorted(losses["swan"]) == list(protocol.ADAM_LRS)
@@ -83,7 +82,7 @@ def test_finished_runs_are_reused_and_a_read_only_store_never_trains(tmp_path):
     raise AssertionError(f"trained {config.run_dir} again")
 
   again = search.sweep(_store(tmp_path, train_fn=refuse))
-  assert search.best_lrs(again)["sinkgd"] == 0.05
+  assert search.best_lrs(again)["sinkgd"] == 2.5e-3
   fresh = _store(tmp_path / "other", train_fn=None)
   assert search.sweep(fresh)["swan"] == {lr: None for lr in protocol.ADAM_LRS}
 
@@ -140,12 +139,12 @@ def test_a_run_folder_without_a_newer_optimizer_field_is_adopted_as_its_default(
   _fake_train(config)
   metrics_path = config.run_dir / "metrics.jsonl"
   records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-  del records[0]["config"]["optimizer"]["whiten_method"]  # written before the field existed
+  del records[0]["config"]["optimizer"]["schedule"]  # written before the field existed
   metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
   assert _store(tmp_path, train_fn=None).get(run)["evals"][-1]["step"] == 40
-  polar = protocol.grid_run("tiny", "swan", 4e-3, 0, whiten_method="polar_express")
+  wsd = protocol.grid_run("tiny", "swan", 4e-3, 0, schedule="wsd")
   with pytest.raises(ValueError, match="other optimizer settings"):
-    Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(polar)
+    Store(tmp_path / "other", tmp_path / "work", 40, 40, None).get(wsd)
 
 
 def test_every_rate_of_a_protocol_run_is_explicit_and_a_kept_run_must_match_it(tmp_path):
@@ -155,8 +154,9 @@ def test_every_rate_of_a_protocol_run_is_explicit_and_a_kept_run_must_match_it(t
   moved = dataclasses.replace(run, optimizer=dataclasses.replace(run.optimizer, adam_group_lr=0.2))
   with pytest.raises(ValueError, match=r"other optimizer settings .*adam_group_lr.*\(0.004, 0.2\)"):
     _store(tmp_path, train_fn=None).get(moved)  # same tag, other settings: never reused
-  # A run kept before the protocol set the Adam group's lr left it unset: it ran at lr.
-  record["optimizer"]["adam_group_lr"] = None
+  assert record["rates"] == {"matrix": 4e-3, "adam": 4e-3}
+  # Numbers are the same setting to the 6 digits a run's name prints (a ratio's rounding).
+  record["optimizer"]["adam_group_lr"] = 4e-3 * (1 + 1e-9)
   (tmp_path / "runs" / f"{run.tag}.json").write_text(json.dumps(record))
   assert _store(tmp_path, train_fn=None).get(run)["evals"] == record["evals"]
 
@@ -221,14 +221,14 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   text = (tmp_path / "out" / "convergence.md").read_text()
   assert "not run yet" not in text.split("\n", 1)[1]
   assert "* swan: 0.001 beats the best tiny lr 0.004 on small" in text
-  assert "* sinkgd: the best tiny lr 0.05 is also the best of 3 on small" in text
+  assert "* sinkgd: the best tiny lr 0.0025 is also the best of 3 on small" in text
   assert "* swan_polar_express: 3.800, +0.000 nats against `swan` at the same lr" in text
 
 
 @pytest.mark.slow
 def test_a_real_run_trains_in_process_and_is_kept(tmp_path):
   store = Store(tmp_path / "runs", tmp_path / "work", 4, 4, loop.train)
-  run = protocol.grid_run("tiny", "sinkgd", 0.05, 0, adam_group_lr=2e-3)
+  run = protocol.grid_run("tiny", "sinkgd", 2.5e-3, 0, adam_group_lr=2e-3)
   record = store.get(run)
   assert [e["step"] for e in record["evals"]] == [4] and record["wall_time_s"] > 0
   assert record["optimizer"]["adam_group_lr"] == 2e-3 and record["config"]["steps"] == 4
@@ -271,18 +271,17 @@ def test_embed_lr_scale_scales_only_the_embedding_and_lm_head(params):
 
 
 def test_adam_group_lr_changes_only_the_adam_group(params):
-  _, plain = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.05)
-  _, lower = _updates(params, name="sinkgd", lr=0.05, adam_group_lr=0.005)
+  _, plain = _updates(params, name="sinkgd", lr=2.5e-3, adam_group_lr=0.05)
+  _, lower = _updates(params, name="sinkgd", lr=2.5e-3, adam_group_lr=0.005)
   labels = swan_optax.param_labels(params, dimension_numbers=LAYOUTS)
   for a, b, label in zip(*map(jax.tree.leaves, (plain, lower, labels)), strict=True):
     np.testing.assert_allclose(b, a / 10 if label == "adam" else a, rtol=1e-5, atol=1e-12)
 
 
-def test_an_unset_adam_group_lr_is_the_default_multiple_of_lr(params):
+def test_an_unset_adam_group_lr_is_the_librarys_default_multiple_of_lr(params):
   _, unset = _updates(params, name="swan", lr=4e-3)
-  _, explicit = _updates(
-    params, name="swan", lr=4e-3, adam_group_lr=4e-3 * DEFAULT_ADAM_GROUP_SCALE["swan"]
-  )
+  ratio = swan_optax.defaults.ADAM_LR_RATIO["swan", "unit_rms"]
+  _, explicit = _updates(params, name="swan", lr=4e-3, adam_group_lr=4e-3 * ratio)
   for a, b in zip(jax.tree.leaves(unset), jax.tree.leaves(explicit), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -342,23 +341,34 @@ def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operato
   )
   for param, update, unit_update, dim in leaves:
     view = None if dim is None else matrix_view(param.shape, dim)
-    factor = 1.0 if dim is None else swan_optax.inspect.shape_scale("spectral", view.fan_in, view.fan_out)
+    fans = None if dim is None else (view.fan_in, view.fan_out)
+    factor = 1.0 if fans is None else swan_optax.inspect.shape_scale("spectral", *fans)
     np.testing.assert_allclose(update, factor * unit_update, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize(
-  ("name", "rule", "adam_group_lr"),
-  [("swan", "unit_rms", 50 * 2e-3), ("sinkgd", "spectral", 2 * 0.25 / math.sqrt(128))],
+  ("name", "lr", "rule", "adam_group_lr"),
+  [
+    ("swan", 2e-3, "unit_rms", 50 * 2e-3),
+    ("sinkgd", 1.25e-2, "spectral", 2 * 0.25 / math.sqrt(128)),
+    ("muon", 0.02, "unit_rms", 0.02),
+  ],
 )
-def test_default_scale_rule_and_adam_group_per_optimizer(name, rule, adam_group_lr):
-  """Each optimizer's scale rule by default; its Adam group at its ratio x lr x the rule's
-  ``reference_rms``; and an explicit rule wins."""
+def test_the_trainer_takes_the_librarys_defaults(name, lr, rule, adam_group_lr):
+  """swan and sinkgd at ``swan_optax.defaults``: lr, rule, and the Adam group at the rule's
+  ratio (sinkgd's: twice its paper pairing 20 / sqrt(128) of the width ladder); muon's Adam
+  group at its lr; an explicit rule wins; each run records its groups' peak lrs."""
   defaults = OptimizerConfig(name=name)
-  assert defaults.effective_scale_rule == rule
+  assert defaults.peak_lr == lr and defaults.effective_scale_rule == rule
   assert defaults.adam_group_peak_lr == pytest.approx(adam_group_lr)
+  assert defaults.peak_rates == {"matrix": lr, "adam": defaults.adam_group_peak_lr}
   unit = OptimizerConfig(name="sinkgd", scale_rule="unit_rms")
-  assert unit.effective_scale_rule == "unit_rms" and unit.adam_group_peak_lr == 2 * 0.25
+  assert unit.effective_scale_rule == "unit_rms" and unit.adam_group_peak_lr == 40 * 1.25e-2
   assert OptimizerConfig(name="adam").effective_scale_rule == "unit_rms"
+  assert OptimizerConfig(name="adam", lr=1e-3, embed_lr_scale=4.0).peak_rates == {
+    "matrix": 1e-3,
+    "adam": 4e-3,
+  }
 
 
 def test_cli_sets_whiten_method():

@@ -24,9 +24,9 @@ D, HEADS, HEAD_DIM, FFN, LAYERS, SEQ, BATCH, STEPS = 32, 2, 16, 64, 2, 32, 8, 12
 LR = 1e-2
 OPTIMIZERS = {
   "swan": lambda dims: swan_optax.swan(LR, dimension_numbers=dims),
-  # The README's recipe for AdamW's learning rate: matrix steps at LR, Adam at LR.
+  # The papers' pairing at AdamW's learning rate: matrix steps of RMS LR, Adam at LR.
   "sinkgd": lambda dims: swan_optax.sinkgd(
-    LR, matrix_scale=1.0, scale_rule="unit_rms", dimension_numbers=dims
+    LR, scale_rule="unit_rms", adam_learning_rate=LR, dimension_numbers=dims
   ),
 }
 

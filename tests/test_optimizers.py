@@ -1,7 +1,6 @@
 """The swan() and sinkgd() optimizers: routing, statelessness, updates and convergence."""
 
 import functools
-import math
 
 import chex
 import jax

@@ -48,6 +48,7 @@ def test_loss_decreases_on_the_shipped_corpus(tmp_path, optimizer):
   assert (tmp_path / "loss.png").stat().st_size > 0
   header = records[0]
   assert header["optimizer_state_bytes"] > 0
+  assert header["rates"] == OptimizerConfig(name=optimizer).peak_rates
   assert header["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["step"] == 30 and np.isclose(summary["val_ppl"], np.exp(evals[-1]))

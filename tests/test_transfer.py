@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-import swan_optax
 from models import configs
 from tests import fake_runs
 from train import loop
@@ -65,8 +64,7 @@ def _fake_train_with_group(config) -> None:
   final = _fake_final(config)
   if ratio is not None:
     width = configs.get_config(config.model).dim
-    reference = swan_optax.reference_rms(fields.get("scale_rule", "unit_rms"))
-    factor = config.optimizer.adam_group_lr / (ratio * lr * reference)
+    factor = config.optimizer.adam_group_lr / (ratio * lr)
     optimum = GROUP_OPTIMUM.get(variant, 1.0) * (width / 128 if variant in MOVES else 1)
     final += 0.1 * math.log2(factor / optimum) ** 2
   fake_runs.write_run_folder(config, final)
@@ -78,7 +76,7 @@ def test_the_adam_group_is_tuned_at_each_widths_best_lr(tmp_path):
   losses = transfer.sweep_ladder(store, widths)
   groups = transfer.sweep_group(store, widths, losses)
   summary = transfer.summarize(transfer._by_size(groups), 128)
-  spectral_group = 4 * 0.5 * swan_optax.reference_rms("spectral")
+  spectral_group = 4 * 0.025 * 20 / math.sqrt(128)  # 4x its ratio at its best lr
   best = {"swan": 0.2, "sinkgd-spectral": spectral_group}
   for variant in transfer.GROUP_VARIANTS:
     assert summary[variant]["best_lr"] == pytest.approx(dict.fromkeys(widths, best[variant]))
@@ -112,10 +110,14 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
 
 
 def test_each_variant_pairs_its_adam_group_and_reuses_the_runs_of_the_same_settings():
-  spectral = transfer.ladder_run("tiny-w64", "sinkgd-spectral", 0.5, 0)
+  spectral = transfer.ladder_run("tiny-w64", "sinkgd-spectral", 0.025, 0)
   assert spectral.optimizer.scale_rule == "spectral"
-  assert spectral.optimizer.adam_group_lr == pytest.approx(0.5 / math.sqrt(128))
-  assert spectral.tag == "tiny-w64-sinkgd-spectral-lr0.5-seed0"
+  # SinkGD's Adam group at its paper pairing (20x, its global lr), / sqrt(128) spectrally.
+  assert spectral.optimizer.adam_group_lr == pytest.approx(20 * 0.025 / math.sqrt(128))
+  assert spectral.tag == "tiny-w64-sinkgd-spectral-lr0.025-seed0"
+  assert transfer.ladder_run("tiny", "sinkgd", 2.5e-3, 0) == protocol.grid_run(
+    "tiny", "sinkgd", 2.5e-3, 0
+  )
   swan = transfer.ladder_run("tiny", "swan", 0.004, 0)
   assert swan == whitening.method_run("tiny", "polar_express", 0.004, 0)
   assert swan.optimizer.adam_group_lr == pytest.approx(0.2)

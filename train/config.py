@@ -13,7 +13,7 @@ from typing import Literal
 from models import configs
 from swan_optax import ScaleRule
 from swan_optax import WhiteningMethod
-from swan_optax import reference_rms
+from swan_optax import defaults
 from train import flags
 from train.data import DataConfig
 from train.flags import ConfigError
@@ -25,28 +25,12 @@ WhitenLayout = Literal["whole", "param"]
 OnNonFinite = Literal["skip", "stop"]
 ParamDtype = Literal["float32", "bfloat16"]
 SwanOperators = Literal["both", "gradnorm", "whiten"]
-# Peak learning rates: swan and sinkgd at the best of a width ladder's widest rung (256; the best
-# at 64 and 128 is 2x higher, for 0.03-0.05 nats: train.bench.transfer); sinkgd's is global,
-# its matrix group steps 0.05x this times the spectral rule's shape factor.
-# muon: optax.contrib.muon's documented 0.02.
-DEFAULT_LR: dict[str, float] = {
-  "swan": 2e-3,
-  "sinkgd": 0.25,
-  "muon": 0.02,
-  "adam": 1e-3,
-  "adamw": 1e-3,
-}
-# swan/sinkgd: the matrix step's rule per shape, the one whose best lr drifted least across the
-# width ladder (the papers' is unit RMS for both).
-DEFAULT_SCALE_RULE: dict[str, ScaleRule] = {"swan": "unit_rms", "sinkgd": "spectral"}
-# swan/sinkgd: the Adam group's peak lr as a multiple of ``lr`` times ``swan_optax.reference_rms``
-# of the scale rule, when ``adam_group_lr`` is unset. The best ratios of a joint grid on tiny
-# (train.bench.adam_group): swan 50 (checked on small, and on widths 64 and 128 of the ladder),
-# sinkgd 2 (at least as good as 1 at every lr of the grid).
-# muon: optax's default, its Adam group at Muon's own lr.
-DEFAULT_ADAM_GROUP_SCALE: dict[str, float] = {"swan": 50.0, "sinkgd": 2.0, "muon": 1.0}
+# Peak learning rates of the optimizers that have no library default (swan and sinkgd take
+# swan_optax.defaults'): optax muon's documented 0.02, and Adam's usual 1e-3.
+TRAINER_LR: dict[str, float] = {"muon": 0.02, "adam": 1e-3, "adamw": 1e-3}
 # The optimizers with a matrix group and an Adam group whose lr is ``adam_group_lr``.
 GROUPED = ("swan", "sinkgd", "muon")
+STATELESS = ("swan", "sinkgd")
 
 
 def _check_choices(config) -> None:
@@ -65,7 +49,10 @@ class OptimizerConfig:
     name: swan/sinkgd are stateless on attention and MLP kernels, Adam on the rest;
       muon is ``optax.contrib.muon`` on the same kernels (Nesterov momentum 0.95, its
       default shape scaling ``sqrt(max(1, fan_out / fan_in))``), Adam on the rest.
-    lr: peak learning rate; ``None``: the optimizer's, ``DEFAULT_LR[name]``.
+    lr: peak learning rate of the matrices (swan, sinkgd: the library's
+      ``learning_rate``, the step a matrix takes) and of the rest for adam/adamw;
+      ``None``: the optimizer's default, ``swan_optax.defaults.LEARNING_RATE`` or
+      ``TRAINER_LR``.
     schedule: after the warmup, ``cosine`` decays over the rest of the run; ``wsd``
       (warmup-stable-decay) holds the peak, then decays linearly over the last
       ``decay_fraction`` of the run (Hägele et al., arXiv 2405.18392).
@@ -78,9 +65,8 @@ class OptimizerConfig:
     max_grad_norm: clip gradients to this global norm; ``None``: no clipping.
     adam_b2: Adam's second-moment decay (adam/adamw, and the Adam group of swan/sinkgd/muon).
     adam_group_lr: swan/sinkgd/muon: peak learning rate of the Adam group (embeddings,
-      lm_head, norms); ``None``: ``DEFAULT_ADAM_GROUP_SCALE[name]`` times the peak ``lr``
-      times ``swan_optax.reference_rms`` of the scale rule (1 for unit RMS and muon,
-      1/sqrt(128) spectral).
+      lm_head, norms); ``None``: the library's default, ``swan_optax.defaults``' ratio
+      times ``lr`` (muon: ``lr``, optax's).
     embed_lr_scale: adam/adamw: the embedding and lm_head step at this multiple of ``lr``.
     swan_operators: swan's matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
@@ -90,15 +76,19 @@ class OptimizerConfig:
       exchanged by all-to-alls (``whole``: ``swan(shardings=<the params' shardings>)``), or
       the partitioner lays out each parameter's whitening (``param``).
     whiten_method: swan: how the polar factor is computed (``swan(method=...)``).
-    scale_rule: swan/sinkgd: the matrix step's size per shape (``swan_optax.shape_scale``):
-      ``unit_rms`` (the papers': Adam's RMS for every shape) or ``spectral`` (muP's spectral
-      norm ``sqrt(fan_out / fan_in)``); ``None``: the optimizer's, ``DEFAULT_SCALE_RULE``.
+    scale_rule: swan/sinkgd: the matrix step's size per shape: ``unit_rms`` (the papers':
+      RMS ``lr`` for every shape) or ``spectral`` (muP's: spectral norm ``lr sqrt(fan_out /
+      fan_in)``); ``None``: the library's, ``swan_optax.defaults.SCALE_RULE``.
   """
 
   name: OptimizerName = dataclasses.field(default="swan", metadata={"flag": "--optimizer"})
   lr: float | None = dataclasses.field(
     default=None,
-    metadata={"shown_default": ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())},
+    metadata={
+      "shown_default": ", ".join(
+        f"{k} {v:g}" for k, v in {**defaults.LEARNING_RATE, **TRAINER_LR}.items()
+      )
+    },
   )
   schedule: Schedule = "cosine"
   warmup_fraction: float = dataclasses.field(default=0.1, metadata={"flag": "--warmup"})
@@ -111,8 +101,10 @@ class OptimizerConfig:
   adam_group_lr: float | None = dataclasses.field(
     default=None,
     metadata={
-      "shown_default": ", ".join(f"{k} {v:g} x lr" for k, v in DEFAULT_ADAM_GROUP_SCALE.items())
-      + " (x 1/sqrt(128) if spectral)"
+      "shown_default": ", ".join(
+        f"{name} {ratio:g} x lr ({rule})" for (name, rule), ratio in defaults.ADAM_LR_RATIO.items()
+      )
+      + ", muon 1 x lr"
     },
   )
   embed_lr_scale: float = 1.0
@@ -122,7 +114,7 @@ class OptimizerConfig:
   whiten_method: WhiteningMethod = "polar_express"
   scale_rule: ScaleRule | None = dataclasses.field(
     default=None,
-    metadata={"shown_default": ", ".join(f"{k} {v}" for k, v in DEFAULT_SCALE_RULE.items())},
+    metadata={"shown_default": ", ".join(f"{k} {v}" for k, v in defaults.SCALE_RULE.items())},
   )
 
   def __post_init__(self):
@@ -151,7 +143,7 @@ class OptimizerConfig:
 
   def _check_group_options(self) -> None:
     """Raises for a per-group option the optimizer ``name`` does not have."""
-    stateless = self.name in ("swan", "sinkgd")
+    stateless = self.name in STATELESS
     grouped = self.name in GROUPED
     if self.adam_group_lr is not None and not (grouped and 0 < self.adam_group_lr < math.inf):
       raise ConfigError(
@@ -184,22 +176,35 @@ class OptimizerConfig:
 
   @property
   def peak_lr(self) -> float:
-    return DEFAULT_LR[self.name] if self.lr is None else self.lr
+    if self.lr is not None:
+      return self.lr
+    return defaults.LEARNING_RATE[self.name] if self.name in STATELESS else TRAINER_LR[self.name]
 
   @property
   def effective_scale_rule(self) -> ScaleRule:
-    """``scale_rule``, or the optimizer's (``unit_rms``, a no-op, for adam/adamw)."""
+    """``scale_rule``, or the library's (``unit_rms``, a no-op, for the others)."""
     if self.scale_rule is not None:
       return self.scale_rule
-    return DEFAULT_SCALE_RULE.get(self.name, "unit_rms")
+    return defaults.SCALE_RULE.get(self.name, "unit_rms")
 
   @property
   def adam_group_peak_lr(self) -> float:
-    """swan/sinkgd/muon: the Adam group's peak learning rate."""
+    """swan/sinkgd/muon: the Adam group's peak learning rate, set or the library's."""
     if self.adam_group_lr is not None:
       return self.adam_group_lr
-    reference = reference_rms(self.effective_scale_rule)
-    return DEFAULT_ADAM_GROUP_SCALE[self.name] * self.peak_lr * reference
+    if self.name == "muon":
+      return self.peak_lr
+    return defaults.adam_learning_rate(self.name, self.peak_lr, self.effective_scale_rule)
+
+  @property
+  def peak_rates(self) -> dict[str, float]:
+    """Each parameter group's peak lr: ``matrix`` (the attention and MLP kernels, as the
+    library's ``learning_rate``; adam/adamw: every parameter but the embedding and lm_head)
+    and ``adam`` (swan/sinkgd/muon: embeddings, lm_head and norms; adam/adamw: the embedding
+    and lm_head)."""
+    if self.name in GROUPED:
+      return {"matrix": self.peak_lr, "adam": self.adam_group_peak_lr}
+    return {"matrix": self.peak_lr, "adam": self.peak_lr * self.embed_lr_scale}
 
 
 def model_data(model: str, **fields) -> DataConfig:

@@ -218,6 +218,7 @@ def _open_metrics(config: TrainConfig, exp: build_lib.Experiment, state) -> metr
   header = {
     "kind": "run",
     "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+    "rates": config.optimizer.peak_rates,
     "params": sum(x.size for x in jax.tree.leaves(state.params)),
     "param_bytes": step_lib.state_bytes(state.params),
     "optimizer_state_bytes": step_lib.state_bytes(state.opt_state),

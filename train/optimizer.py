@@ -1,5 +1,6 @@
 """The learning-rate schedule, the model's matrix layouts and the named optimizers."""
 
+import functools
 import re
 from typing import Any
 
@@ -74,8 +75,8 @@ def make_optimizer(
   """
   lr = schedule(config, steps)
   if config.name in ("swan", "sinkgd"):
-    return in_float32(_stateless(config, lr, steps, dimension_numbers, shardings))
-  if config.name == "muon":
+    tx = _stateless(config, lr, steps, dimension_numbers, shardings)
+  elif config.name == "muon":
     tx = _muon(config, lr, steps, dimension_numbers)
   elif config.name == "adam":
     tx = optax.adam(lr, b2=config.adam_b2)
@@ -120,35 +121,39 @@ def _stateless(
   dims: Any,
   shardings: Any,
 ) -> optax.GradientTransformation:
-  """swan or sinkgd through their public keywords; a one-operator SWAN (an ablation) is
-  ``swan_optax.stateless_partition`` around that operator."""
-  adam_lr = schedule(config, steps, config.adam_group_peak_lr)
-  adafactor = optax.adafactor(
-    adam_lr, multiply_by_parameter_scale=False, weight_decay_rate=config.weight_decay or None
-  )
+  """swan or sinkgd through their public keywords, the Adam group at the library's default
+  unless ``adam_group_lr`` is set; a one-operator SWAN (an ablation) is
+  ``swan_optax.stateless_partition`` around that operator, its Adam group at SWAN's."""
+  if config.non_matrix == "adafactor":
+    non_matrix = functools.partial(
+      optax.adafactor,
+      multiply_by_parameter_scale=False,
+      weight_decay_rate=config.weight_decay or None,
+    )
+  else:
+    non_matrix = functools.partial(optax.adamw, b2=config.adam_b2, weight_decay=config.weight_decay)
+  adam_lr = None if config.adam_group_lr is None else schedule(config, steps, config.adam_group_lr)
   group = dict(
-    adam_learning_rate=adam_lr,
-    adam_b2=config.adam_b2,
-    adam_weight_decay=config.weight_decay,
-    weight_decay=config.weight_decay,
-    max_grad_norm=config.max_grad_norm,
     dimension_numbers=dims,
-    non_matrix_optimizer=adafactor if config.non_matrix == "adafactor" else None,
+    non_matrix=non_matrix,
+    weight_decay=config.weight_decay,
   )
+  rule = config.effective_scale_rule
   if config.name == "sinkgd":
-    return swan_optax.sinkgd(lr, scale_rule=config.effective_scale_rule, **group)
+    return swan_optax.sinkgd(lr, scale_rule=rule, adam_learning_rate=adam_lr, **group)
   whitening = {
-    "scale_rule": config.effective_scale_rule,
+    "scale_rule": rule,
     "method": config.whiten_method,
     "shardings": shardings if config.whiten_layout == "whole" else None,
   }
   if config.swan_operators == "both":
-    return swan_optax.swan(lr, **whitening, **group)
+    return swan_optax.swan(lr, **whitening, adam_learning_rate=adam_lr, **group)
   if config.swan_operators == "gradnorm":
     operator = swan_optax.gradnorm(dimension_numbers=dims)
   else:
     operator = swan_optax.whiten(dimension_numbers=dims, **whitening)
-  return swan_optax.stateless_partition(operator, lr, **group)
+  adam_lr = schedule(config, steps, config.adam_group_peak_lr)
+  return swan_optax.stateless_partition(operator, lr, adam_learning_rate=adam_lr, **group)
 
 
 def _muon(
@@ -158,17 +163,19 @@ def _muon(
 
   Its own defaults otherwise: Nesterov momentum 0.95, 5 quintic Newton-Schulz steps, updates
   scaled by ``sqrt(max(1, fan_out / fan_in))``; its Adam group (AdamW with Nesterov) at
-  ``config.adam_group_peak_lr``. ``dims`` must be a tree: muon's labels read its structure.
+  ``adam_group_lr`` (``None``: muon's ``lr``, optax's default). ``dims`` must be a tree:
+  muon's labels read its structure.
   """
   if dims is None or callable(dims):
     raise ValueError("muon needs the params' dimension numbers as a tree, e.g. dimension_numbers()")
+  adam_lr = None if config.adam_group_lr is None else schedule(config, steps, config.adam_group_lr)
   return optax.contrib.muon(
     lr,
     beta=0.95,
     weight_decay=config.weight_decay,
     adam_b2=config.adam_b2,
     adam_weight_decay=config.weight_decay,
-    adam_learning_rate=schedule(config, steps, config.adam_group_peak_lr),
+    adam_learning_rate=adam_lr,
     muon_weight_dimension_numbers=muon_dimension_numbers(dims),
   )
 

@@ -8,7 +8,8 @@ sits inside it; the convergence protocol and its run store (the points where bot
 equal are the convergence sweep's runs). ``small``: each variant whose window is complete, on
 small at the convergence benchmark's best small lr, with the group at the tiny best ratio.
 Writes ``OUT/adam_group.md``, ``.json`` and ``.png``: each grid's final losses, the best pair
-and its ratio ``k = group lr / lr``, and the small check against equal rates.
+and its ratio ``k = group lr / lr``, and the small check against the papers' pairing (Adam:
+equal rates; SWAN's Adam group at its lr, SinkGD's at 20x, its global lr).
 """
 
 import json
@@ -28,7 +29,7 @@ GROUP_LRS = (0.0125, 0.025, 0.05, 0.1)
 # Variant -> (its lr axis, the best lr of the convergence sweep: its points run first).
 LRS: dict[str, tuple[tuple[float, ...], float]] = {
   "swan": ((0.001, 0.002, 0.004, 0.008), 0.004),
-  "sinkgd": ((0.025, 0.05, 0.1, 0.2), 0.05),
+  "sinkgd": ((1.25e-3, 2.5e-3, 5e-3, 1e-2), 2.5e-3),
   "adam-b2_0.999": ((0.001, 0.002, 0.004, 0.008), 0.002),
 }
 Grid = dict[tuple[float, float], float | None]  # (lr, group lr) -> final loss (None: not run)
@@ -37,8 +38,10 @@ Grid = dict[tuple[float, float], float | None]  # (lr, group lr) -> final loss (
 def joint_run(
   variant: str, lr: float, group_lr: float, seed: int = 0, size: str = "tiny"
 ) -> protocol.Run:
-  """``variant`` on ``size`` at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``."""
-  if math.isclose(lr, group_lr):
+  """``variant`` on ``size`` at ``lr``, its Adam group (Adam: embeddings) at ``group_lr``; at
+  the papers' pairing (Adam: equal rates) the convergence sweep's run."""
+  paired = lr if variant.startswith("adam") else protocol.paper_adam_lr(variant, lr)
+  if math.isclose(group_lr, paired):
     return protocol.grid_run(size, variant, lr, seed)
   if variant.startswith("adam"):
     return protocol.embed_lr_run(size, variant, lr, group_lr, seed)
@@ -48,7 +51,7 @@ def joint_run(
 
 def small_checks(store: Store) -> dict[str, tuple[protocol.Run, protocol.Run]]:
   """Variant -> (small at its best small lr with the group at the tiny best ratio, small at
-  that lr with equal rates), for each variant whose tiny window is complete. The best small lr
+  that lr at the papers' pairing), for each variant whose tiny window is complete. The best small lr
   is the convergence benchmark's small sweep's."""
   read_only = store.read_only()
   best = search.best_lrs(search.sweep(read_only))
@@ -138,13 +141,13 @@ def report_text(summaries: dict[str, dict]) -> str:
 
 
 def _small_line(small: dict | None) -> str:
-  """On small: the tiny best ratio at the small sweep's best lr, against equal rates."""
+  """On small: the tiny best ratio at the small sweep's best lr, against the papers' pairing."""
   if small is None:
     return ""
   loss = lambda x: "not run yet" if x is None else f"{x:.3f}"
   return (
     f" On small, at the small sweep's best lr {small['lr']:g}: group lr {small['group_lr']:g} "
-    f"(the same k) reaches {loss(small['loss'])}, equal rates "
+    f"(the same k) reaches {loss(small['loss'])}, the papers' pairing "
     f"{loss(small['equal_rates_loss'])}."
   )
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from matplotlib.figure import Figure
 
 from models import configs
+from swan_optax.defaults import ADAM_LR_RATIO
 from train import checkpoint
 from train import loop
 from train import metrics
@@ -74,14 +75,13 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
   "adam": Variant({"name": "adam"}, (2e-3, 4e-3, 8e-3, 1.6e-2), 1.0, (2.0, 4.0, 8.0)),
   "muon": Variant({"name": "muon"}, (5e-3, 1e-2, 2e-2, 4e-2), 1.0),
-  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3), 50.0),
-  # Spectral rule: the matrix lr is the spectral norm of a polar factor's step over
-  # sqrt(fan_out / fan_in); the Adam group at the trainer's 2 / sqrt(128) x its global lr.
-  "sinkgd": Variant({"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), 2 / 0.05 / 128**0.5),
+  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3), ADAM_LR_RATIO["swan", "unit_rms"]),
+  "sinkgd": Variant(
+    {"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), ADAM_LR_RATIO["sinkgd", "spectral"]
+  ),
 }
 GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
 SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
-SINKGD_MATRIX_SCALE = 0.05  # the trainer's sinkgd lr is global: its matrix step is 0.05x it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +112,12 @@ class Point:
   def optimizer(self, warmup: int, decay_fraction: float, schedule: str = "wsd") -> OptimizerConfig:
     """The point's optimizer on ``schedule``, after ``warmup`` steps."""
     fields = {**VARIANTS[self.variant].fields, "adam_b2": ADAM_B2}
-    lr = self.lr
     if self.variant == "adam":
       fields["embed_lr_scale"] = self.group
     else:
       fields["adam_group_lr"] = self.rates["adam"]
-    if self.variant == "sinkgd":
-      lr = self.lr / SINKGD_MATRIX_SCALE
     return OptimizerConfig(
-      lr=lr,
+      lr=self.lr,
       schedule=schedule,
       warmup_steps=warmup,
       decay_fraction=decay_fraction,
@@ -196,6 +193,8 @@ class Runner:
         self._branch_from_trunk(point, decay_start(steps), run.run_dir)
       print(f"training {run_name(point, budget, schedule)} ({steps} steps)", flush=True)
       self.train_fn(run)
+      if not _completed(run.run_dir):
+        raise RuntimeError(f"{run.run_dir.name} stopped before its last step (preempted?)")
     record = run_record(point, budget, run, time.perf_counter() - start)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
@@ -239,6 +238,8 @@ class Runner:
         )
       print(f"training trunk {point.tag} to step {start}", flush=True)
       self.train_fn(trunk)
+      if start not in _checkpoints(trunk.run_dir):
+        raise RuntimeError(f"trunk {point.tag} stopped before step {start} (preempted?)")
     (branch_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copytree(ckpts / str(start), branch_dir / "checkpoints" / str(start))
     kept = [

@@ -25,7 +25,6 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
-from train.config import DEFAULT_ADAM_GROUP_SCALE
 from train.config import OptimizerConfig
 
 # Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
@@ -44,7 +43,7 @@ def default_run(size: str, name: str, seed: int) -> protocol.Run:
   fields, ratio, _ = transfer.VARIANTS[variant]
   if fields.get("whiten_method", defaults.whiten_method) != defaults.whiten_method:
     raise ValueError(f"{variant} of the ladder does not whiten by {defaults.whiten_method}")
-  group_factor = DEFAULT_ADAM_GROUP_SCALE[name] / ratio
+  group_factor = defaults.adam_group_peak_lr / defaults.peak_lr / ratio
   return transfer.ladder_run(size, variant, defaults.peak_lr, seed, group_factor)
 
 

@@ -11,7 +11,7 @@ partitioner lays out each leaf's whitening), on Explicit axes with and without
 XLA's FLOPs as a ratio to the single-device FLOPs / 8, and the bytes of the
 results of each kind of collective (:func:`train.bench.hlo.collective_bytes`)
 as a ratio to M, the bytes of all whitened matrices; plus the bytes that
-``swan_optax.whitening_plan`` predicts. The rows labelled ``3afe9a0`` are
+``swan_optax.inspect.whitening_plan`` predicts. The rows labelled ``3afe9a0`` are
 recorded from ``results/mesh_recorded.json``: the library before ``mesh=``,
 with the trainer's then default whole-matrix layout, measured the same way
 once. Writes ``train/bench/results/mesh.md``.
@@ -93,7 +93,7 @@ def measure(name: str) -> list[dict]:
   config = configs.get_config(name)
   dims = optimizer.dimension_numbers(config)
   single, params, single_mesh, _ = compile_update(config, (1, 1, 1), "Auto, mesh=None")
-  plan = swan_optax.whitening_plan(params, dims, single_mesh)
+  plan = swan_optax.inspect.whitening_plan(params, dims, single_mesh)
   base_flops, m = hlo.flops(single), sum(r.leaf_bytes for r in plan.values())
   recorded = {tuple(r["mesh"]): r for r in json.loads(RECORDED.read_text()) if r["config"] == name}
   rows = []
@@ -105,7 +105,7 @@ def measure(name: str) -> list[dict]:
     for mode in MODES:
       start = time.perf_counter()
       compiled, params, mesh, warned = compile_update(config, shape, mode)
-      plan = swan_optax.whitening_plan(params, dims, mesh)
+      plan = swan_optax.inspect.whitening_plan(params, dims, mesh)
       rows.append(
         {
           "config": name,
@@ -139,7 +139,7 @@ def to_markdown(rows: list[dict]) -> str:
     "leaf as with `mesh=None`. FLOPs: "
     "XLA's per-device count / (single-device count / 8). Collectives: bytes of the results of "
     "each kind, per device, / M (M = bytes of all whitened kernels); planned: what "
-    "`swan_optax.whitening_plan` predicts for whole matrices by all-to-alls.",
+    "`swan_optax.inspect.whitening_plan` predicts for whole matrices by all-to-alls.",
     "",
     "| config | mesh (data, fsdp, tensor) | layout | FLOPs vs ideal | collectives / M | "
     "planned / M | by kind: MiB (/ M) | strategies |",

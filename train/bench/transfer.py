@@ -29,24 +29,26 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
-from train.config import DEFAULT_SCALE_RULE
 
 WIDTHS = {64: "tiny-w64", 128: "tiny", 256: "tiny-w256", 512: "tiny-w512"}
 DEPTHS = {2: "tiny-l2", 4: "tiny", 8: "tiny-l8"}
-# Variant -> (its optimizer fields, its Adam group's lr over its lr x the rule's
-# swan_optax.reference_rms (None: Adam), the centre of its grid: the best tiny lr, or for the
-# spectral rule the best tiny unit-RMS lr / reference_rms). SWAN runs Polar Express, its Adam
-# group at 50x (train.bench.whitening and adam_group); SinkGD its Adam group at its global lr.
+# The spectral variants pair their Adam group's lr with their matrix lr as the unit-RMS ones
+# do at width 128, where both rules step alike (1 / sqrt(128) of the unit-RMS ratio).
+_PAIRED = 128**-0.5
+# Variant -> (its optimizer fields, its Adam group's lr over its lr (None: Adam), the centre of
+# its grid: the best tiny lr, or for the spectral rule the best tiny unit-RMS lr / _PAIRED).
+# SWAN runs Polar Express, its Adam group at 50x (train.bench.whitening and adam_group); SinkGD
+# its Adam group at 20x, the paper's (its global lr).
 VARIANTS: dict[str, tuple[dict, float | None, float]] = {
   "adam-b2_0.999": (protocol.VARIANTS["adam-b2_0.999"], None, 2e-3),
   "swan": ({"name": "swan", "whiten_method": "polar_express"}, 50.0, 4e-3),
   "swan-spectral": (
     {"name": "swan", "whiten_method": "polar_express", "scale_rule": "spectral"},
-    50.0,
+    50.0 * _PAIRED,
     0.05,
   ),
-  "sinkgd": (protocol.VARIANTS["sinkgd"], 1.0, 0.05),
-  "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 1.0, 0.5),
+  "sinkgd": (protocol.VARIANTS["sinkgd"], 20.0, 2.5e-3),
+  "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 20.0 * _PAIRED, 2.5e-2),
 }
 GRID = {
   v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (*_, centre) in VARIANTS.items()
@@ -57,13 +59,13 @@ TINY = {"width": 128, "depth": 4}  # each ladder's rung that is the tiny model
 
 def default_variant(name: str) -> str:
   """The variant of optimizer ``name`` (swan, sinkgd) at the trainer's default scale rule."""
-  rule = DEFAULT_SCALE_RULE[name]
+  rule = swan_optax.defaults.SCALE_RULE[name]
   return name if rule == "unit_rms" else f"{name}-{rule}"
 
 
 # The Adam group's lr across the width ladder: at each width's best lr, the group at these
 # factors x its variant's ratio (1: the ladder's own point).
-GROUP_VARIANTS = tuple(map(default_variant, DEFAULT_SCALE_RULE))
+GROUP_VARIANTS = tuple(map(default_variant, swan_optax.defaults.SCALE_RULE))
 GROUP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -71,20 +73,21 @@ def ladder_run(
   size: str, variant: str, lr: float, seed: int, group_factor: float = 1.0
 ) -> protocol.Run:
   """The run of ``variant`` at ``lr`` on ``size``, its Adam group at ``group_factor`` x its
-  ratio x ``lr`` x ``swan_optax.reference_rms`` of its rule (as the trainer's default), named
-  as the other benchmarks name the same run."""
+  ratio x ``lr``, named as the other benchmarks name the same run."""
   fields, ratio, _ = VARIANTS[variant]
   if ratio is None:
     if group_factor != 1.0:
       raise ValueError(f"{variant} has no Adam group to scale; group_factor must be 1")
     return protocol.Run(size, variant, protocol.optimizer_config(lr, **fields), seed)
-  group = group_factor * ratio * lr * swan_optax.reference_rms(fields.get("scale_rule", "unit_rms"))
+  group = group_factor * ratio * lr
   name = (
     variant.replace("swan", f"swan_{fields['whiten_method']}")
     if "whiten_method" in fields
     else variant
   )
-  name += "" if group_factor * ratio == 1 else f"+adam_lr{group:g}"
+  # A SinkGD variant's own ratio is the paper's pairing: its factor-1 run has the plain name.
+  paired = variant.startswith("sinkgd") and group_factor == 1
+  name += "" if paired else f"+adam_lr{group:g}"
   return protocol.Run(
     size, name, protocol.optimizer_config(lr, **fields, adam_group_lr=group), seed
   )

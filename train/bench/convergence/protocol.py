@@ -14,7 +14,7 @@ GRID: dict[str, tuple[float, ...]] = {
   "adam-b2_0.95": ADAM_LRS,
   "adam-b2_0.999": ADAM_LRS,
   "swan": ADAM_LRS,
-  "sinkgd": (0.0125, 0.025, 0.05, 0.1, 0.2),  # global lr; the matrix group steps 0.05x this
+  "sinkgd": (6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2),
 }
 VARIANTS: dict[str, dict] = {
   "adam-b2_0.95": {"name": "adam", "adam_b2": 0.95},
@@ -23,6 +23,9 @@ VARIANTS: dict[str, dict] = {
   "sinkgd": {"name": "sinkgd"},
 }
 STATELESS = ("swan", "sinkgd")
+# The papers' Adam group over their matrix lr: SWAN's at its lr, SinkGD's at its global lr, whose
+# alpha = 0.05 makes the matrix step (0.02 and 1e-3 in the paper).
+PAPER_ADAM_RATIO = {"swan": 1.0, "sinkgd": 20.0}
 GRID_ORDER = (2, 3, 1, 4, 0)  # centre first, so a partial grid already brackets something
 SEEDS = (0, 1, 2)
 ABLATION_SEEDS = (0, 1)
@@ -49,13 +52,18 @@ def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
 
 def optimizer_config(lr: float, **fields) -> OptimizerConfig:
   """The protocol's optimizer at ``lr``: clipped, and no trainer default that has changed
-  enters a run: a swan/sinkgd Adam group at ``lr``, the paper's Newton-Schulz whitening and
+  enters a run: the papers' Adam group (:func:`paper_adam_lr`), Newton-Schulz whitening and
   unit-RMS steps, unless ``fields`` say otherwise."""
   fields.setdefault("whiten_method", "newton_schulz")
   fields.setdefault("scale_rule", "unit_rms")
   if fields["name"] in STATELESS:
-    fields.setdefault("adam_group_lr", lr)
+    fields.setdefault("adam_group_lr", paper_adam_lr(fields["name"], lr))
   return OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)
+
+
+def paper_adam_lr(name: str, lr: float) -> float:
+  """The papers' Adam-group lr of swan or sinkgd at matrix lr ``lr``."""
+  return PAPER_ADAM_RATIO[name] * lr
 
 
 def train_config(run: Run, steps: int, work: pathlib.Path) -> TrainConfig:
@@ -89,7 +97,8 @@ def embed_lr_run(size: str, adam: str, lr: float, embed_lr: float, seed: int) ->
 def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, str, list[Run]]]:
   """Ablation name -> (the variant it changes, what it changes, its runs), at the best settings."""
   a, s, k = best[adam], best["swan"], best["sinkgd"]
-  embed = "Adam with the embeddings and lm_head at {} best lr ({:g}; the rest at {:g})"
+  sinkgd_group = paper_adam_lr("sinkgd", k)
+  embed = "Adam with the embeddings and lm_head at {} ({:g}; the rest at {:g})"
   swan = lambda seed, **fields: grid_run("tiny", "swan", s, seed, **fields)
   ablations = {
     f"sinkgd+adam_lr{a:g}": (
@@ -97,14 +106,14 @@ def ablation_runs(best: dict[str, float], adam: str) -> dict[str, tuple[str, str
       "SinkGD with its Adam group (embeddings, lm_head, norms) at Adam's best lr",
       lambda seed: grid_run("tiny", "sinkgd", k, seed, adam_group_lr=a),
     ),
-    f"{adam}+embed_lr{k:g}": (
+    f"{adam}+embed_lr{sinkgd_group:g}": (
       adam,
-      embed.format("SinkGD's global", k, a),
-      lambda seed: embed_lr_run("tiny", adam, a, k, seed),
+      embed.format("the lr of SinkGD's Adam group at its best", sinkgd_group, a),
+      lambda seed: embed_lr_run("tiny", adam, a, sinkgd_group, seed),
     ),
     f"{adam}+embed_lr{s:g}": (
       adam,
-      embed.format("SWAN's", s, a),
+      embed.format("SWAN's best lr", s, a),
       lambda seed: embed_lr_run("tiny", adam, a, s, seed),
     ),
     "swan_gradnorm": (

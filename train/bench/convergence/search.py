@@ -93,7 +93,8 @@ def small_ablations(best: dict[str, float], adam: str, small: Losses) -> dict[st
   """Base variant -> the ablation rerun on small: Adam with the embeddings at SinkGD's best lr
   (the tiny ablation that matched SinkGD), and SWAN whitening by Polar Express at SWAN's best
   small lr (once the small SWAN grid brackets it)."""
-  runs = {adam: protocol.embed_lr_run("small", adam, best[adam], best["sinkgd"], 0)}
+  sinkgd_group = protocol.paper_adam_lr("sinkgd", best["sinkgd"])
+  runs = {adam: protocol.embed_lr_run("small", adam, best[adam], sinkgd_group, 0)}
   if swan := best_lrs(small).get("swan"):
     polar = protocol.grid_run("small", "swan", swan, 0, whiten_method="polar_express")
     runs["swan"] = dataclasses.replace(polar, variant="swan_polar_express")

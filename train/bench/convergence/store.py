@@ -4,6 +4,7 @@ folder, or trained."""
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -96,6 +97,7 @@ def run_record(
     "seed": run.seed,
     "params": header["params"],
     "optimizer": optimizer,
+    "rates": o.peak_rates,
     "config": json.loads(to_json(_portable(config))),
     "evals": [
       {k: r[k] for k in ("step", "tokens", "val_loss", "val_ppl")}
@@ -109,20 +111,16 @@ def run_record(
   }
 
 
-# Trainer defaults changed after runs were kept: a kept run without the field ran at these.
-_OLD_DEFAULTS = {"whiten_method": "newton_schulz", "scale_rule": "unit_rms"}
-
-
 def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: str) -> None:
-  """Raises if ``found`` (a run's optimizer settings) differs from ``expected``. A field the
-  run's trainer did not have yet ran at its default then (fields are added so): today's, or
-  ``_OLD_DEFAULTS``' where it changed since; an unset swan/sinkgd ``adam_group_lr`` ran at
-  ``lr`` (before the protocol set it explicitly)."""
+  """Raises if ``found`` (a run's optimizer settings) differs from ``expected`` (numbers to 6
+  significant digits, as run names print them); a field the run's trainer did not have yet
+  ran at today's default (fields are added so)."""
   want, defaults = json.loads(to_json(expected)), json.loads(to_json(OptimizerConfig()))
-  found = {**defaults, **_OLD_DEFAULTS, **found}
-  if found["adam_group_lr"] is None and found["name"] in protocol.STATELESS:
-    found["adam_group_lr"] = found["lr"]
-  if diff := {k: (v, want[k]) for k, v in found.items() if want.get(k) != v}:
+  found = {**defaults, **found}
+  same = lambda a, b: (
+    a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6))
+  )
+  if diff := {k: (v, want[k]) for k, v in found.items() if not same(want.get(k), v)}:
     raise ValueError(
       f"{where} ran other optimizer settings than {tag}: (ran, expected) {diff}; a changed "
       "default needs a new variant name"
