@@ -148,9 +148,11 @@ def swan(
       (see :func:`whiten`).
     adam_learning_rate: learning rate (or schedule) of the non-matrix leaves;
       ``None``: :func:`swan_optax.defaults.adam_learning_rate`.
-    dimension_numbers, param_labels, non_matrix, weight_decay,
-      weight_decay_mask: the routing, the other leaves' optimizer and the
-      matrices' weight decay, as in :func:`stateless_partition`.
+    dimension_numbers: the matrix layouts, as in :func:`stateless_partition`.
+    param_labels: replaces the routing, as in :func:`stateless_partition`.
+    non_matrix: the other leaves' optimizer, as in :func:`stateless_partition`.
+    weight_decay: the matrices' decoupled weight decay.
+    weight_decay_mask: tree or callable of booleans restricting ``weight_decay``.
 
   Returns:
     An ``optax.GradientTransformation``: an ``optax.partition`` whose
@@ -244,8 +246,11 @@ def sinkgd(
     adam_learning_rate: learning rate (or schedule) of the non-matrix leaves;
       ``None``: :func:`swan_optax.defaults.adam_learning_rate` (the paper's:
       ``20 * learning_rate`` under unit RMS).
-    dimension_numbers, param_labels, non_matrix, weight_decay,
-      weight_decay_mask: as in :func:`stateless_partition`.
+    dimension_numbers: the matrix layouts, as in :func:`stateless_partition`.
+    param_labels: replaces the routing, as in :func:`stateless_partition`.
+    non_matrix: the other leaves' optimizer, as in :func:`stateless_partition`.
+    weight_decay: the matrices' decoupled weight decay.
+    weight_decay_mask: tree or callable of booleans restricting ``weight_decay``.
 
   Returns:
     The optimizer: Adam on the non-matrix leaves, and no optimizer state at

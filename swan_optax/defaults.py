@@ -17,10 +17,12 @@ from swan_optax import _scale
 
 Optimizer = Literal["swan", "sinkgd"]
 
+#: Each optimizer's default matrix step.
 LEARNING_RATE: dict[Optimizer, float] = {"swan": 2e-3, "sinkgd": 1.25e-2}
+#: Each optimizer's default rule for the step's size per matrix shape.
 SCALE_RULE: dict[Optimizer, _scale.ScaleRule] = {"swan": "unit_rms", "sinkgd": "spectral"}
-# The Adam group's lr over the matrix lr, per optimizer and scale rule: the best of a joint
-# grid, or (swan's spectral rule, untuned) the setting its lr was tuned at.
+#: The Adam group's lr over the matrix lr, per optimizer and scale rule: the best of a joint
+#: grid, or (swan's spectral rule, untuned) the setting its lr was tuned at.
 ADAM_LR_RATIO: dict[tuple[Optimizer, _scale.ScaleRule], float] = {
   ("swan", "unit_rms"): 50.0,
   ("swan", "spectral"): 4.4194174,
