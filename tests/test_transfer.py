@@ -99,8 +99,8 @@ def test_report_is_written_from_the_run_jsons_alone(tmp_path):
   assert "| swan-spectral | 0.05 | 0.05 | x1.00 |" in text
   # The depth ladder's 2-layer runs never ran: empty cells, nothing invented.
   assert "| swan |  | 0.004 |  |  | 4.000 |" in text
-  # What the runs took, per size, from their JSONs: 5 variants x 5 lrs at each trained size.
-  assert re.search(r"64: [0-9.]+ min a run, [0-9.]+ h for 25; 128: [0-9.]+ min a run", text)
+  # What the runs took, per size, from their JSONs: 6 variants x 5 lrs at each trained size.
+  assert re.search(r"64: [0-9.]+ min a run, [0-9.]+ h for 30; 128: [0-9.]+ min a run", text)
   assert re.search(r"cores, often shared with other work: 4: [0-9.]+ min a run", text)
   # The group stage never ran: the ladder's own points alone make no row.
   assert "| swan |" not in text.split("#### the Adam group across widths")[1]
@@ -146,5 +146,5 @@ def test_the_central_points_of_every_size_run_first(tmp_path):
   widths = {64: "tiny-w64", 256: "tiny-w256"}
   losses = transfer.sweep_ladder(store, widths, protocol.GRID_ORDER[:3])
   assert len(trained) == 2 * 3 * len(transfer.VARIANTS)
-  assert [c.model for c in trained[: 3 * len(transfer.VARIANTS)]] == ["tiny-w64"] * 15
+  assert [c.model for c in trained[: 3 * len(transfer.VARIANTS)]] == ["tiny-w64"] * 3 * len(transfer.VARIANTS)
   assert sum(x is None for x in losses[256]["swan"].values()) == 2  # the outer points wait

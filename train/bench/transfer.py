@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[dict, float | None, float]] = {
   ),
   "sinkgd": (protocol.VARIANTS["sinkgd"], 20.0, 2.5e-3),
   "sinkgd-spectral": ({"name": "sinkgd", "scale_rule": "spectral"}, 20.0 * _PAIRED, 2.5e-2),
+  # optax's Muon at its own shape scaling and defaults: its Adam group at its lr.
+  "muon": ({"name": "muon"}, 1.0, 0.02),
 }
 GRID = {
   v: tuple(centre * 2.0**k for k in (-2, -1, 0, 1, 2)) for v, (*_, centre) in VARIANTS.items()
@@ -85,8 +87,9 @@ def ladder_run(
     if "whiten_method" in fields
     else variant
   )
-  # A SinkGD variant's own ratio is the paper's pairing: its factor-1 run has the plain name.
-  paired = variant.startswith("sinkgd") and group_factor == 1
+  # A SinkGD variant's own ratio is the paper's pairing, Muon's optax's default: their factor-1
+  # runs have the plain name.
+  paired = variant.startswith(("sinkgd", "muon")) and group_factor == 1
   name += "" if paired else f"+adam_lr{group:g}"
   return protocol.Run(
     size, name, protocol.optimizer_config(lr, **fields, adam_group_lr=group), seed
