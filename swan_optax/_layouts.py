@@ -164,6 +164,12 @@ def dimension_numbers_from_model(
     >>> dims['out']['kernel']
     MatrixDimensionNumbers(reduction_axes=(0,), output_axes=(1, 2))
   """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(
+      f"dimension_numbers_from_model reads NNX modules, got {type(model).__name__}: for linen, "
+      "equinox, haiku or any function of the params, trace it with "
+      "swan_optax.dimension_numbers_from_fn(lambda p, x: ..., params, example_input)"
+    )
   overrides = dict(overrides or {})
   modules = {tuple(map(str, p)): m for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)}
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))

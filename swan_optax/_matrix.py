@@ -159,6 +159,7 @@ _INJECT_HINT = (
   "static_args='dimension_numbers'"
 )
 _LAYOUT_HINT = (
+  "swan_optax.dimension_numbers_from_fn(forward, params, example_input) for any model, "
   "swan_optax.dimension_numbers_from_model(model) for an NNX model, "
   "swan_optax.dimension_numbers_from_einsum('BLD,DHK->BLHK') for an einsum kernel, "
   "MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack, or None in the tree to train it "

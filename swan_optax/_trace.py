@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from flax import linen
 
 from swan_optax import _axes_flow
 from swan_optax import _layouts
@@ -87,6 +88,12 @@ def dimension_numbers_from_fn(
   """
   if fused not in ("batch", "fan_out"):
     raise ValueError(f"fused={fused!r}: choose 'batch' or 'fan_out'")
+  if isinstance(fn, linen.Module):
+    raise TypeError(
+      f"dimension_numbers_from_fn got the linen module {type(fn).__name__}, not a function of "
+      "the params: pass e.g. lambda p, x: model.apply({'params': p}, x), with params = "
+      "variables['params']"
+    )
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [_matrix.path_str(path) for path, _ in flat]
   overrides = _by_path(overrides or {}, [path for path, _ in flat])

@@ -146,5 +146,6 @@ def test_the_central_points_of_every_size_run_first(tmp_path):
   widths = {64: "tiny-w64", 256: "tiny-w256"}
   losses = transfer.sweep_ladder(store, widths, protocol.GRID_ORDER[:3])
   assert len(trained) == 2 * 3 * len(transfer.VARIANTS)
-  assert [c.model for c in trained[: 3 * len(transfer.VARIANTS)]] == ["tiny-w64"] * 3 * len(transfer.VARIANTS)
+  first = 3 * len(transfer.VARIANTS)
+  assert [c.model for c in trained[:first]] == ["tiny-w64"] * first
   assert sum(x is None for x in losses[256]["swan"].values()) == 2  # the outer points wait
