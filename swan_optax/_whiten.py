@@ -201,13 +201,12 @@ def whiten(
   * ``'newton_schulz'`` (10 steps): the paper's coupled
     inverse-square-root iteration on the short-side Gram ``A``,
     ``T = 3I - ZY; Y <- beta Y T; Z <- beta T Z``; exact for well-conditioned
-    inputs, far from ``U V^T`` on ill-conditioned real gradients (cosine
-    0.55-0.88 on square LLaMA kernels after GradNorm). ``ns_beta != 0.5`` is a
-    different, inexact operator.
-  * ``'polar_express'`` (default, 8 steps): Polar Express quintic iteration
-    on ``X``; close to ``U V^T`` on real gradients (cosine 0.96-1.00), and as
-    SWAN's whitening on a small LLaMA 0.05 nats below ``'newton_schulz'``
-    (3 seeds, each at its best lr) at the same time per step.
+    inputs, slow to converge on ill-conditioned ones (its error grows with the
+    log of the condition number). ``ns_beta != 0.5`` is a different, inexact
+    operator.
+  * ``'polar_express'`` (default, 8 steps): the Polar Express odd-polynomial
+    iteration on ``X``, optimal per step for the worst case (the docs'
+    results page compares the methods on real gradients).
   * ``'quintic'`` (5 steps): Muon's fixed quintic; approximate by design.
   * ``'svd'`` / ``'eigh'``: exact references (slow; for tests and checks).
 
