@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import pathlib
 import signal
 import time
 import zlib
@@ -234,6 +235,12 @@ def _open_metrics(config: TrainConfig, exp: build_lib.Experiment, state) -> metr
     f"{config.tokens_per_step:,} tokens/step"
   )
   return writer
+
+
+def completed(run_dir: pathlib.Path) -> bool:
+  """Whether the run in ``run_dir`` reached its last step (its ``summary.json`` says so)."""
+  summary = run_dir / "summary.json"
+  return summary.exists() and json.loads(summary.read_text())["completed"]
 
 
 def _finish(config: TrainConfig, writer: metrics.MetricsWriter, state, last_eval: dict) -> None:

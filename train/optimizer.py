@@ -132,7 +132,7 @@ def _stateless(
     )
   else:
     non_matrix = functools.partial(optax.adamw, b2=config.adam_b2, weight_decay=config.weight_decay)
-  adam_lr = None if config.adam_group_lr is None else schedule(config, steps, config.adam_group_lr)
+  adam_lr = _set_adam_group_schedule(config, steps)
   group = dict(
     dimension_numbers=dims,
     non_matrix=non_matrix,
@@ -168,7 +168,7 @@ def _muon(
   """
   if dims is None or callable(dims):
     raise ValueError("muon needs the params' dimension numbers as a tree, e.g. dimension_numbers()")
-  adam_lr = None if config.adam_group_lr is None else schedule(config, steps, config.adam_group_lr)
+  adam_lr = _set_adam_group_schedule(config, steps)
   return optax.contrib.muon(
     lr,
     beta=0.95,
@@ -178,6 +178,13 @@ def _muon(
     adam_learning_rate=adam_lr,
     muon_weight_dimension_numbers=muon_dimension_numbers(dims),
   )
+
+
+def _set_adam_group_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule | None:
+  """The Adam group's schedule when ``adam_group_lr`` is set; ``None`` leaves the library's."""
+  if config.adam_group_lr is None:
+    return None
+  return schedule(config, steps, config.adam_group_lr)
 
 
 def muon_dimension_numbers(dims: Any) -> Any:

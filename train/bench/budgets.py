@@ -188,12 +188,12 @@ class Runner:
     steps = self.steps_of(point.size, budget)
     run = self._config(point, steps, schedule, run_name(point, budget, schedule))
     start = time.perf_counter()
-    if not _completed(run.run_dir):
+    if not loop.completed(run.run_dir):
       if schedule == "wsd" and not _checkpoints(run.run_dir):
         self._branch_from_trunk(point, decay_start(steps), run.run_dir)
       print(f"training {run_name(point, budget, schedule)} ({steps} steps)", flush=True)
       self.train_fn(run)
-      if not _completed(run.run_dir):
+      if not loop.completed(run.run_dir):
         raise RuntimeError(f"{run.run_dir.name} stopped before its last step (preempted?)")
     record = run_record(point, budget, run, time.perf_counter() - start)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,11 +256,6 @@ def run_name(point: Point, budget: float, schedule: str = "wsd") -> str:
 
 def _checkpoints(folder: pathlib.Path) -> list[int]:
   return checkpoint.published_steps(folder / "checkpoints")
-
-
-def _completed(folder: pathlib.Path) -> bool:
-  summary = folder / "summary.json"
-  return summary.exists() and json.loads(summary.read_text())["completed"]
 
 
 def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) -> dict:
@@ -401,9 +396,7 @@ def summarize(runner: Runner, size: str, budget: float) -> dict:
   rows = {}
   for name, point in points.items():
     record = runner.get(point, budget)
-    seeds = SEEDS.get(size, (0,))
-    finals = [runner.final(dataclasses.replace(point, seed=s), budget) for s in seeds]
-    finals = [x for x in finals if x is not None]
+    finals = seed_finals(runner, point, budget)
     rows[name] = {
       "point": dataclasses.asdict(point),
       "bracketed": closed.get(name) == point,
@@ -420,6 +413,21 @@ def summarize(runner: Runner, size: str, budget: float) -> dict:
     if name != "adam"
   }
   return {"grids": grids, "groups": groups, "rows": rows}
+
+
+def seed_finals(runner: Runner, point: Point, budget: float) -> list[float]:
+  """The finished final losses of ``point``'s seeds (``SEEDS``; seed 0 alone elsewhere)."""
+  seeds = SEEDS.get(point.size, (0,))
+  finals = [runner.final(dataclasses.replace(point, seed=s), budget) for s in seeds]
+  return [x for x in finals if x is not None]
+
+
+def seeds_cell(finals: list[float]) -> str:
+  """``mean ± half range (count)`` of the seeds' losses; the loss alone for one seed."""
+  mean = statistics.mean(finals)
+  if len(finals) == 1:
+    return f"{mean:.3f}"
+  return f"{mean:.3f} ± {(max(finals) - min(finals)) / 2:.3f} ({len(finals)})"
 
 
 def token_fraction(loss: float, budget: float, curve: dict[float, float]) -> tuple[str, float]:
@@ -482,14 +490,12 @@ def budget_table(size: str, budget: float, summary: dict) -> str:
   rows = []
   for name, row in summary["rows"].items():
     open_mark = "" if row["bracketed"] else "~"
-    seeds = len(row["finals"])
-    loss = f"{row['mean']:.3f}" + (f" ± {row['spread'] / 2:.3f} ({seeds})" if seeds > 1 else "")
     rows.append(
       {
         "optimizer": LABELS[name],
         "lr": f"{open_mark}{row['point']['lr']:g}",
         "group": f"{row['rates']['adam']:.3g}",
-        "loss": loss,
+        "loss": seeds_cell(row["finals"]),
         "vs_adam": _fraction_cell(row.get("tokens_vs_adam")),
         "vs_embed": _fraction_cell(row.get("tokens_vs_adam+embed")),
         "wall": row.get("wall_vs_adam"),
@@ -510,18 +516,15 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
   rows = []
   for name, point in best_points(runner, size, budget).items():
     cosine = runner.final(point, budget, "cosine")
-    seeds = [runner.final(dataclasses.replace(point, seed=s), budget) for s in SEEDS[size]]
-    seeds = [x for x in seeds if x is not None]
+    seeds = seed_finals(runner, point, budget)
     if cosine is None or not seeds:
       continue
-    spread = max(seeds) - min(seeds)
-    diff = cosine - statistics.mean(seeds)
     rows.append(
       {
         "optimizer": LABELS[name],
-        "wsd": f"{statistics.mean(seeds):.3f} ± {spread / 2:.3f} ({len(seeds)})",
+        "wsd": seeds_cell(seeds),
         "cosine": cosine,
-        "diff": diff,
+        "diff": cosine - statistics.mean(seeds),
         "within": "yes" if min(seeds) <= cosine <= max(seeds) else "no",
       }
     )

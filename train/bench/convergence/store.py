@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from train import loop
 from train import metrics
 from train.bench.convergence import protocol
 from train.config import OptimizerConfig
@@ -149,11 +150,6 @@ def to_json(obj) -> str:
   return json.dumps(dataclasses.asdict(obj), default=str)
 
 
-def _completed(folder: pathlib.Path) -> bool:
-  summary = folder / "summary.json"
-  return summary.exists() and json.loads(summary.read_text())["completed"]
-
-
 class Store:
   """The run JSONs under ``runs_dir``: read, adopted from ``work``, or trained by ``train_fn``.
 
@@ -192,7 +188,7 @@ class Store:
       _check_optimizer(record["optimizer"], run.optimizer, str(path), run.tag)
       return record
     wall = None
-    if not _completed(config.run_dir):
+    if not loop.completed(config.run_dir):
       if self.train_fn is None:
         return None
       print(f"training {run.tag}", flush=True)
@@ -200,7 +196,7 @@ class Store:
       start = time.perf_counter()
       self.train_fn(config)
       wall = time.perf_counter() - start
-      if not _completed(config.run_dir):
+      if not loop.completed(config.run_dir):
         raise RuntimeError(f"{run.tag} stopped before its last step (preempted?); not kept")
     record = run_record(run, config, config.run_dir, wall)
     path.parent.mkdir(parents=True, exist_ok=True)
