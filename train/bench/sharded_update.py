@@ -1,6 +1,6 @@
 """SWAN's update on a mesh of 8 devices, compiled only: FLOPs and collective bytes per device.
 
-Run: ``python -m train.bench.mesh`` (simulates 8 CPU devices; allocates nothing,
+Run: ``python -m train.bench.sharded_update`` (simulates 8 CPU devices; allocates nothing,
 so 350m and 1b fit). For each config and mesh (data, fsdp, tensor), SWAN's
 update (``tx.update`` with the LLaMA's dimension numbers, gradients and params
 as ``jax.ShapeDtypeStruct`` in the ``models/sharding.py`` layout) is compiled
@@ -12,9 +12,9 @@ XLA's FLOPs as a ratio to the single-device FLOPs / 8, and the bytes of the
 results of each kind of collective (:func:`train.bench.hlo.collective_bytes`)
 as a ratio to M, the bytes of all whitened matrices; plus the bytes that
 ``swan_optax.inspect.whitening_plan`` predicts. The rows labelled ``3afe9a0`` are
-recorded from ``results/mesh_recorded.json``: the library before ``mesh=``,
+recorded from ``results/sharded_update_recorded.json``: the library before ``mesh=``,
 with the trainer's then default whole-matrix layout, measured the same way
-once. Writes ``train/bench/results/mesh.md``.
+once. Writes ``train/bench/results/sharded_update.md``.
 """
 
 import json
@@ -37,7 +37,7 @@ from train.bench import hlo
 AXES = ("data", "fsdp", "tensor")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 DEVICES = 8
-RECORDED = harness.RESULTS / "mesh_recorded.json"
+RECORDED = harness.RESULTS / "sharded_update_recorded.json"
 RECORDED_LABEL = "3afe9a0"  # the library's last commit without mesh=, as the tables name it
 
 
@@ -128,7 +128,7 @@ def _kinds(collectives: dict[str, int], m: int) -> str:
 
 def to_markdown(rows: list[dict]) -> str:
   lines = [
-    f"`python -m train.bench.mesh` — compiled only, {jax.device_count()} simulated "
+    f"`python -m train.bench.sharded_update` — compiled only, {jax.device_count()} simulated "
     f"{jax.devices()[0].platform} devices, jax {jax.__version__}. SWAN's update "
     "(`tx.update`, LLaMA dimension numbers, params in the `models/sharding.py` layout; a mesh "
     "axis that does not divide a dimension, 1b's ffn 5461 over tensor, is "
@@ -180,13 +180,13 @@ def summary_table(rows: list[dict]) -> str:
 
 def main() -> None:
   harness.simulate_host_devices(DEVICES)
-  parser = harness.parser(__doc__, "mesh.md")
+  parser = harness.parser(__doc__, "sharded_update.md")
   parser.add_argument("--configs", default="60m,350m,1b")
   args = parser.parse_args()
   if jax.device_count() != DEVICES:
     raise SystemExit(
       f"{DEVICES} devices needed, {jax.device_count()} {jax.devices()[0].platform} found: run "
-      "`JAX_PLATFORMS=cpu python -m train.bench.mesh`, which simulates them on the CPU"
+      "`JAX_PLATFORMS=cpu python -m train.bench.sharded_update`, which simulates them on the CPU"
     )
   rows = [row for name in args.configs.split(",") for row in measure(name)]
   harness.save(summary_table(rows) + "\n" + to_markdown(rows), args.out)

@@ -1,13 +1,13 @@
 """Train-step benchmark: Adam vs SWAN vs SinkGD on the LLaMA configs, side by side.
 
-Run: ``python -m train.bench.step``. For each config, the three optimizers'
+Run: ``python -m train.bench.step_time``. For each config, the three optimizers'
 train steps (forward, backward, update; donated buffers) are compiled and then
 timed in interleaved rounds in this one process, on random tokens. Reported:
 median step time as a ratio to Adam's, the optimizer's share of the step (a
 separately jitted ``tx.update`` + ``apply_updates`` on the same gradients), the
 compiled step's peak memory as XLA plans it (arguments + outputs + temporaries,
 from ``memory_analysis``), and the optimizer-state bytes against Adam's. Writes
-``train/bench/results/step.md``.
+``train/bench/results/step_time.md``.
 """
 
 import argparse
@@ -109,7 +109,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-  parser = harness.parser(__doc__, "step.md")
+  parser = harness.parser(__doc__, "step_time.md")
   parser.add_argument("--configs", default="tiny,60m", help="comma-separated model configs")
   parser.add_argument("--seq-len", type=int, default=256)
   parser.add_argument("--reps", type=int, default=5, help="timed rounds per optimizer")
