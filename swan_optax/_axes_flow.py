@@ -5,8 +5,18 @@ casts, slices, scalar scaling) holds, per axis, the set of leaf axes it came
 from. A ``dot_general`` fed by such a value gives the leaf its roles: axes
 contracted with the other operand are fan_in, the operand's batch dimensions
 are batch axes, its free dimensions fan_out. The dot's output is followed too,
-for one question only: whether one of those fan_out axes is then indexed away
-entry by entry (``q, k, v = qkv_einsum(x)``), which makes it a fused axis.
+for three questions: whether one of those fan_out axes is then indexed away
+entry by entry (``q, k, v = qkv_einsum(x)``), which makes it a fused axis;
+whether it meets another kernel's axis as a batch dimension of a later
+``dot_general`` (the expert axis of a mixture of experts' up projection, met by
+its down projection), which makes it a batch axis; and whether it is cut into
+blocks (``jnp.split`` of a flat fused q/k/v projection), which a layout cannot
+express.
+
+A leaf passes through an elementwise op when every other operand is another
+leaf, a scalar or a constant, i.e. computed from no argument of the function (a
+mask built from ``iota`` as in ``jnp.tril``, a closed-over array); combined with
+anything else (an activation), it ends there, as a norm scale or a bias does.
 """
 
 import collections
@@ -37,9 +47,13 @@ class Uses:
   """What the leaves of a jaxpr reach, by leaf index; filled by :func:`walk`."""
 
   names: Sequence[str]
-  track_outputs: bool
   layouts: dict[int, list[tuple[frozenset[int], frozenset[int]]]] = _per_leaf(list)
   indexed: dict[int, set[int]] = _per_leaf(set)  # fan_out axes indexed away: fused axes
+  experts: dict[int, set[int]] = _per_leaf(set)  # fan_out axes met by another kernel's batch axis
+  blocks: dict[int, set[int]] = _per_leaf(set)  # fan_out axes cut into blocks after the dot
+  slices: dict[int, dict[int, set[tuple[int, int]]]] = _per_leaf(
+    lambda: collections.defaultdict(set)
+  )
   problems: dict[int, list[str]] = _per_leaf(list)  # why the leaf has no layout
   adam: dict[int, set[str]] = _per_leaf(set)  # ops that end it and mean Adam (gather, bias add)
   unknown: dict[int, set[str]] = _per_leaf(set)  # ops that end it and are not followed
@@ -50,34 +64,50 @@ def leaf_axes(leaf: int, ndim: int) -> Tracked:
   return {("leaf", leaf): tuple(frozenset({a}) for a in range(ndim))}
 
 
-def walk(jaxpr: core.Jaxpr, inputs: Sequence[Tracked | None], uses: Uses) -> list[Tracked | None]:
-  """Follows the tracked ``inputs`` of ``jaxpr`` to its outputs, recording uses on the way."""
+def walk(
+  jaxpr: core.Jaxpr,
+  inputs: Sequence[Tracked | None],
+  uses: Uses,
+  constant: Sequence[bool] | None = None,
+) -> list[Tracked | None]:
+  """Follows the tracked ``inputs`` of ``jaxpr`` to its outputs, recording uses on the way.
+
+  ``constant`` flags the inputs computed from no argument of the traced function.
+  """
   env = {var: tracked for var, tracked in zip(jaxpr.invars, inputs, strict=True) if tracked}
+  flags = constant or [False] * len(jaxpr.invars)
+  const = {*jaxpr.constvars, *(v for v, c in zip(jaxpr.invars, flags, strict=True) if c)}
   read = lambda v: None if isinstance(v, core.Literal) else env.get(v)
   for eqn in jaxpr.eqns:
     tracked = [read(v) for v in eqn.invars]
-    if any(tracked):
-      for var, out in zip(eqn.outvars, _equation(eqn, tracked, uses), strict=False):
+    consts = [isinstance(v, core.Literal) or v in const for v in eqn.invars]
+    if all(consts):
+      const.update(eqn.outvars)
+    elif any(tracked):
+      for var, out in zip(eqn.outvars, _equation(eqn, tracked, consts, uses), strict=False):
         if out:
           env[var] = out
   return [read(v) for v in jaxpr.outvars]
 
 
-def _equation(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> list[Tracked]:
+def _equation(
+  eqn: core.JaxprEqn, tracked: list[Tracked | None], constant: list[bool], uses: Uses
+) -> list[Tracked]:
   name = eqn.primitive.name
   if name == "dot_general":
     return [_dot(eqn, tracked, uses)]
   layout = _layout_fn(eqn)
   if layout is not None:
-    data = tracked[:1] if name in (*_SLICES, "gather") else tracked
-    out = _merge([{s: layout(m) for s, m in t.items()} for t in data if t])
-    _record_indexed([t for t in data if t], [out], uses)
+    data = [t for t in (tracked[:1] if name in (*_SLICES, "gather") else tracked) if t]
+    out = _merge([{s: layout(m) for s, m in t.items()} for t in data])
+    _record_indexed(data, [out], uses)
+    _record_blocks(eqn, data, uses)
     return [out] * len(eqn.outvars)
-  called = _call(eqn, tracked, uses)
+  called = _call(eqn, tracked, constant, uses)
   if called is not None:
     return called
   if _is_elementwise(eqn):
-    return [_elementwise(eqn, tracked, uses)]
+    return [_elementwise(eqn, tracked, constant, uses)]
   for t in tracked:
     for kind, leaf in t or ():
       if kind == "leaf" and name == "conv_general_dilated":
@@ -90,7 +120,16 @@ def _equation(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> 
 def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Tracked:
   """Records the roles of the leaves in one operand; tracks their fan_out axes in the output."""
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
-  leaves = [{leaf: m for (kind, leaf), m in (t or {}).items() if kind == "leaf"} for t in tracked]
+  leaves, outputs = (
+    [{leaf: m for (k, leaf), m in (t or {}).items() if k == kind} for t in tracked]
+    for kind in ("leaf", "output")
+  )
+  # A kernel's axis as a batch dimension opposite another kernel's fan_out axis: experts.
+  for pair in zip(lhs_batch, rhs_batch, strict=True):
+    for side in (0, 1):
+      if any(m[pair[side]] for m in leaves[side].values()):
+        for leaf, m in outputs[1 - side].items():
+          uses.experts[leaf] |= m[pair[1 - side]]
   if leaves[0] and leaves[1]:
     names = sorted({uses.names[leaf] for side in leaves for leaf in side})
     for leaf in {**leaves[0], **leaves[1]}:
@@ -98,7 +137,7 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
     return {}
   out_ndim = len(eqn.outvars[0].aval.shape)
   offset = len(lhs_batch)
-  outputs = {}
+  result = {}
   for var, side, contract, batch in zip(
     eqn.invars, leaves, (lhs_contract, rhs_contract), (lhs_batch, rhs_batch), strict=True
   ):
@@ -116,10 +155,10 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
       else:
         uses.layouts[leaf].append((fan_in, fan_out))
       fused = {offset + i: m[a] for i, a in enumerate(free) if shape[a] > 1 and m[a]}
-      if uses.track_outputs and fused:
-        outputs[("output", leaf)] = tuple(fused.get(b, frozenset()) for b in range(out_ndim))
+      if fused:
+        result[("output", leaf)] = tuple(fused.get(b, frozenset()) for b in range(out_ndim))
     offset += len(free)
-  return outputs
+  return result
 
 
 def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
@@ -175,30 +214,35 @@ def _reshape(m: AxisMap, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> Axi
 
 
 def _call(
-  eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses
+  eqn: core.JaxprEqn, tracked: list[Tracked | None], constant: list[bool], uses: Uses
 ) -> list[Tracked | None] | None:
-  """Walks the inner jaxprs of control flow and calls (jit, remat, custom_vjp, ...)."""
+  """Walks the inner jaxprs of control flow and calls (jit, remat, custom_vjp, ...).
+
+  A loop's carry counts as computed from the arguments.
+  """
   name, p = eqn.primitive.name, eqn.params
   if name == "scan":
     split = p["num_consts"] + p["num_carry"]
     # A scanned operand loses its leading axis in the body: one step per entry.
     xs = [{s: m[1:] for s, m in t.items()} if t else None for t in tracked[split:]]
     _record_indexed([t for t in tracked[split:] if t], [x for x in xs if x], uses)
-    outs = walk(p["jaxpr"].jaxpr, [*tracked[:split], *xs], uses)
+    flags = [*constant[: p["num_consts"]], *[False] * p["num_carry"], *constant[split:]]
+    outs = walk(p["jaxpr"].jaxpr, [*tracked[:split], *xs], uses, flags)
     ys = [
       {s: (frozenset(), *m) for s, m in t.items()} if t else None for t in outs[p["num_carry"] :]
     ]
     return [*outs[: p["num_carry"]], *ys]
   if name == "while":
-    carry = tracked[p["cond_nconsts"] + p["body_nconsts"] :]
-    walk(p["cond_jaxpr"].jaxpr, [*tracked[: p["cond_nconsts"]], *carry], uses)
-    return walk(p["body_jaxpr"].jaxpr, tracked[p["cond_nconsts"] :], uses)
+    cond, body = p["cond_nconsts"], p["cond_nconsts"] + p["body_nconsts"]
+    carry, loose = tracked[body:], [False] * len(tracked[body:])
+    walk(p["cond_jaxpr"].jaxpr, [*tracked[:cond], *carry], uses, [*constant[:cond], *loose])
+    return walk(p["body_jaxpr"].jaxpr, tracked[cond:], uses, [*constant[cond:body], *loose])
   if name == "cond":
-    branches = [walk(b.jaxpr, tracked[1:], uses) for b in p["branches"]]
+    branches = [walk(b.jaxpr, tracked[1:], uses, constant[1:]) for b in p["branches"]]
     return [_merge([t for t in outs if t]) for outs in zip(*branches, strict=True)]
   inner = list(core.jaxprs_in_params(p))
   if len(inner) == 1 and len(inner[0].invars) == len(eqn.invars):
-    return walk(inner[0], tracked, uses)
+    return walk(inner[0], tracked, uses, constant)
   return None
 
 
@@ -213,13 +257,16 @@ def _is_elementwise(eqn: core.JaxprEqn) -> bool:
   return all(fits(v.aval.shape) for v in eqn.invars)
 
 
-def _elementwise(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Tracked:
-  """A leaf passes through casts, scaling and functions of params alone (``2 * w``, ``w.T + w``);
-  combined with anything else (an activation, a mask) it ends there, as a norm scale or a bias
-  does. Dot outputs pass through either way (activations, biases added)."""
+def _elementwise(
+  eqn: core.JaxprEqn, tracked: list[Tracked | None], constant: list[bool], uses: Uses
+) -> Tracked:
+  """A leaf passes through casts, scaling, masks and functions of params (``2 * w``, ``w.T + w``,
+  ``jnp.where(mask, w, 0)``); combined with a value computed from the arguments (an activation)
+  it ends there, as a norm scale or a bias does. Dot outputs pass through either way."""
   has_leaf = [t is not None and any(kind == "leaf" for kind, _ in t) for t in tracked]
   alone = all(
-    leaf or math.prod(v.aval.shape) == 1 for v, leaf in zip(eqn.invars, has_leaf, strict=True)
+    leaf or const or math.prod(v.aval.shape) == 1
+    for v, leaf, const in zip(eqn.invars, has_leaf, constant, strict=True)
   )
   ndim = len(eqn.outvars[0].aval.shape)
   out = {}
@@ -249,3 +296,28 @@ def _record_indexed(before: Sequence[Tracked], after: Sequence[Tracked], uses: U
   for kind, leaf in {s for t in before for s in t if s[0] == "output"}:
     source = (kind, leaf)
     uses.indexed[leaf] |= held(before, source) - held(after, source)
+
+
+def _record_blocks(eqn: core.JaxprEqn, data: Sequence[Tracked], uses: Uses) -> None:
+  """A dot output's axis cut into blocks wider than one entry, at its outermost piece.
+
+  By ``split``, by two different slices, or by picking one entry of an axis that
+  a reshape split off the front of a fan_out axis (``y.reshape(b, t, 3, d)[:, :, 0]``).
+  Cuts of inner pieces (RoPE's halves of a head) are not blocks of the kernel.
+  """
+  name, p, shape = eqn.primitive.name, eqn.params, eqn.invars[0].aval.shape
+  for (_, leaf), m in (x for t in data for x in t.items() if x[0][0] == "output"):
+    outer = lambda axis, m=m: m[axis] - frozenset().union(*m[:axis])
+    if name == "split" and len(p["sizes"]) > 1 and max(p["sizes"]) > 1:
+      uses.blocks[leaf] |= outer(p["axis"])
+    elif name == "slice":
+      bounds = zip(p["start_indices"], p["limit_indices"], shape, strict=True)
+      for axis, (start, limit, size) in enumerate(bounds):
+        for a in outer(axis) if 1 < limit - start < size else ():
+          uses.slices[leaf][a].add((start, limit))
+    elif name in ("squeeze", "gather"):
+      gather = name == "gather"
+      dropped = p["dimension_numbers"].collapsed_slice_dims if gather else p["dimensions"]
+      kept = frozenset().union(*(x for axis, x in enumerate(m) if axis not in dropped))
+      for axis in dropped:
+        uses.blocks[leaf] |= outer(axis) & kept

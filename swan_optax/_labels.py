@@ -12,8 +12,12 @@ from swan_optax import _matrix
 
 MATRIX = "matrix"
 ADAM = "adam"
-# Embeddings, the output head, norms and biases go to Adam, as in both papers.
-DEFAULT_ADAM_PATTERN = r"embed|lm_head|norm|bias"
+# Embeddings, the output head, norms and biases go to Adam, as in both papers. A head is a
+# module whose name is one of GPT-2's, nanoGPT's, MaxText's, levanter's, Llama's and common
+# equinox and haiku names, holding the leaf itself: BERT's 'output/dense/kernel' stays a matrix.
+DEFAULT_ADAM_PATTERN = (
+  r"embed|lm_head|norm|bias|(^|/)(head|output|unembed|logits|logits_dense|wte|wpe)/[^/]+$"
+)
 
 LabelsSpec = Any | Callable[[Any], Any] | None
 
@@ -26,6 +30,7 @@ class LeafGroup(NamedTuple):
   group: str | None
   dims: _matrix.MatrixDimensionNumbers | None
   problem: _matrix.LayoutError | None
+  assumed: bool = False  # a 2-D matrix given no dimension_numbers: read as (in, out)
 
 
 def leaf_groups(
@@ -59,7 +64,8 @@ def leaf_groups(
       return LeafGroup(
         key, shape, MATRIX, None, _matrix.LayoutError(where, "has None dimension numbers")
       )
-    return LeafGroup(key, shape, ADAM if dims is None else MATRIX, dims, None)
+    group = ADAM if dims is None else MATRIX
+    return LeafGroup(key, shape, group, dims, None, dimension_numbers is None and group == MATRIX)
 
   return [group(path, leaf, label) for (path, leaf), label in zip(flat, given, strict=True)]
 

@@ -153,9 +153,10 @@ class LayoutError(ValueError):
     self.reason = reason
 
 
-# optax.inject_hyperparams calls every callable argument with the step count.
+# optax.inject_hyperparams calls every callable argument with the step count, so a callable
+# spec arrives as what it returned for a scalar: dimension numbers that fit no leaf.
 _INJECT_HINT = (
-  "under optax.inject_hyperparams, a callable dimension_numbers needs "
+  "if dimension_numbers is a callable under optax.inject_hyperparams, pass "
   "static_args='dimension_numbers'"
 )
 _LAYOUT_HINT = (
@@ -163,7 +164,7 @@ _LAYOUT_HINT = (
   "swan_optax.dimension_numbers_from_model(model) for an NNX model, "
   "swan_optax.dimension_numbers_from_einsum('BLD,DHK->BLHK') for an einsum kernel, "
   "MatrixDimensionNumbers(1, 2) for a (layers, in, out) stack, or None in the tree to train it "
-  f"with Adam ({_INJECT_HINT})"
+  "with Adam"
 )
 
 
@@ -217,13 +218,27 @@ def dimension_numbers_resolver(
   by_path = None
   if spec is not None and not is_dimension_numbers(spec):
     by_path = by_unboxed_path(spec, is_leaf=is_leaf, name="dimension_numbers")
+    # The same path one level down: layouts of a variables dict {'params': ...}.
+    inner = {key.partition("/")[2]: key for key in by_path}
 
   def resolve(path, leaf):
     where = f"leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
-    if by_path is not None and unboxed_key(path) not in by_path:
-      raise LayoutError(where, "is missing from dimension_numbers", f": give it {_LAYOUT_HINT}.")
+    key = unboxed_key(path)
+    if by_path is not None and key not in by_path:
+      reason = "is missing from dimension_numbers"
+      if key in inner or key.partition("/")[2] in by_path:
+        found = inner.get(key) or key.partition("/")[2]
+        level = "above" if key in inner else "below"
+        raise LayoutError(
+          where,
+          reason,
+          f", which has '{found}': the layouts are one level {level} the params (one of them "
+          "is a variables dict {'params': ...}?): trace and train the same tree, e.g. "
+          "variables['params'] for both.",
+        )
+      raise LayoutError(where, reason, f": give it {_LAYOUT_HINT}.")
     if by_path is not None:
-      dims = by_path[unboxed_key(path)]
+      dims = by_path[key]
     elif spec is None and jnp.ndim(leaf) != 2:
       reason = "is not a 2-D matrix and has no dimension numbers"
       raise LayoutError(where, reason, f": pass {_LAYOUT_HINT}.")

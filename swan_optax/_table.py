@@ -1,6 +1,7 @@
 """The routing table and the whitening plan: every leaf's group, matrix view and mesh layout."""
 
 import math
+import re
 from typing import Any
 from typing import NamedTuple
 
@@ -41,7 +42,12 @@ def routing_table(
   """A printable table of every leaf: path, shape, group and matrix view.
 
   Never raises for a missing layout: such a leaf's group reads ``NEEDS
-  LAYOUT`` and a last line counts them. Works on concrete or abstract
+  LAYOUT`` and a last line counts them. A 2-D leaf given no
+  ``dimension_numbers`` reads ``assumed (in, out)``: check it is not a PyTorch
+  style ``(out, in)`` weight, or derive the layouts with
+  :func:`dimension_numbers_from_fn`. A matrix leaf with an axis as long as the
+  vocabulary (the longest embedding table's rows) is flagged: an output head
+  trains with Adam in both papers. Works on concrete or abstract
   (``jax.eval_shape``) params. With ``mesh`` (and params that carry their
   shardings) a last column says how ``swan(..., mesh=mesh)`` whitens each
   matrix leaf there and the bytes it moves per device (:func:`whitening_plan`).
@@ -55,12 +61,18 @@ def routing_table(
     -----  ---------  ------------  ------------------------------------------------
     b      (3,)       adam
     stack  (2, 4, 3)  NEEDS LAYOUT  is not a 2-D matrix and has no dimension numbers
-    w      (4, 3)     matrix        1 x 4 x 3
+    w      (4, 3)     matrix        1 x 4 x 3, assumed (in, out)
     1 leaf needs a layout: pass dimension_numbers for it (or send it to Adam).
+    1 layout assumed (in, out): trace with swan_optax.dimension_numbers_from_fn if (out, in).
   """
   routes = _labels.leaf_groups(params, dimension_numbers, adam_pattern, labels)
+  vocab = _vocab_size(routes)
+  heads = [r.group == _labels.MATRIX and vocab in r.shape for r in routes]
   header = ("path", "shape", "group", "matrices (batch x fan_in x fan_out)")
-  rows = [(r.key, str(r.shape), r.group or "NEEDS LAYOUT", _view(r)) for r in routes]
+  rows = [
+    (r.key, str(r.shape), r.group or "NEEDS LAYOUT", _view(r, head))
+    for r, head in zip(routes, heads, strict=True)
+  ]
   if mesh is not None:
     plan = whitening_plan(params, dimension_numbers, mesh, adam_pattern=adam_pattern)
     header += ("swan on the mesh (per device)",)
@@ -76,16 +88,36 @@ def routing_table(
       f"{missing} leaf needs a layout" if missing == 1 else f"{missing} leaves need a layout"
     )
     lines[-1] += ": pass dimension_numbers for it (or send it to Adam)."
+  assumed = sum(r.assumed for r in routes)
+  if assumed:
+    lines.append(
+      f"{assumed} {'layout' if assumed == 1 else 'layouts'} assumed (in, out): trace with "
+      "swan_optax.dimension_numbers_from_fn if (out, in)."
+    )
+  if any(heads):
+    lines.append(
+      f"{sum(heads)} matrix {'leaf has' if sum(heads) == 1 else 'leaves have'} an axis as long "
+      f"as the vocabulary ({vocab}): output heads train with Adam in both papers; match them "
+      "with adam_pattern (or None in dimension_numbers)."
+    )
   return "\n".join(lines)
 
 
-def _view(route: _labels.LeafGroup) -> str:
-  """The ``batch x fan_in x fan_out`` cell of a routing-table row."""
+def _vocab_size(routes: list[_labels.LeafGroup]) -> int | None:
+  """The rows of the longest 2-D embedding table routed to Adam, if any."""
+  rows = [r.shape[0] for r in routes if len(r.shape) == 2 and re.search("embed|wte", r.key.lower())]
+  return max(rows, default=None)
+
+
+def _view(route: _labels.LeafGroup, head: bool) -> str:
+  """The ``batch x fan_in x fan_out`` cell of a routing-table row, with its notes."""
   if route.problem is not None:
     return route.problem.reason
   if route.group != _labels.MATRIX:
     return ""
-  return "{} x {} x {}".format(*_matrix.matrix_view(route.shape, route.dims).flat_shape)
+  cell = "{} x {} x {}".format(*_matrix.matrix_view(route.shape, route.dims).flat_shape)
+  notes = ["assumed (in, out)"] * route.assumed + ["(vocab, d): an output head?"] * head
+  return ", ".join([cell, *notes])
 
 
 def _on_mesh(route: Route | None) -> str:

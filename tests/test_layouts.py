@@ -171,14 +171,34 @@ def test_a_kernel_missing_from_the_layout_tree_raises_naming_it(name):
   layouts = _layouts()
   del layouts["attn"]["o"]
   tx = getattr(swan_optax, name)(1e-3, dimension_numbers=layouts)
-  with pytest.raises(ValueError, match=r"leaf 'attn/o/kernel' with shape \(2, 4, 8\) is missing"):
+  with pytest.raises(
+    ValueError, match=r"leaf 'attn/o/kernel' with shape \(2, 4, 8\) is missing"
+  ) as e:
     tx.init(_params())
+  # The hint names the tracer; inject_hyperparams is not involved, so it says nothing of it.
+  assert "dimension_numbers_from_fn" in str(e.value) and "inject" not in str(e.value)
   with pytest.raises(ValueError, match="'attn/o/kernel'"):
     swan_optax.param_labels(_params(), dimension_numbers=layouts)
   # Explicit None is how a kernel goes to Adam.
   layouts["attn"]["o"] = {"kernel": None}
   labels = swan_optax.param_labels(_params(), dimension_numbers=layouts)
   assert labels["attn"] == {"q": {"kernel": "matrix"}, "o": {"kernel": "adam"}}
+
+
+@pytest.mark.parametrize("level", ["above", "below"])
+def test_layouts_one_level_off_say_so(level):
+  """Layouts traced on a linen variables dict {'params': ...}, used on the inner params."""
+  params, layouts = _params(), _layouts()
+  if level == "above":
+    layouts = {"params": layouts}
+  else:
+    params = {"params": params}
+  key = "attn/o/kernel" if level == "above" else "params/attn/o/kernel"
+  found = "params/attn/o/kernel" if level == "above" else "attn/o/kernel"
+  with pytest.raises(
+    ValueError, match=rf"leaf '{key}' .* which has '{found}': the layouts are one level {level}"
+  ):
+    swan_optax.swan(1e-3, dimension_numbers=layouts).init(params)
 
 
 def _boxed(tree):
@@ -224,8 +244,66 @@ def test_routing_table_flags_every_leaf_that_needs_a_layout():
   print(table)
   assert sum("NEEDS LAYOUT" in line for line in lines) == 2
   assert any(line.startswith("attn/o/kernel") and "NEEDS LAYOUT" in line for line in lines)
-  assert lines[-1].startswith("2 leaves need a layout")
-  assert len(lines) == 2 + len(jax.tree.leaves(_params())) + 1
+  assert lines[-2].startswith("2 leaves need a layout")
+  assert len(lines) == 2 + len(jax.tree.leaves(_params())) + 2
+
+
+def test_routing_table_says_which_layouts_were_assumed():
+  """A 2-D leaf given no layout is read as (in, out): the table says so; given layouts are not."""
+  params = {"mlp": {"kernel": jnp.ones((8, 32))}}
+  (row, footer) = swan_optax.routing_table(params).splitlines()[2:]
+  assert row.endswith("1 x 8 x 32, assumed (in, out)")
+  assert footer.startswith("1 layout assumed (in, out): trace with")
+  layouts = {"mlp": {"kernel": Dims(1, 0)}}  # a PyTorch-style (out, in) weight, traced or given
+  (row,) = swan_optax.routing_table(params, dimension_numbers=layouts).splitlines()[2:]
+  assert row.endswith("1 x 32 x 8")
+
+
+HEADS = [
+  "head/kernel",  # nanoGPT ports, minGPT
+  "lm_head/kernel",  # GPT-2 (Hugging Face), levanter
+  "output/weight",  # Llama
+  "unembed/w",  # haiku, equinox examples
+  "decoder/logits_dense/kernel",  # MaxText
+  "logits/kernel",
+  "transformer/wte/weight",  # nanoGPT's tied embedding (PyTorch names)
+  "transformer/wpe/weight",
+  "token_embedder/embedding",  # MaxText
+  "embeddings/token_embeddings/weight",  # levanter
+]
+NOT_HEADS = [
+  "encoder/layer/0/attention/output/dense/kernel",  # BERT's attention output
+  "attn/output_proj/weight",  # equinox MultiheadAttention
+  "attn/heads/kernel",
+  "multi_head_attention/query/w",  # haiku
+]
+
+
+def _nested(key, leaf):
+  *outer, last = key.split("/")
+  for name in reversed(outer):
+    leaf, last = {last: leaf}, name
+  return {last: leaf}
+
+
+@pytest.mark.parametrize("key", HEADS + NOT_HEADS)
+def test_the_default_adam_pattern_knows_the_common_head_and_embedding_names(key):
+  labels = swan_optax.param_labels(_nested(key, jnp.ones((16, 8))))
+  assert jax.tree.leaves(labels) == ["adam" if key in HEADS else "matrix"]
+  assert jax.tree.leaves(swan_optax.param_labels(_boxed(_nested(key, jnp.ones((16, 8)))))) == (
+    ["adam" if key in HEADS else "matrix"]
+  )
+
+
+def test_routing_table_flags_a_vocabulary_sized_matrix():
+  """An output head under a name the pattern misses still stands out."""
+  params = {"tok_embed": jnp.ones((64, 8)), "proj": jnp.ones((8, 64)), "mlp": jnp.ones((8, 16))}
+  lines = swan_optax.routing_table(params).splitlines()
+  assert next(ln for ln in lines if ln.startswith("proj")).endswith(
+    "1 x 8 x 64, assumed (in, out), (vocab, d): an output head?"
+  )
+  assert "output head" not in next(ln for ln in lines if ln.startswith("mlp"))
+  assert lines[-1].startswith("1 matrix leaf has an axis as long as the vocabulary (64)")
 
 
 def test_inject_hyperparams_with_a_layout_tree_and_a_layout_callable():

@@ -2,12 +2,14 @@
 our LLaMA; the ops a leaf is followed through; the leaves it refuses, by name."""
 
 import functools
+import warnings
 
 import equinox as eqx
 import flax.linen as nn
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -214,9 +216,9 @@ def test_equinox_transformer_block():
     "up/weight": out_in,
     "down/weight": out_in,
   }
-  assert layouts.up.bias is None and layouts.attn_norm.weight is None
-  assert _structure(layouts) == _structure(params)
-  # An equinox module is callable; holding layouts, it is a layout tree, not a function.
+  # Nested dicts, not a callable equinox module: the same paths, no function to call.
+  assert layouts["up"]["bias"] is None and layouts["attn_norm"]["weight"] is None
+  assert _structure(layouts).num_leaves == len(jax.tree.leaves(params))
   _assert_usable(params, layouts)
 
 
@@ -257,6 +259,7 @@ def _loop(body):
 
 STACKED = {"w": jnp.zeros((LAYERS, D, D))}
 KERNEL = {"w": jnp.zeros((D, D))}
+_MASK = np.tril(np.ones((D, D), bool))  # closed over: a constant of the jaxpr
 FOLLOWED = {
   "checkpoint": (lambda p, x: jax.checkpoint(lambda x: x @ p["w"])(x), KERNEL, M((0,), (1,))),
   "custom_vjp": (lambda p, x: _matmul(x, p["w"]), KERNEL, M((0,), (1,))),
@@ -305,6 +308,16 @@ FOLLOWED = {
     M((1,), (2,)),
   ),
   "W @ x": (lambda p, x: (p["w"] @ x.T).T, KERNEL, M((1,), (0,))),
+  # A PyTorch-style (out, in) weight.
+  "x @ W.T": (lambda p, x: x @ p["w"].T, KERNEL, M((1,), (0,))),
+  # Masks: constants, computed in fn or closed over.
+  "tril": (lambda p, x: x @ jnp.tril(p["w"]), KERNEL, M((0,), (1,))),
+  "where with a mask": (lambda p, x: x @ jnp.where(_MASK, p["w"], 0), KERNEL, M((0,), (1,))),
+  "times a mask": (
+    lambda p, x: (p["w"].T * jnp.tril(jnp.ones((D, D)))) @ x.T,
+    KERNEL,
+    M((0,), (1,)),
+  ),
   # No fan_out axis: a batch of vectors, for Adam.
   "a batch of vectors": (
     lambda p, x: jnp.einsum("LHD,HD->LH", jnp.stack([x] * D, 1), p["w"]),
@@ -319,6 +332,107 @@ def test_followed_through(name):
   fn, params, want = FOLLOWED[name]
   layouts = swan_optax.dimension_numbers_from_fn(fn, params, jnp.zeros((3, D)))
   assert layouts == {"w": want}
+
+
+def test_a_mask_passed_as_an_argument_is_data():
+  """Decision: a param combined with an argument before any matmul is a bias or a scale."""
+  fn = lambda p, x, mask: x @ jnp.where(mask, p["w"], 0)
+  layouts = swan_optax.dimension_numbers_from_fn(fn, KERNEL, jnp.zeros((3, D)), _MASK)
+  assert layouts == {"w": None}
+  closed = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: fn(p, x, _MASK), KERNEL, jnp.zeros((3, D))
+  )
+  assert closed == {"w": M((0,), (1,))}
+
+
+# Mixture of experts: every expert its own matrix, whichever form computes them.
+
+EXPERTS, CAPACITY = 3, 4
+_EXPERT_PARAMS = {
+  "router": jnp.zeros((D, EXPERTS)),
+  "up": jnp.zeros((EXPERTS, D, FFN)),
+  "down": jnp.zeros((EXPERTS, FFN, D)),
+}
+
+
+def _combine(p, x_BxTxD, y_BxExTxD):
+  gates_BxTxE = jax.nn.softmax(x_BxTxD @ p["router"])
+  return jnp.einsum("betd,bte->btd", y_BxExTxD, gates_BxTxE)
+
+
+def _moe_einsum(p, x_BxTxD):
+  h_BxExTxF = jax.nn.gelu(jnp.einsum("btd,edf->betf", x_BxTxD, p["up"]))
+  return _combine(p, x_BxTxD, jnp.einsum("betf,efd->betd", h_BxExTxF, p["down"]))
+
+
+def _moe_vmap(p, x_BxTxD):
+  expert = lambda up_DxF, down_FxD: jax.nn.gelu(x_BxTxD @ up_DxF) @ down_FxD
+  return _combine(p, x_BxTxD, jax.vmap(expert, out_axes=1)(p["up"], p["down"]))
+
+
+def _moe_capacity(p, x_BxTxD):
+  """Tokens dispatched to (expert, capacity) slots, as in MaxText and Switch."""
+  choice_BxTxE = jax.nn.one_hot(jnp.argmax(x_BxTxD @ p["router"], -1), EXPERTS)
+  dispatch_BxTxExC = choice_BxTxE[..., None] * jnp.ones(CAPACITY)
+  x_ExCxD = jnp.einsum("btd,btec->ecd", x_BxTxD, dispatch_BxTxExC)
+  h_ExCxF = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", x_ExCxD, p["up"]))
+  y_ExCxD = jnp.einsum("ecf,efd->ecd", h_ExCxF, p["down"])
+  return jnp.einsum("ecd,btec->btd", y_ExCxD, dispatch_BxTxExC)
+
+
+MOE = {"einsum": _moe_einsum, "vmap": _moe_vmap, "capacity": _moe_capacity}
+
+
+@pytest.mark.parametrize("form", MOE)
+def test_experts_are_separate_matrices_in_every_form(form):
+  layouts = swan_optax.dimension_numbers_from_fn(MOE[form], _EXPERT_PARAMS, jnp.zeros((2, SEQ, D)))
+  assert layouts == {"router": M((0,), (1,)), "up": M((1,), (2,)), "down": M((1,), (2,))}
+
+
+def test_experts_without_a_second_kernel_read_as_one_matrix():
+  """Decision: only another kernel's batch axis tells experts from heads, so an expert axis
+  combined by the router alone is fan_out (one matrix, as the linear map it is); the drop-in
+  guide says so and points to overrides."""
+  fn = lambda p, x: _combine(p, x, jnp.einsum("btd,edf->betf", x, p["up"])[..., :D])
+  params = {"router": _EXPERT_PARAMS["router"], "up": _EXPERT_PARAMS["up"]}
+  layouts = swan_optax.dimension_numbers_from_fn(fn, params, jnp.zeros((2, SEQ, D)))
+  assert layouts["up"] == M((1,), (0, 2))
+
+
+# A flat fused projection cut into blocks: one matrix, and a warning naming the fix.
+
+FLAT = {"qkv": jnp.zeros((D, 3 * D))}
+CUT = {
+  "split": lambda y: sum(jnp.split(y, 3, -1)),
+  "slices": lambda y: y[..., :D] * y[..., D : 2 * D] + y[..., 2 * D :],
+  "reshape and unpack": lambda y: sum(jnp.moveaxis(y.reshape(*y.shape[:-1], 3, D), -2, 0)),
+}
+NOT_CUT = {
+  "one slice (a padded vocabulary)": lambda y: y[..., :D],
+  "halves of each head (RoPE)": lambda y: sum(jnp.split(y.reshape(*y.shape[:-1], 6, -1), 2, -1)),
+}
+
+
+@pytest.mark.parametrize("name", CUT)
+def test_a_flat_fused_projection_warns_naming_the_override(name):
+  fn = lambda p, x: CUT[name](x @ p["qkv"])
+  with pytest.warns(UserWarning, match=r"leaf 'qkv' with shape \(8, 24\): its output is cut"):
+    layouts = swan_optax.dimension_numbers_from_fn(fn, FLAT, jnp.zeros((3, D)))
+  assert layouts == {"qkv": M((0,), (1,))}
+  overrides = {"qkv": M((0,), (1,))}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    swan_optax.dimension_numbers_from_fn(fn, FLAT, jnp.zeros((3, D)), overrides=overrides)
+
+
+@pytest.mark.parametrize("name", NOT_CUT)
+def test_cuts_that_are_not_blocks_of_the_kernel_do_not_warn(name):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    layouts = swan_optax.dimension_numbers_from_fn(
+      lambda p, x: NOT_CUT[name](x @ p["qkv"]), FLAT, jnp.zeros((3, D))
+    )
+  assert layouts == {"qkv": M((0,), (1,))}
 
 
 # Leaves without a layout: each named, with its shape; overrides settle them.
