@@ -7,6 +7,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from swan_optax import _matrix
@@ -31,29 +32,74 @@ DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "eigh": jax.lax.Precision.HIGHEST,
 }
 
-# Amsel et al. 2025 (arXiv 2505.16932), Polar Express degree-5 coefficients; every
-# triple but the last is divided by (1.01, 1.01^3, 1.01^5) for safety.
-_POLAR_EXPRESS_COEFFS = (
-  (8.28721201814563, -23.595886519098837, 17.300387312530933),
-  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-  (1.875, -1.25, 0.375),
-)
+# Polar Express's construction (Amsel et al. 2025, arXiv 2505.16932, Sec. 4): singular values
+# start in [POLAR_EXPRESS_LOWER, 1] (bf16 resolves no less), each interval's lower end is
+# cushioned to at least _CUSHION x its upper one (the paper's value, for stability in finite
+# precision), and every step but the last is divided by the safety factor.
+POLAR_EXPRESS_LOWER = 1e-3
+_CUSHION = 0.02407327424182761
 _POLAR_EXPRESS_SAFETY = 1.01
 # Muon's fixed quintic (optax.contrib.muon default); not convergent to U V^T.
-_QUINTIC_COEFFS = ((3.4445, -4.7750, 2.0315),)
+_QUINTIC = (3.4445, -4.7750, 2.0315)
 # Singular values below rtol * sigma_max count as zero in the exact methods.
 _EXACT_RTOL = 1e-6
 
+Coefficients = tuple[tuple[float, float, float], ...]
 
-def _polar_express_table() -> tuple[tuple[float, float, float], ...]:
-  s = _POLAR_EXPRESS_SAFETY
-  *scaled, last = _POLAR_EXPRESS_COEFFS
-  return tuple((a / s, b / s**3, c / s**5) for a, b, c in scaled) + (last,)
+
+def _minimax_quintic(lower: float, upper: float) -> tuple[float, float, float]:
+  """The odd quintic ``a x + b x^3 + c x^5`` closest to 1 in max norm on ``[lower, upper]``.
+
+  Remez exchange: the optimum equioscillates at ``lower``, its two interior
+  extrema and ``upper`` (Amsel et al. 2025, Sec. 4).
+  """
+  if lower / upper > 1 - 5e-6:  # the limit as lower -> upper: Newton-Schulz's quintic, scaled
+    return 15 / 8 / upper, -10 / 8 / upper**3, 3 / 8 / upper**5
+  q, r, error = (3 * lower + upper) / 4, (lower + 3 * upper) / 4, np.inf
+  for _ in range(100):
+    points = np.array([lower, q, r, upper])
+    system = np.stack([points, points**3, points**5, [1.0, -1.0, 1.0, -1.0]], axis=1)
+    a, b, c, new_error = np.linalg.solve(system, np.ones(4))
+    q, r = np.sqrt((-3 * b + np.array([-1.0, 1.0]) * np.sqrt(9 * b * b - 20 * a * c)) / (10 * c))
+    if abs(new_error - error) < 1e-15:
+      break
+    error = new_error
+  return float(a), float(b), float(c)
+
+
+@functools.cache
+def polar_express_coefficients(steps: int) -> Coefficients:
+  r"""Polar Express's ``steps`` odd quintics ``(a, b, c)``, computed by its greedy construction.
+
+  Step ``t`` takes the minimax quintic on the singular values' current interval
+  ``[l_t, u_t]`` (``l_0`` = :data:`POLAR_EXPRESS_LOWER`, ``u_0 = 1``), rescaled so
+  that ``p(l_t) + p(u_t) = 2``; then ``l_{t+1} = p(l_t)``, ``u_{t+1} = 2 - l_{t+1}``.
+  The greedy composition is the optimal one for every number of steps (Amsel
+  et al. 2025, Sec. 4), so a schedule differs from a longer one's beginning
+  only in its last step, which is not divided by the safety factor
+  ``(1.01, 1.01^3, 1.01^5)``.
+
+  References:
+    Amsel et al., `The Polar Express <https://arxiv.org/abs/2505.16932>`_, 2025.
+  """
+  lower, upper, coeffs = POLAR_EXPRESS_LOWER, 1.0, []
+  for t in range(steps):
+    a, b, c = _minimax_quintic(max(lower, _CUSHION * upper), upper)
+    p = lambda x, a=a, b=b, c=c: a * x + b * x**3 + c * x**5
+    scale = 2 / (p(lower) + p(upper))
+    a, b, c = a * scale, b * scale, c * scale
+    lower = p(lower) * scale
+    upper = 2 - lower
+    s = 1.0 if t == steps - 1 else _POLAR_EXPRESS_SAFETY
+    coeffs.append((a / s, b / s**3, c / s**5))
+  return tuple(coeffs)
+
+
+def _coefficients(method: str, steps: int) -> tuple[Coefficients, float]:
+  """The per-step quintics of an odd-polynomial ``method`` and its initial safety factor."""
+  if method == "polar_express":
+    return polar_express_coefficients(steps), _POLAR_EXPRESS_SAFETY
+  return (_QUINTIC,) * steps, 1.0
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
@@ -76,18 +122,56 @@ def _newton_schulz(x, steps, beta, eps, matmul):
   return matmul(z, x) if wide else matmul(x, z)
 
 
-def _odd_polynomial(x, coeffs, steps, eps, matmul, safety):
-  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``; step ``i`` uses ``coeffs[min(i, -1)]``."""
+def _odd_polynomial(x, coeffs, safety, eps, matmul):
+  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` (short side), step ``t`` by ``coeffs[t]``."""
   tall = x.shape[0] > x.shape[1]
   x = x.T if tall else x
-  table = jnp.asarray(coeffs, x.dtype)
+  table = jnp.asarray(coeffs, x.dtype).reshape(len(coeffs), 3)
 
   def body(i, x):
-    a, b, c = table[jnp.minimum(i, len(coeffs) - 1)]
+    a, b, c = table[i]
     gram = matmul(x, x.T)
     return a * x + matmul(b * gram + c * matmul(gram, gram), x)
 
-  x = jax.lax.fori_loop(0, steps, body, x / (safety * _frobenius(x) + eps))
+  x = jax.lax.fori_loop(0, len(coeffs), body, x / (safety * _frobenius(x) + eps))
+  return x.T if tall else x
+
+
+def gram_odd_polynomial(
+  x: jax.Array,
+  coeffs: Coefficients,
+  restarts: tuple[int, ...],
+  eps: jax.typing.ArrayLike,
+  matmul: Callable[[jax.Array, jax.Array], jax.Array],
+  safety: float = _POLAR_EXPRESS_SAFETY,
+) -> jax.Array:
+  r"""The odd-polynomial iteration run on the short-side Gram matrix (Gram Newton-Schulz).
+
+  With ``X_t = Q_t X_0`` and ``R_t = X_t X_t^T`` (``k x k``, ``k`` the short
+  side), step ``t`` is ``Z = a I + b R + c R^2``, ``Q <- Z Q``, ``R <- Z R Z``:
+  four ``k x k`` products instead of two ``m x n`` ones and one ``k x k``.
+  ``X = Q X_0`` is formed at the end and before each step in ``restarts``, where
+  ``R = X X^T`` is formed afresh (the rounding of ``R`` compounds otherwise). In
+  exact arithmetic it is the direct iteration.
+
+  References:
+    Zhang, Amsel, Chen, Dao, `Gram Newton-Schulz
+    <https://dao-ailab.github.io/blog/2026/gram-newton-schulz/>`_, 2026.
+  """
+  tall = x.shape[0] > x.shape[1]
+  x = x.T if tall else x
+  x = x / (safety * _frobenius(x) + eps)
+  eye = jnp.eye(x.shape[0], dtype=x.dtype)
+  r, q = matmul(x, x.T), None
+  for t, (a, b, c) in enumerate(coeffs):
+    if t in restarts and q is not None:
+      x = matmul(q, x)
+      r, q = matmul(x, x.T), None
+    z = a * eye + b * r + c * matmul(r, r)
+    q = z if q is None else matmul(z, q)
+    if t + 1 < len(coeffs) and t + 1 not in restarts:
+      r = matmul(matmul(z, r), z)
+  x = x if q is None else matmul(q, x)
   return x.T if tall else x
 
 
@@ -117,7 +201,7 @@ def _check_method(method: str) -> None:
 def polar_factor(
   x: jax.Array,
   method: WhiteningMethod,
-  steps: jax.typing.ArrayLike,
+  steps: int,
   ns_beta: jax.typing.ArrayLike,
   eps: jax.typing.ArrayLike,
   matmul: Callable[[jax.Array, jax.Array], jax.Array],
@@ -129,10 +213,8 @@ def polar_factor(
   """
   if method == "newton_schulz":
     return _newton_schulz(x, steps, ns_beta, eps, matmul)
-  if method == "polar_express":
-    return _odd_polynomial(x, _polar_express_table(), steps, eps, matmul, _POLAR_EXPRESS_SAFETY)
-  if method == "quintic":
-    return _odd_polynomial(x, _QUINTIC_COEFFS, steps, eps, matmul, 1.0)
+  if method in ("polar_express", "quintic"):
+    return _odd_polynomial(x, *_coefficients(method, steps), eps=eps, matmul=matmul)
   if method == "svd":
     return _svd_polar(x, matmul)
   return _eigh_polar(x, matmul)

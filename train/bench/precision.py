@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import swan_optax
 from models import configs
 from models import llama
 from swan_optax import _gradnorm
@@ -29,7 +30,8 @@ from train.bench import harness
 
 METHODS = ("newton_schulz", "polar_express", "quintic")
 KERNELS = ("q", "o", "gate", "down")
-_EXACT_RTOL = 1e-6
+ATTENTION = ("q", "k", "v", "o")
+EXACT_RTOL = 1e-6  # singular values under it x the largest count as zero
 
 
 def round_mantissa(x: jax.Array, bits: int) -> jax.Array:
@@ -70,8 +72,8 @@ def whiten_emulated(x: jax.Array, method: str, precision: str) -> jax.Array:
 def accuracy(x: np.ndarray, result: np.ndarray) -> tuple[float, float, float]:
   """Cosine to the exact pseudo-polar factor; nonzero singular values' range / sqrt(max dim)."""
   x, result = np.asarray(x, np.float64), np.asarray(result, np.float64)
-  cosine = harness.cosine_to_polar(result, x, rtol=_EXACT_RTOL)
-  rank = np.linalg.matrix_rank(x, tol=_EXACT_RTOL * np.linalg.norm(x, 2))
+  cosine = harness.cosine_to_polar(result, x, rtol=EXACT_RTOL)
+  rank = np.linalg.matrix_rank(x, tol=EXACT_RTOL * np.linalg.norm(x, 2))
   sv = np.linalg.svd(result, compute_uv=False)[:rank] / np.sqrt(max(x.shape))
   return cosine, float(sv.min()), float(sv.max())
 
@@ -83,30 +85,50 @@ def gaussian_inputs(seed: int = 0) -> dict[str, np.ndarray]:
   return {k: jax.random.normal(key, s) for key, (k, s) in zip(keys, shapes.items(), strict=True)}
 
 
-def gradient_inputs(name: str, batch_size: int = 8, seq_len: int = 128) -> dict[str, jax.Array]:
-  """Layer 0's attention and MLP kernels' gradients, as matrices, after one batch at init."""
+def gradient_inputs(
+  name: str,
+  batch_size: int = 8,
+  seq_len: int = 128,
+  train_steps: int = 0,
+  kernels: tuple[str, ...] = KERNELS,
+) -> dict[str, jax.Array]:
+  """Layer 0's ``kernels``' gradients, as matrices, on one batch after ``train_steps`` steps of
+  SWAN (its default lr, constant) from init; named ``NAME [@STEPS] KERNEL MxN``."""
   config = configs.get_config(name, max_seq_len=seq_len)
   # A small BPE vocabulary is enough for one gradient; token ids stay below the model's vocab.
   vocab = min(config.vocab_size, data.DEFAULT_VOCAB_SIZE)
   corpus = data.load_corpus(data.DataConfig(vocab_size=vocab, seq_len=seq_len))
-  batch = next(data.train_batches(corpus, batch_size=batch_size, seq_len=seq_len, seed=0))
+  batches = data.train_batches(corpus, batch_size=batch_size, seq_len=seq_len, seed=0)
   graphdef, params = llama.init_params(config, harness.one_device_mesh(), seed=0)
+  dims = optimizer.dimension_numbers(config)
 
-  def loss(params):
+  def loss(params, batch):
     logits = llama.apply(graphdef, params, batch["inputs"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
-  grads = jax.jit(jax.grad(loss))(params)
-  dims = optimizer.dimension_numbers(config)
+  grad = jax.jit(jax.grad(loss))
+  if train_steps:
+    tx = swan_optax.swan(dimension_numbers=dims)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+      updates, opt_state = tx.update(grad(params, batch), opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    for _ in range(train_steps):
+      params, opt_state = step(params, opt_state, next(batches))
+  grads = grad(params, next(batches))
   out = {}
-  for kernel in KERNELS:
-    group = "attn" if kernel in ("q", "o") else "mlp"
+  for kernel in kernels:
+    group = "attn" if kernel in ATTENTION else "mlp"
     leaf, leaf_dims = (
       grads["layers"][group][kernel]["kernel"],
       dims["layers"][group][kernel]["kernel"],
     )
     matrix = _matrix.matrix_view(leaf.shape, leaf_dims).to_matrices(leaf)[0]
-    out[f"{name} {kernel} {matrix.shape[0]}x{matrix.shape[1]}"] = matrix
+    when = f" @{train_steps}" if train_steps else ""
+    out[f"{name}{when} {kernel} {matrix.shape[0]}x{matrix.shape[1]}"] = matrix
   return out
 
 
