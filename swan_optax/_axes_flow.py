@@ -168,8 +168,8 @@ def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
     return lambda m: m
   if name == "transpose":
     return lambda m: tuple(m[a] for a in p["permutation"])
-  if name == "squeeze":
-    return lambda m: tuple(x for a, x in enumerate(m) if a not in p["dimensions"])
+  if name in ("squeeze", "unstack"):
+    return lambda m: tuple(x for a, x in enumerate(m) if a not in _dropped(eqn))
   if name == "broadcast_in_dim":
     return lambda m: tuple(
       m[p["broadcast_dimensions"].index(b)] if b in p["broadcast_dimensions"] else frozenset()
@@ -182,9 +182,16 @@ def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
     return lambda m: _reshape(tuple(m[a] for a in order), shapes)
   if name == "gather" and len(eqn.outvars[0].aval.shape) == len(p["dimension_numbers"].offset_dims):
     # One index: the output is the operand less its collapsed (indexed) axes.
-    collapsed = p["dimension_numbers"].collapsed_slice_dims
-    return lambda m: tuple(x for a, x in enumerate(m) if a not in collapsed)
+    return lambda m: tuple(x for a, x in enumerate(m) if a not in _dropped(eqn))
   return None
+
+
+def _dropped(eqn: core.JaxprEqn) -> tuple[int, ...]:
+  """The axes that ``squeeze``, ``unstack`` or a one-index ``gather`` drop from their operand."""
+  name, p = eqn.primitive.name, eqn.params
+  if name == "gather":
+    return p["dimension_numbers"].collapsed_slice_dims
+  return p["dimensions"] if name == "squeeze" else (p["axis"],)
 
 
 def _reshape(m: AxisMap, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> AxisMap:
@@ -315,9 +322,8 @@ def _record_blocks(eqn: core.JaxprEqn, data: Sequence[Tracked], uses: Uses) -> N
       for axis, (start, limit, size) in enumerate(bounds):
         for a in outer(axis) if 1 < limit - start < size else ():
           uses.slices[leaf][a].add((start, limit))
-    elif name in ("squeeze", "gather"):
-      gather = name == "gather"
-      dropped = p["dimension_numbers"].collapsed_slice_dims if gather else p["dimensions"]
+    elif name in ("squeeze", "unstack", "gather"):
+      dropped = _dropped(eqn)
       kept = frozenset().union(*(x for axis, x in enumerate(m) if axis not in dropped))
       for axis in dropped:
         uses.blocks[leaf] |= outer(axis) & kept

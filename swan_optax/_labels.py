@@ -12,11 +12,11 @@ from swan_optax import _matrix
 
 MATRIX = "matrix"
 ADAM = "adam"
-# Embeddings, the output head, norms and biases go to Adam, as in both papers. A head is a
-# module whose name is one of GPT-2's, nanoGPT's, MaxText's, levanter's, Llama's and common
-# equinox and haiku names, holding the leaf itself: BERT's 'output/dense/kernel' stays a matrix.
+# Embeddings, the output head, norms and biases go to Adam, as in both papers. A head is a leaf,
+# or the module holding it, named as in GPT-2, nanoGPT, MaxText, levanter, Llama and common
+# equinox and haiku code; BERT's 'attention/output/dense/kernel' stays a matrix.
 DEFAULT_ADAM_PATTERN = (
-  r"embed|lm_head|norm|bias|(^|/)(head|output|unembed|logits|logits_dense|wte|wpe)/[^/]+$"
+  r"embed|lm_head|norm|bias|(^|/)(head|output|unembed|logits|logits_dense|wte|wpe)(/[^/]+)?$"
 )
 
 LabelsSpec = Any | Callable[[Any], Any] | None

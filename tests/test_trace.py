@@ -288,6 +288,7 @@ FOLLOWED = {
     STACKED,
     M((1,), (2,)),
   ),
+  "unstack": (lambda p, x: sum(x @ w for w in jnp.unstack(p["w"])), STACKED, M((1,), (2,))),
   "index in a loop": (_loop(lambda w, i, x: x @ w[i]), STACKED, M((1,), (2,))),
   "take in a loop": (_loop(lambda w, i, x: x @ jnp.take(w, i, axis=0)), STACKED, M((1,), (2,))),
   "while": (
