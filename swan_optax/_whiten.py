@@ -15,9 +15,18 @@ from swan_optax import _scale
 from swan_optax import _sharded
 from swan_optax import _transform
 
-WhiteningMethod = Literal["newton_schulz", "polar_express", "quintic", "svd", "eigh"]
+WhiteningMethod = Literal[
+  "newton_schulz", "polar_express", "gram_polar_express", "quintic", "svd", "eigh"
+]
 
-DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quintic": 5}
+DEFAULT_STEPS: dict[str, int] = {
+  "newton_schulz": 10,
+  "polar_express": 8,
+  "gram_polar_express": 5,
+  "quintic": 5,
+}
+# Where 'gram_polar_express' forms X afresh: before the third step (Zhang, Amsel, Chen, Dao 2026).
+GRAM_RESTARTS = (2,)
 
 # Matmul precision per method, chosen by the cosine to the polar factor of real LLaMA gradients
 # with emulated bf16 and TF32 matmul inputs and float32 accumulation. The odd polynomials
@@ -27,6 +36,7 @@ DEFAULT_STEPS: dict[str, int] = {"newton_schulz": 10, "polar_express": 8, "quint
 DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "newton_schulz": jax.lax.Precision.HIGH,
   "polar_express": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+  "gram_polar_express": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
   "quintic": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
   "svd": jax.lax.Precision.HIGHEST,
   "eigh": jax.lax.Precision.HIGHEST,
@@ -97,7 +107,7 @@ def polar_express_coefficients(steps: int) -> Coefficients:
 
 def _coefficients(method: str, steps: int) -> tuple[Coefficients, float]:
   """The per-step quintics of an odd-polynomial ``method`` and its initial safety factor."""
-  if method == "polar_express":
+  if method in ("polar_express", "gram_polar_express"):
     return polar_express_coefficients(steps), _POLAR_EXPRESS_SAFETY
   return (_QUINTIC,) * steps, 1.0
 
@@ -175,6 +185,19 @@ def gram_odd_polynomial(
   return x.T if tall else x
 
 
+def gram_is_cheaper(shape: tuple[int, ...], steps: int, restarts: tuple[int, ...]) -> bool:
+  r"""Whether :func:`gram_odd_polynomial` takes fewer matmul FLOPs than the direct form.
+
+  With ``k x k`` short side and ``k x l`` long: the direct form's step is two
+  ``k x k x l`` products and one ``k^3``; the Gram form takes ``2 + 2 r`` products
+  ``k x k x l`` (``r`` restarts) and ``4 steps - 3 - 3 r`` products ``k^3``.
+  """
+  k, long = min(shape), max(shape)
+  r = len([t for t in restarts if 0 < t < steps])
+  direct = steps * (2 * long + k)
+  return (2 + 2 * r) * long + (4 * steps - 3 - 3 * r) * k < direct
+
+
 def _svd_polar(x, matmul):
   u, s, vt = jnp.linalg.svd(x, full_matrices=False)
   keep = s > _EXACT_RTOL * s[0]
@@ -213,7 +236,10 @@ def polar_factor(
   """
   if method == "newton_schulz":
     return _newton_schulz(x, steps, ns_beta, eps, matmul)
-  if method in ("polar_express", "quintic"):
+  if method == "gram_polar_express" and gram_is_cheaper(x.shape, steps, GRAM_RESTARTS):
+    coeffs = polar_express_coefficients(steps)
+    return gram_odd_polynomial(x, coeffs, GRAM_RESTARTS, eps, matmul)
+  if method in ("polar_express", "gram_polar_express", "quintic"):
     return _odd_polynomial(x, *_coefficients(method, steps), eps=eps, matmul=matmul)
   if method == "svd":
     return _svd_polar(x, matmul)

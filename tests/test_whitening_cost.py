@@ -91,3 +91,26 @@ def test_a_smoke_run_of_the_frontier(tmp_path):
   assert "| Muon quintic 5 | bf16 | 1.00 | 1.00 | 2/2 |" in text
   whitening_cost.plot(rows, tmp_path / "frontier.png")
   assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 24), (16, 25), (40, 16)])
+@pytest.mark.parametrize(("steps", "restarts"), [(3, ()), (5, (2,)), (5, (1, 3))])
+def test_gram_is_cheaper_says_which_form_counts_fewer_flops(shape, steps, restarts):
+  coeffs = _whiten.polar_express_coefficients(steps)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  gram = lambda x: _whiten.gram_odd_polynomial(x, coeffs, restarts, 1e-8, exact)
+  direct = lambda x: _whiten.polar_factor(x, "polar_express", steps, 0.5, 1e-8, exact)
+  cheaper = whitening_cost.matmul_flops(gram, x) < whitening_cost.matmul_flops(direct, x)
+  assert _whiten.gram_is_cheaper(shape, steps, restarts) == cheaper
+
+
+def test_gram_polar_express_takes_the_cheaper_form_of_the_same_polynomial():
+  coeffs = _whiten.polar_express_coefficients(5)
+  for shape, form in (((16, 16), "direct"), ((16, 40), "gram")):
+    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    got = _whiten.polar_factor(x, "gram_polar_express", 5, 0.5, 1e-8, exact)
+    if form == "gram":
+      want = _whiten.gram_odd_polynomial(x, coeffs, _whiten.GRAM_RESTARTS, 1e-8, exact)
+    else:
+      want = _whiten.polar_factor(x, "polar_express", 5, 0.5, 1e-8, exact)
+    np.testing.assert_array_equal(got, want)

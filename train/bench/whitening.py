@@ -11,10 +11,13 @@ medians). Writes ``OUT/whitening.md`` and ``.json``.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import statistics
+from unittest import mock
 
+from swan_optax import _whiten
 from train import loop
 from train.bench import adam_group
 from train.bench import harness
@@ -26,8 +29,11 @@ from train.bench.convergence.store import Store
 GROUP_RATIO = 50.0
 METHODS = ("newton_schulz", "polar_express")
 GRID = {m: tuple(4e-3 * 2.0**k for k in (-2, -1, 0, 1, 2)) for m in METHODS}
-STAGES = ("sweep", "seeds", "timing", "report")
+STAGES = ("sweep", "seeds", "cheaper", "timing", "report")
 SEEDS = {"tiny": protocol.SEEDS, "tiny-w64": (0, 1)}  # size -> seeds at each method's best lr
+# Cheaper whitening (``whitening_cost``'s frontier): (method, steps), on tiny at the seeds and lr
+# of the default (8 Polar Express steps).
+CHEAPER = (("polar_express", 5), ("gram_polar_express", 5))
 
 
 def method_run(size: str, method: str, lr: float, seed: int) -> protocol.Run:
@@ -42,6 +48,67 @@ def with_method(run: protocol.Run, method: str) -> protocol.Run:
   optimizer = dataclasses.replace(run.optimizer, whiten_method=method)
   variant = run.variant.replace("swan", f"swan_{method}", 1)
   return dataclasses.replace(run, variant=variant, optimizer=optimizer)
+
+
+def steps_run(size: str, method: str, steps: int, lr: float, seed: int) -> protocol.Run:
+  """:func:`method_run` whitening by ``steps`` of ``method``, named ``swan_METHODSTEPS``."""
+  run = method_run(size, method, lr, seed)
+  return dataclasses.replace(run, variant=run.variant.replace(method, f"{method}{steps}", 1))
+
+
+def train_with_steps(steps: int, config) -> None:
+  """``loop.train(config)`` whitening by ``steps`` iterations: the trainer's config has no steps
+  field, so the method's default is ``steps`` for the run."""
+  with mock.patch.dict(_whiten.DEFAULT_STEPS, {config.optimizer.whiten_method: steps}):
+    loop.train(config)
+
+
+def cheaper_store(runs: pathlib.Path, work: pathlib.Path, steps: int) -> Store:
+  """The run store whose runs whiten by ``steps`` iterations."""
+  train = functools.partial(train_with_steps, steps)
+  return Store(runs, work, protocol.STEPS, protocol.STEPS, train)
+
+
+def cheaper_runs(store: Store) -> dict[str, tuple[int, list[protocol.Run]]]:
+  """Label -> (steps, tiny runs at the seeds and best lr of the default): the default, then
+  each of ``CHEAPER``."""
+  losses = search.sweep(store.read_only(), "tiny", GRID, protocol.GRID_ORDER, method_run)
+  lr = search.best_lrs(losses)["polar_express"]
+  default = _whiten.DEFAULT_STEPS["polar_express"]
+  seeds = SEEDS["tiny"]
+  runs = {
+    f"polar_express {default}": (
+      default,
+      [method_run("tiny", "polar_express", lr, s) for s in seeds],
+    )
+  }
+  for method, steps in CHEAPER:
+    runs[f"{method} {steps}"] = (steps, [steps_run("tiny", method, steps, lr, s) for s in seeds])
+  return runs
+
+
+def cheaper_text(store: Store) -> str:
+  """The cheaper whitening's final losses against the default's, and their seed spreads."""
+  rows, base = [], None
+  for label, (_, runs) in cheaper_runs(store).items():
+    losses = [store.final(r) for r in runs]
+    done = [x for x in losses if x is not None]
+    mean = statistics.mean(done) if done else None
+    base = mean if base is None else base
+    rows.append(
+      [
+        label,
+        " / ".join("-" if x is None else f"{x:.3f}" for x in losses),
+        "" if mean is None else f"{mean:.3f}",
+        f"{max(done) - min(done):.3f}" if len(done) > 1 else "",
+        "" if mean is None or base is None else f"{mean - base:+.3f}",
+      ]
+    )
+  header = ["whitening", "final loss, seed 0 / 1 / 2", "mean", "spread", "mean - default's"]
+  return (
+    f"Tiny, {protocol.STEPS} steps, at the default's best lr and seeds (spread: max - min):\n\n"
+    + harness.markdown_table(header, rows, "lrrrr")
+  )
 
 
 def seed_runs(size: str, best: dict[str, float]) -> dict[str, list[protocol.Run]]:
@@ -138,6 +205,9 @@ def main() -> None:
     losses = search.sweep(at("sweep"), size, GRID, protocol.GRID_ORDER, method_run)
     for runs in seed_runs(size, search.best_lrs(losses)).values():
       list(map(at("seeds").get, runs))
+  if "cheaper" in stages:
+    for steps, runs in cheaper_runs(store).values():
+      list(map(cheaper_store(args.runs, args.work, steps).get, runs))
   if "timing" in stages:
     steps = {size: step_times(size, args.reps) for size in ("tiny", "small")}
     harness.save_step_times(args.out, args.reps, steps)
@@ -148,6 +218,7 @@ def main() -> None:
     harness.save(
       f"### Whitening (`python -m train.bench.whitening`)\n\n{text}", args.out / "whitening.md"
     )
+    harness.save(cheaper_text(store.read_only()), args.out / "cheaper.md")
     (args.out / "whitening.json").write_text(json.dumps(summary, indent=1))
 
 
