@@ -20,18 +20,8 @@ from flax import nnx
 import swan_optax
 
 M = swan_optax.MatrixDimensionNumbers
-VOCAB, D, HEADS, HEAD_DIM, FFN, LAYERS, EXPERTS, SEQ, BATCH, STEPS = (
-  32,
-  16,
-  2,
-  8,
-  32,
-  2,
-  3,
-  8,
-  4,
-  20,
-)
+VOCAB, D, HEADS, HEAD_DIM, FFN = 40, 16, 2, 8, 32
+LAYERS, EXPERTS, SEQ, BATCH, STEPS = 2, 3, 8, 4, 20
 LR = 1e-2
 TOKENS = jax.ShapeDtypeStruct((BATCH, SEQ), jnp.int32)
 OPTIMIZERS = {
@@ -313,3 +303,81 @@ def test_layouts_leaf_by_leaf(framework):
 def test_trains_20_steps(framework, name):
   forward, params, layouts, _, _ = _traced(framework)
   _trains(forward, params, layouts, name)
+
+
+def test_a_pytorch_style_weight_gets_its_own_shape_scaled_step():
+  """``x @ w.T`` with ``w`` of shape (out, in) = (32, 8): traced as (out, in), SinkGD's spectral
+  step is that of an 8 -> 32 map; assumed (in, out), it would be 4x smaller."""
+  linear = eqx.nn.Linear(8, 32, use_bias=False, key=jax.random.key(0))
+  params, static = eqx.partition(linear, eqx.is_array)
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: eqx.combine(p, static)(x), params, jnp.zeros(8)
+  )
+  assert layouts == {"weight": OUT_IN}
+  grads = jax.tree.map(lambda w: jax.random.normal(jax.random.key(1), w.shape), params)
+
+  def rms(dims):
+    tx = swan_optax.sinkgd(LR, scale_rule="spectral", dimension_numbers=dims)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return float(jnp.sqrt(jnp.mean(jnp.square(updates.weight))))
+
+  np.testing.assert_allclose(rms(layouts), LR * np.sqrt(32 / 8) / np.sqrt(32), rtol=1e-4)
+  np.testing.assert_allclose(rms(layouts) / rms(None), 4, rtol=1e-4)
+  assert "1 x 32 x 8, assumed (in, out)" in swan_optax.routing_table(params)
+
+
+# Misuse: each error says what to pass instead.
+
+
+def test_a_linen_module_instead_of_a_function():
+  forward, params, _, _ = _linen()
+  with pytest.raises(TypeError, match=r"pass e.g. lambda p, x: model.apply\(\{'params': p\}, x\)"):
+    swan_optax.dimension_numbers_from_fn(_LinenLM(), params, TOKENS)
+  with pytest.raises(TypeError, match=r"trace it with swan_optax.dimension_numbers_from_fn\("):
+    swan_optax.dimension_numbers_from_model(_LinenLM())
+
+
+def test_layouts_of_the_variables_dict_used_on_the_params():
+  model = _LinenLM()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))
+  layouts = swan_optax.dimension_numbers_from_fn(model.apply, variables, TOKENS)
+  message = (
+    r"leaf 'blocks/down/kernel' with shape \(2, 32, 16\) is missing from dimension_numbers, "
+    r"which has 'params/blocks/down/kernel': the layouts are one level above the params"
+  )
+  with pytest.raises(ValueError, match=message):
+    swan_optax.swan(LR, dimension_numbers=layouts).init(variables["params"])
+
+
+def test_a_leaf_missing_from_the_layouts_names_the_tracer():
+  forward, params, _, _ = _linen()
+  layouts = swan_optax.dimension_numbers_from_fn(forward, params, TOKENS)
+  del layouts["blocks"]["up"]
+  with pytest.raises(ValueError, match="'blocks/up/kernel' with shape") as error:
+    swan_optax.sinkgd(LR, dimension_numbers=layouts).init(params)
+  assert "swan_optax.dimension_numbers_from_fn(forward, params, example_input)" in str(error.value)
+  assert "inject_hyperparams" not in str(error.value)
+
+
+def test_equinox_layouts_under_inject_hyperparams():
+  """Equinox layouts are dicts, not a callable module a schedule would be taken for."""
+  forward, params, layouts, _, _ = _traced("equinox")
+  assert isinstance(layouts, dict)
+  tx = optax.inject_hyperparams(swan_optax.swan)(learning_rate=LR, dimension_numbers=layouts)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert jnp.all(jnp.isfinite(updates.up.weight))
+
+
+def test_a_head_under_an_unknown_name_is_flagged():
+  forward, params, _, _ = _plain()
+  params["proj_out"] = params.pop("head")
+  layouts = swan_optax.dimension_numbers_from_fn(
+    lambda p, x: forward({**p, "head": p["proj_out"]}, x),
+    params,
+    TOKENS,
+    overrides={"qkv": IN_OUT},
+  )
+  table = swan_optax.routing_table(params, dimension_numbers=layouts)
+  assert "1 x 16 x 40, (vocab, d): an output head?" in table
+  assert table.splitlines()[-1].startswith("1 matrix leaf has an axis as long as the vocabulary")

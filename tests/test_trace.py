@@ -483,15 +483,3 @@ def test_bad_options_raise(options, message):
     swan_optax.dimension_numbers_from_fn(
       lambda p, x: x @ p["w"], KERNEL, jnp.zeros((3, D)), **options
     )
-
-
-def test_misuse_says_what_to_pass_instead():
-  """A linen module instead of a function, a linen module to the NNX reader."""
-  dense = nn.Dense(4)
-  params = dense.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
-  with pytest.raises(TypeError, match=r"lambda p, x: model.apply\(\{'params': p\}, x\)"):
-    swan_optax.dimension_numbers_from_fn(dense, params, jnp.ones((1, 3)))
-  with pytest.raises(TypeError, match="trace it with swan_optax.dimension_numbers_from_fn"):
-    swan_optax.dimension_numbers_from_model(dense)
-  with pytest.raises(ValueError, match=r"give it swan_optax.dimension_numbers_from_fn\(forward"):
-    swan_optax.param_labels({"w": jnp.ones((2, 3, 4))}, dimension_numbers={"v": None})
