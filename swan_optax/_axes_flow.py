@@ -22,20 +22,16 @@ anything else (an activation), it ends there, as a norm scale or a bias does.
 import collections
 import dataclasses
 import math
-from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import Literal
 
 from jax.extend import core
 
-AxisMap = tuple[frozenset[int], ...]  # per axis of a value: the leaf axes it holds
-Source = tuple[Literal["leaf", "output"], int]  # a leaf, or the outputs of its dot_generals
-Tracked = dict[Source, AxisMap]
+from swan_optax import _axis_ops
 
-# Ops whose data operands (the first one only for slices) keep their axes.
-_SLICES = ("slice", "dynamic_slice")
-_SAME_AXES = (*_SLICES, "split", "concatenate")
+Source = tuple[Literal["leaf", "output"], int]  # a leaf, or the outputs of its dot_generals
+Tracked = dict[Source, _axis_ops.AxisMap]
 
 
 def _per_leaf(kind: type) -> Any:
@@ -96,9 +92,9 @@ def _equation(
   name = eqn.primitive.name
   if name == "dot_general":
     return [_dot(eqn, tracked, uses)]
-  layout = _layout_fn(eqn)
+  layout = _axis_ops.layout_fn(eqn)
   if layout is not None:
-    data = [t for t in (tracked[:1] if name in (*_SLICES, "gather") else tracked) if t]
+    data = [t for t in (tracked[:1] if name in (*_axis_ops.SLICES, "gather") else tracked) if t]
     out = _merge([{s: layout(m) for s, m in t.items()} for t in data])
     _record_indexed(data, [out], uses)
     _record_blocks(eqn, data, uses)
@@ -159,65 +155,6 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
         result[("output", leaf)] = tuple(fused.get(b, frozenset()) for b in range(out_ndim))
     offset += len(free)
   return result
-
-
-def _layout_fn(eqn: core.JaxprEqn) -> Callable[[AxisMap], AxisMap] | None:
-  """How an op that moves, splits or merges axes maps its data operand's axes to its output's."""
-  name, p = eqn.primitive.name, eqn.params
-  if name in _SAME_AXES:
-    return lambda m: m
-  if name == "transpose":
-    return lambda m: tuple(m[a] for a in p["permutation"])
-  if name in ("squeeze", "unstack"):
-    return lambda m: tuple(x for a, x in enumerate(m) if a not in _dropped(eqn))
-  if name == "broadcast_in_dim":
-    return lambda m: tuple(
-      m[p["broadcast_dimensions"].index(b)] if b in p["broadcast_dimensions"] else frozenset()
-      for b in range(len(p["shape"]))
-    )
-  if name == "reshape":
-    # ``dimensions`` transposes the operand first.
-    order = p["dimensions"] or range(len(eqn.invars[0].aval.shape))
-    shapes = (tuple(eqn.invars[0].aval.shape[a] for a in order), eqn.outvars[0].aval.shape)
-    return lambda m: _reshape(tuple(m[a] for a in order), shapes)
-  if name == "gather" and len(eqn.outvars[0].aval.shape) == len(p["dimension_numbers"].offset_dims):
-    # One index: the output is the operand less its collapsed (indexed) axes.
-    return lambda m: tuple(x for a, x in enumerate(m) if a not in _dropped(eqn))
-  return None
-
-
-def _dropped(eqn: core.JaxprEqn) -> tuple[int, ...]:
-  """The axes that ``squeeze``, ``unstack`` or a one-index ``gather`` drop from their operand."""
-  name, p = eqn.primitive.name, eqn.params
-  if name == "gather":
-    return p["dimension_numbers"].collapsed_slice_dims
-  return p["dimensions"] if name == "squeeze" else (p["axis"],)
-
-
-def _reshape(m: AxisMap, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> AxisMap:
-  """Each output axis holds the leaf axes of the input axes it is merged from or split out of.
-
-  Size-1 axes hold nothing: a size-1 input axis that a reshape drops is gone.
-  """
-  in_shape, out_shape = shapes
-  ins = [a for a, size in enumerate(in_shape) if size != 1]
-  outs = [b for b, size in enumerate(out_shape) if size != 1]
-  held = [frozenset()] * len(out_shape)
-  i = j = 0
-  while i < len(ins):
-    group_in, group_out = [ins[i]], [outs[j]]
-    size_in, size_out = in_shape[ins[i]], out_shape[outs[j]]
-    i, j = i + 1, j + 1
-    while size_in != size_out:
-      if size_in < size_out:
-        group_in.append(ins[i])
-        size_in, i = size_in * in_shape[ins[i]], i + 1
-      else:
-        group_out.append(outs[j])
-        size_out, j = size_out * out_shape[outs[j]], j + 1
-    for b in group_out:
-      held[b] = frozenset().union(*(m[a] for a in group_in))
-  return tuple(held)
 
 
 def _call(
@@ -323,7 +260,7 @@ def _record_blocks(eqn: core.JaxprEqn, data: Sequence[Tracked], uses: Uses) -> N
         for a in outer(axis) if 1 < limit - start < size else ():
           uses.slices[leaf][a].add((start, limit))
     elif name in ("squeeze", "unstack", "gather"):
-      dropped = _dropped(eqn)
+      dropped = _axis_ops.dropped_axes(eqn)
       kept = frozenset().union(*(x for axis, x in enumerate(m) if axis not in dropped))
       for axis in dropped:
         uses.blocks[leaf] |= outer(axis) & kept

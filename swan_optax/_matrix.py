@@ -219,15 +219,15 @@ def dimension_numbers_resolver(
   if spec is not None and not is_dimension_numbers(spec):
     by_path = by_unboxed_path(spec, is_leaf=is_leaf, name="dimension_numbers")
     # The same path one level down: layouts of a variables dict {'params': ...}.
-    inner = {key.partition("/")[2]: key for key in by_path}
+    inner = {below: key for key in by_path if (below := key.partition("/")[2])}
 
   def resolve(path, leaf):
     where = f"leaf '{path_str(path)}' with shape {tuple(jnp.shape(leaf))}"
     key = unboxed_key(path)
     if by_path is not None and key not in by_path:
-      reason = "is missing from dimension_numbers"
-      if key in inner or key.partition("/")[2] in by_path:
-        found = inner.get(key) or key.partition("/")[2]
+      reason, below = "is missing from dimension_numbers", key.partition("/")[2]
+      found = inner.get(key) or (below if below in by_path else None)
+      if found:
         level = "above" if key in inner else "below"
         raise LayoutError(
           where,
