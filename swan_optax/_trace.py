@@ -112,14 +112,13 @@ def dimension_numbers_from_fn(
       "the params: pass e.g. lambda p, x: model.apply({'params': p}, x), with params = "
       "variables['params']"
     )
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  names = [_matrix.path_str(path) for path, _ in flat]
-  overrides = _by_path(overrides or {}, [path for path, _ in flat])
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  overrides = _by_path(overrides or {}, paths)
   jaxpr = jax.make_jaxpr(fn)(params, *example_args, **example_kwargs).jaxpr
-  shapes = [tuple(v.aval.shape) for v in jaxpr.invars[: len(flat)]]
+  shapes = [tuple(v.aval.shape) for v in jaxpr.invars[: len(paths)]]
   inputs = [_axes_flow.leaf_axes(n, len(shape)) for n, shape in enumerate(shapes)]
-  uses = _axes_flow.Uses(names)
-  _axes_flow.walk(jaxpr, inputs + [None] * (len(jaxpr.invars) - len(flat)), uses)
+  uses = _axes_flow.Uses([_matrix.path_str(path) for path in paths])
+  _axes_flow.walk(jaxpr, inputs + [None] * (len(jaxpr.invars) - len(paths)), uses)
   layouts, errors = [], []
   for n, shape in enumerate(shapes):
     try:
@@ -132,7 +131,7 @@ def dimension_numbers_from_fn(
       f" ({more} more {'leaf needs' if more == 1 else 'leaves need'} them too)" if more else ""
     )
     raise ValueError(f"{errors[0]}{others}")
-  return _tree_like(params, [path for path, _ in flat], layouts)
+  return _tree_like(params, paths, layouts)
 
 
 def _tree_like(params: Any, paths: list[tuple[Any, ...]], layouts: list[Any]) -> Any:
