@@ -90,7 +90,7 @@ def _equation(
   eqn: core.JaxprEqn, tracked: list[Tracked | None], constant: list[bool], uses: Uses
 ) -> list[Tracked]:
   name = eqn.primitive.name
-  if name == "dot_general":
+  if name in ("dot_general", "ragged_dot_general"):
     return [_dot(eqn, tracked, uses)]
   layout = _axis_ops.layout_fn(eqn)
   if layout is not None:
@@ -114,8 +114,15 @@ def _equation(
 
 
 def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Tracked:
-  """Records the roles of the leaves in one operand; tracks their fan_out axes in the output."""
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
+  """Records the roles of the leaves in one operand; tracks their fan_out axes in the output.
+
+  A ``ragged_dot_general`` (``jax.lax.ragged_dot``: tokens sorted by expert) multiplies each
+  group of rows by one entry of the kernel's group axes, which are batch axes.
+  """
+  ragged = eqn.params.get("ragged_dot_dimension_numbers")
+  numbers = ragged.dot_dimension_numbers if ragged else eqn.params["dimension_numbers"]
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = numbers
+  groups = tuple(ragged.rhs_group_dimensions) if ragged else ()
   leaves, outputs = (
     [{leaf: m for (k, leaf), m in (t or {}).items() if k == kind} for t in tracked]
     for kind in ("leaf", "output")
@@ -127,7 +134,7 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
         for leaf, m in outputs[1 - side].items():
           uses.experts[leaf] |= m[pair[1 - side]]
   if leaves[0] and leaves[1]:
-    names = sorted({uses.names[leaf] for side in leaves for leaf in side})
+    names = sorted({uses.names[leaf] for side in leaves[:2] for leaf in side})
     for leaf in {**leaves[0], **leaves[1]}:
       uses.problems[leaf].append(f"is multiplied with another param by a dot_general ({names})")
     return {}
@@ -135,7 +142,11 @@ def _dot(eqn: core.JaxprEqn, tracked: list[Tracked | None], uses: Uses) -> Track
   offset = len(lhs_batch)
   result = {}
   for var, side, contract, batch in zip(
-    eqn.invars, leaves, (lhs_contract, rhs_contract), (lhs_batch, rhs_batch), strict=True
+    eqn.invars[:2],
+    leaves[:2],
+    (lhs_contract, rhs_contract),
+    (lhs_batch, (*rhs_batch, *groups)),
+    strict=True,
   ):
     shape = var.aval.shape
     free = [a for a in range(len(shape)) if a not in (*contract, *batch)]

@@ -43,7 +43,8 @@ def dimension_numbers_from_fn(
   * an expert axis: one that a later ``dot_general`` pairs, as a batch
     dimension, with another kernel's axis (``'btd,edf->betf'`` then
     ``'betf,efd->betd'``, or ``vmap`` over both kernels of the experts), so
-    every expert is its own matrix, as in the capacity form ``'ebd,edf->ebf'``;
+    every expert is its own matrix, as in the capacity form ``'ebd,edf->ebf'``
+    and in ``jax.lax.ragged_dot`` (whose kernel's group axis is a batch axis);
   * a fused axis, as in :func:`dimension_numbers_from_einsum`: one along which
     the output is then split entry by entry (``q, k, v = qkv_einsum(x)`` for a
     ``'BSD,CKDH->CBSKH'`` kernel); with ``fused='fan_out'`` it stays fan_out.
