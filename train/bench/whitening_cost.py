@@ -2,14 +2,15 @@ r"""Whitening at Muon's cost or less: cosine to the polar factor against exact m
 
 Run: ``python -m train.bench.whitening_cost``. Methods: Polar Express with 4 to 8 steps (each
 count its own computed schedule), run directly on ``X`` or on the short-side Gram matrix with
-one restart (:func:`swan_optax._whiten.gram_odd_polynomial`; Dao AI Lab's restart before step 3
-and every other), and Muon's quintic (5 steps), the anchor. Inputs: the GradNorm-ed gradients of
-every kernel kind of layer 0 of tiny and 60m, at init and after ``TRAINED`` SWAN steps (cached
-in ``runs/whitening_cost/gradients.npz``). Each product's inputs are rounded to bf16 or TF32
-(emulated, float32 accumulation) or kept in float32. Reported: cosine to the exact polar
-factor (float64 SVD), the minimum over each kind's inputs, and the exact matmul FLOPs (``2 m n
-k`` per product, loops counted by their trip counts) as a multiple of optax Muon's update on
-the same matrix. Writes ``train/bench/results/whitening_cost.md``, ``.json`` and ``.png``.
+one restart (:func:`swan_optax._whiten.gram_odd_polynomial`: Dao AI Lab's restart before step
+3, and those before steps 2 and 4; at 5 steps also none), and Muon's quintic (5 steps), the
+anchor. Inputs: the GradNorm-ed gradients of every kernel kind of layer 0 of tiny and 60m, at
+init and after ``TRAINED`` Adam steps (cached in ``runs/whitening_cost/gradients.npz``). Each
+product's inputs are rounded to bf16 or TF32 (emulated, float32 accumulation) or kept in
+float32. Reported: cosine to the exact polar factor (float64 SVD), the minimum over each kind's
+inputs, and the exact matmul FLOPs (``2 m n k`` per product, loops counted by their trip
+counts) as a multiple of optax Muon's update on the same matrix. Writes
+``train/bench/results/whitening_cost.md``, ``.json`` and ``.png``.
 """
 
 import functools
@@ -31,8 +32,10 @@ from train.bench import precision
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 MODELS, TRAINED = ("tiny", "60m"), 100
+BATCH, SEQ_LEN = 4, 64  # of the training steps and the gradient: 60m trains on a CPU
 DIRECT_STEPS, GRAM_STEPS = (4, 5, 6, 7, 8), (4, 5, 6)
 DAO_RESTART = 2  # before the third step (Zhang, Amsel, Chen, Dao 2026)
+GRAM_RESTARTS = {4: (1, 2, 3), 5: (None, 1, 2, 3), 6: (1, 2, 3)}  # None: never
 CACHE = pathlib.Path("runs/whitening_cost/gradients.npz")
 Matmul = Callable[[jax.Array, jax.Array], jax.Array]
 Method = Callable[[jax.Array, Matmul], jax.Array]
@@ -44,7 +47,7 @@ def methods() -> dict[str, Method]:
   out = {"Muon quintic 5": odd("quintic", 5)}
   out |= {f"PE {n}": odd("polar_express", n) for n in DIRECT_STEPS}
   for n in GRAM_STEPS:
-    for restart in (None, *range(1, n)):
+    for restart in GRAM_RESTARTS[n]:
       coeffs = _whiten.polar_express_coefficients(n)
       restarts = () if restart is None else (restart,)
       out[f"Gram PE {n}, {gram_label(restart)}"] = lambda x, mm, c=coeffs, r=restarts: (
@@ -104,7 +107,7 @@ def gradient_set(cache: pathlib.Path = CACHE, models=MODELS, trained=TRAINED) ->
   out = {}
   for name in models:
     for steps in (0, trained):
-      grads = precision.gradient_inputs(name, train_steps=steps, kernels=KINDS)
+      grads = precision.gradient_inputs(name, BATCH, SEQ_LEN, train_steps=steps, kernels=KINDS)
       out |= {k: np.asarray(v, np.float32) for k, v in grads.items()}
       print(name, steps, flush=True)
   cache.parent.mkdir(parents=True, exist_ok=True)
@@ -115,20 +118,18 @@ def gradient_set(cache: pathlib.Path = CACHE, models=MODELS, trained=TRAINED) ->
 def cosines(inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, dict[str, dict]]:
   """Method -> precision -> input -> cosine to the exact polar factor (NaN if not finite)."""
   fns = methods()
-  jitted = {
-    (m, p): jax.jit(functools.partial(fns[m], mm=precision.emulated_matmul(bits)))
-    for m in names
-    for p, bits in precision.PRECISIONS.items()
-  }
+  matmuls = {p: precision.emulated_matmul(bits) for p, bits in precision.PRECISIONS.items()}
   out = {m: {p: {} for p in precision.PRECISIONS} for m in names}
   for label, x in inputs.items():
     x = np.asarray(_gradnorm.standardize(jnp.asarray(x, jnp.float32)))
     x = x.T if x.shape[0] > x.shape[1] else x  # the polar factor of X^T is its transpose
     polar = harness.exact_polar(x, rtol=precision.EXACT_RTOL)
-    for (m, p), fn in jitted.items():
-      d = np.asarray(fn(x), np.float64)
-      cos = np.sum(d * polar) / (np.linalg.norm(d) * np.linalg.norm(polar))
-      out[m][p][label] = float(cos) if np.isfinite(cos) else float("nan")
+    for m in names:
+      for p, matmul in matmuls.items():
+        with jax.disable_jit():  # op by op: one compile per primitive and shape, not per method
+          d = np.asarray(fns[m](jnp.asarray(x), matmul), np.float64)
+        cos = np.sum(d * polar) / (np.linalg.norm(d) * np.linalg.norm(polar))
+        out[m][p][label] = float(cos) if np.isfinite(cos) else float("nan")
     print(label, flush=True)
   return out
 
@@ -246,7 +247,7 @@ def main() -> None:
   text = (
     "`python -m train.bench.whitening_cost` — cosine to the exact polar factor, the worst over "
     f"each kernel kind's {len(inputs) // len(KINDS)} inputs (layer 0 of {', '.join(MODELS)}, at "
-    f"init and after {TRAINED} SWAN steps, GradNorm-ed), against the exact matmul FLOPs as a "
+    f"init and after {TRAINED} Adam steps, GradNorm-ed), against the exact matmul FLOPs as a "
     "multiple of optax Muon's on the same matrix (square: q, k, v, o; 2.7:1: gate, up, down). "
     "`matmuls`: every product's inputs rounded to bf16 or TF32 (emulated, float32 "
     "accumulation) or float32. `>= Muon`: on how many inputs the method is at least as close "

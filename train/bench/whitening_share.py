@@ -10,9 +10,9 @@ is ``update / (model + update)`` with ``update`` its update's FLOPs on the param
 """
 
 import jax
+import optax
 
 import swan_optax
-from swan_optax import _whiten
 from train import optimizer
 from train.bench import harness
 from train.bench import scaling
@@ -22,6 +22,7 @@ from train.config import TrainConfig
 from train.config import model_data
 
 SEQ_LEN = 256
+WHITENINGS = (("gram_polar_express", 5), ("polar_express", 5), ("polar_express", 8))
 
 
 def model_flops(model: str, tokens: int) -> int:
@@ -46,18 +47,16 @@ def update_flops(model: str, tx) -> int:
   return whitening_cost.matmul_flops(lambda p: tx.update(p, tx.init(p), p)[0], params)
 
 
-def optimizers(model: str) -> dict[str, object]:
-  """Label -> the optimizer whose update is counted."""
+def optimizers(model: str) -> dict[str, optax.GradientTransformation]:
+  """Label -> the optimizer whose update is counted: Muon, and SWAN by each whitening."""
   exp = harness.experiment(TrainConfig(model=model), abstract=True)
   dims = optimizer.dimension_numbers(exp.model_config)
-  default = _whiten.DEFAULT_STEPS["polar_express"]
-  return {
-    "Muon (optax, 5 Newton-Schulz steps)": optimizer.make_optimizer(
-      OptimizerConfig(name="muon"), 1000, dimension_numbers=dims
-    ),
-    f"SWAN, default (Polar Express {default})": swan_optax.swan(dimension_numbers=dims),
-    "SWAN, Polar Express 8 (the old default)": swan_optax.swan(dimension_numbers=dims, ns_steps=8),
-  }
+  muon = optimizer.make_optimizer(OptimizerConfig(name="muon"), 1000, dimension_numbers=dims)
+  out = {"Muon (optax, 5 Newton-Schulz steps)": muon}
+  for method, steps in WHITENINGS:
+    swan = swan_optax.swan(dimension_numbers=dims, method=method, ns_steps=steps)
+    out[f"SWAN, {method} {steps}"] = swan
+  return out
 
 
 def main() -> None:
