@@ -328,6 +328,18 @@ def test_whiten_method_reaches_swan_whitening(params, operators):
     assert not np.allclose(update, default_update, rtol=1e-3, atol=0)
 
 
+def test_whiten_steps_reach_swan_whitening(params):
+  """``--whiten-steps 3``: the matrix update is ``-lr whiten(gradnorm(G), ns_steps=3)``."""
+  fields = {"name": "swan", "lr": 1e-3, "whiten_method": "newton_schulz"}
+  grads, updates = _updates(params, whiten_steps=3, **fields)
+  leaves = zip(*map(jax.tree.leaves, (grads, updates)), _matrix_layouts(params), strict=True)
+  for grad, update, dim in leaves:
+    if dim is not None:
+      normed = swan_optax.gradnorm(dimension_numbers=dim).update(grad, None)[0]
+      whiten = swan_optax.whiten(dimension_numbers=dim, method="newton_schulz", ns_steps=3)
+      np.testing.assert_allclose(update, -1e-3 * whiten.update(normed, None)[0], rtol=1e-4)
+
+
 @pytest.mark.parametrize(
   "fields",
   [{"name": "swan"}, {"name": "swan", "swan_operators": "whiten"}, {"name": "sinkgd"}],

@@ -97,9 +97,12 @@ def test_sharded_2x2x2_training_matches_a_single_device():
   single_losses, single = _train_losses(mesh_lib.make_mesh(None, jax.devices()[:1]))
   sharded_losses, sharded = _train_losses(mesh_lib.make_mesh("data=2,fsdp=2,tensor=2"))
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
-  # Sums reduce in another order across shards; 2e-4 is 2% of one step's RMS change (lr 0.01):
-  # Adam's m / sqrt(v) of a coordinate with a near-zero gradient amplifies that noise.
-  chex.assert_trees_all_close(sharded.params, single.params, atol=2e-4)
+  # Sums reduce in another order across shards. The layers agree to 2e-4, 2% of one step's
+  # RMS change (lr 0.01); Adam's m / sqrt(v) amplifies that noise in an embedding row whose
+  # token is rare (its gradient near zero; measured 2.9e-4), so the rest gets 1e-3.
+  for key, params in sharded.params.items():  # the layer stack, then the embedding and head
+    atol = 2e-4 if key == "layers" else 1e-3
+    chex.assert_trees_all_close(params, single.params[key], atol=atol, custom_message=key)
   q = sharded.params["layers"]["attn"]["q"]["kernel"]
   assert q.sharding.spec == sharding.logical_to_mesh(("layers", "embed", "heads", "head_dim"))
 

@@ -164,6 +164,8 @@ class SwanConfig(_Stateless):
     swan_operators: the matrix operators: GradNorm then whitening (``both``), or one of
       them alone (an ablation).
     whiten_method: how the polar factor is computed (``swan(method=...)``).
+    whiten_steps: iterations of ``whiten_method`` (``swan(ns_steps=...)``); ``None``: the
+      method's default.
     whiten_layout: on a mesh, each device whitens its share of whole matrices, exchanged
       by all-to-alls (``whole``: ``swan(shardings=<the params' shardings>)``), or the
       partitioner lays out each parameter's whitening (``param``).
@@ -174,10 +176,13 @@ class SwanConfig(_Stateless):
   scale_rule: ScaleRule = defaults.SCALE_RULE["swan"]
   swan_operators: SwanOperators = "both"
   whiten_method: WhiteningMethod = "polar_express"
+  whiten_steps: int | None = None
   whiten_layout: WhitenLayout = "whole"
 
   def __post_init__(self):
     super().__post_init__()
+    if self.whiten_steps is not None and self.whiten_steps < 1:
+      raise ConfigError(self, "whiten_steps", f"must be >= 1, got {self.whiten_steps}")
     if self.swan_operators == "gradnorm" and self.scale_rule != "unit_rms":
       raise ConfigError(
         self, "scale_rule", "scales the whitening, which swan_operators=gradnorm drops"
@@ -189,6 +194,7 @@ class SwanConfig(_Stateless):
       schedule(self.lr),
       operators=self.swan_operators,
       method=self.whiten_method,
+      ns_steps=self.whiten_steps,
       scale_rule=self.scale_rule,
       shardings=shardings if self.whiten_layout == "whole" else None,
       adam_learning_rate=self.adam_schedule(schedule),
