@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from typing import Any
+from typing import Literal
 
 import jax
 import optax
@@ -17,6 +18,8 @@ from swan_optax import defaults
 
 # The optimizer of the non-matrix leaves, built from their learning rate (or schedule).
 NonMatrix = Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]
+# SWAN's matrix operators: both (SWAN), or one alone (the paper's ablations).
+SwanOperators = Literal["both", "gradnorm", "whiten"]
 
 
 def stateless_partition(
@@ -41,10 +44,10 @@ def stateless_partition(
 
   and the other leaves (embeddings, lm_head, norms, biases, vectors; see
   :func:`param_labels`) are trained by ``non_matrix(adam_learning_rate)``.
-  :func:`swan` and :func:`sinkgd` are this function around their operators;
-  an ablation that keeps one operator is ``stateless_partition(gradnorm(...),
-  lr, ...)``. Clip gradients with ``optax.chain(optax.clip_by_global_norm(c),
-  ...)``; a scale-invariant ``matrix_update`` leaves only the Adam group changed.
+  :func:`swan` and :func:`sinkgd` are this function around their operators
+  (SWAN's ablations: ``swan(operators='gradnorm')``). Clip gradients with
+  ``optax.chain(optax.clip_by_global_norm(c), ...)``; a scale-invariant
+  ``matrix_update`` leaves only the Adam group changed.
 
   Args:
     matrix_update: the stateless transform of the matrix group's gradients.
@@ -92,6 +95,7 @@ def stateless_partition(
 def swan(
   learning_rate: optax.ScalarOrSchedule = defaults.LEARNING_RATE["swan"],
   *,
+  operators: SwanOperators = "both",
   method: _whiten.WhiteningMethod = "polar_express",
   ns_steps: jax.typing.ArrayLike | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
@@ -127,6 +131,9 @@ def swan(
 
   Args:
     learning_rate: the matrix step (or an optax schedule of it).
+    operators: ``'both'``: GradNorm, then whitening (SWAN); ``'gradnorm'`` or
+      ``'whiten'``: that operator alone (an ablation of the paper's), its
+      Adam group at SWAN's default. ``scale_rule`` scales the whitening only.
     method: how :func:`whiten` computes the polar factor: ``'polar_express'``
       (default), ``'newton_schulz'`` (the paper's coupled iteration),
       ``'quintic'`` (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
@@ -183,9 +190,16 @@ def swan(
     Ma et al., `SWAN: SGD with Normalization and Whitening Enables Stateless LLM
     Training <https://arxiv.org/abs/2412.13148>`_, 2024.
   """
-  operator = optax.chain(
-    _gradnorm.gradnorm(eps=eps, dimension_numbers=dimension_numbers),
-    _whiten.whiten(
+  if operators not in ("both", "gradnorm", "whiten"):
+    raise ValueError(f"operators must be 'both', 'gradnorm' or 'whiten', got {operators!r}")
+  if operators == "gradnorm" and scale_rule != "unit_rms":
+    raise ValueError(
+      f"scale_rule={scale_rule!r} scales the whitening, which operators='gradnorm' drops: "
+      "pass scale_rule='unit_rms'"
+    )
+  chosen = {
+    "gradnorm": _gradnorm.gradnorm(eps=eps, dimension_numbers=dimension_numbers),
+    "whiten": _whiten.whiten(
       method=method,
       ns_steps=ns_steps,
       ns_beta=ns_beta,
@@ -196,9 +210,11 @@ def swan(
       shardings=shardings,
       scale_rule=scale_rule,
     ),
-  )
+  }
+  if operators != "both":
+    chosen = {operators: chosen[operators]}
   return stateless_partition(
-    operator,
+    optax.chain(*chosen.values()),
     learning_rate,
     adam_learning_rate=_adam_learning_rate("swan", learning_rate, adam_learning_rate, scale_rule),
     dimension_numbers=dimension_numbers,

@@ -10,16 +10,16 @@ from train import build
 from train import checkpoint
 from train import mesh as mesh_lib
 from train import optimizer
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.config import model_data
+from train.optimizers import optimizer_config
 
 
 def _bf16_run(name: str, steps: int = 6):
   """A few steps of the tiny LLaMA, bf16 params and activations, on one repeated batch."""
   config = TrainConfig(
     data=model_data("tiny", seq_len=32),
-    optimizer=OptimizerConfig(name=name, lr=0.01 if name != "sinkgd" else 0.1, warmup_fraction=0),
+    optimizer=optimizer_config(name, lr=0.01 if name != "sinkgd" else 0.1, warmup_fraction=0),
     bf16=True,
     param_dtype="bfloat16",
     steps=steps,

@@ -14,7 +14,7 @@ from train import metrics
 from train import optimizer
 from train.bench import budgets
 from train.bench import harness
-from train.config import OptimizerConfig
+from train.optimizers import optimizer_config
 
 
 def test_a_budget_counts_every_parameter_embeddings_included():
@@ -26,7 +26,7 @@ def test_a_budget_counts_every_parameter_embeddings_included():
 
 
 def test_wsd_holds_the_peak_then_decays_linearly_and_agrees_with_longer_runs():
-  config = OptimizerConfig(lr=0.1, schedule="wsd", warmup_steps=10, final_lr_fraction=0.0)
+  config = optimizer_config("swan", lr=0.1, schedule="wsd", warmup_steps=10, final_lr_fraction=0.0)
   short, long = optimizer.schedule(config, 100), optimizer.schedule(config, 400)
   assert [float(short(t)) for t in (0, 5, 10, 80)] == pytest.approx([0, 0.05, 0.1, 0.1])
   assert float(short(90)) == pytest.approx(0.05) and float(short(100)) == pytest.approx(0.0)

@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import functools
-import inspect
 import io
 import re
 import typing
@@ -13,10 +12,10 @@ import pytest
 from swan_optax import defaults
 from train import cli
 from train import flags
-from train.config import TRAINER_LR
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
+from train.optimizers import OPTIMIZERS
+from train.optimizers import SwanConfig
 
 # The only fields whose flag is not their name in kebab-case: the established spellings.
 RENAMED = {
@@ -24,8 +23,6 @@ RENAMED = {
   "optimizer.name": "--optimizer",
   "optimizer.warmup_fraction": "--warmup",
 }
-# Flags a field's non-default value needs beside its own to be valid.
-CONTEXT = {"optimizer.embed_lr_scale": ["--optimizer", "adam"]}
 # Every flag of the argparse CLI this replaced: an example value and the field it sets.
 OLD_FLAGS = {
   "--config": ("60m", "model"),
@@ -63,19 +60,25 @@ OLD_FLAGS = {
 }
 
 
-def _leaves(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, type]]:
-  """(dotted path, field, its class) of every non-config field of ``cls``, nested ones walked."""
+def _leaves(cls: type, prefix: str = "", context=()) -> list[tuple]:
+  """(dotted path, field, its class, the flags that choose its class) of every non-config
+  field of ``cls``, nested configs and each member of a tagged union walked."""
   leaves = []
   for field in dataclasses.fields(cls):
     if dataclasses.is_dataclass(field.type):
-      leaves += _leaves(field.type, f"{prefix}{field.name}.")
-    else:
-      leaves.append((prefix + field.name, field, cls))
+      leaves += _leaves(field.type, f"{prefix}{field.name}.", context)
+    elif union := flags.members(field.type):
+      for member in union:
+        chosen = ("--optimizer", flags.tag(member))
+        leaves += _leaves(member, f"{prefix}{field.name}.", chosen)
+    elif field.name != "name" or not context:  # a union's tag: --optimizer, in OLD_FLAGS
+      leaves.append((prefix + field.name, field, cls, context))
   return leaves
 
 
 FIELDS = _leaves(TrainConfig) + _leaves(cli.Launch, "launch.")
-PATHS = [path for path, _, _ in FIELDS]
+IDS = [f"{path}[{' '.join(context)}]" for path, _, _, context in FIELDS]
+PATHS = [path for path, *_ in FIELDS] + ["optimizer.name"]
 
 
 def _flag(path: str) -> str:
@@ -119,12 +122,17 @@ def _error(argv: list[str]) -> str:
   return stderr.getvalue().strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize(("path", "field", "_"), FIELDS, ids=PATHS)
-def test_every_field_is_reachable_by_its_flag(path, field, _):
-  defaults = _parse([])
+@pytest.mark.parametrize(("path", "field", "_", "context"), FIELDS, ids=IDS)
+def test_every_field_is_reachable_by_its_flag(path, field, _, context):
+  defaults = _parse(list(context))
   argument, value = _other_value(field, _get(defaults, path))
-  argv = [*CONTEXT.get(path, []), _flag(path)] + ([] if argument is None else [argument])
+  argv = [*context, _flag(path)] + ([] if argument is None else [argument])
   assert _get(_parse(argv), path) == value != _get(defaults, path)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_has_its_own_defaults(name):
+  assert _parse(["--optimizer", name])["optimizer"] == OPTIMIZERS[name]()
 
 
 @pytest.mark.parametrize("flag", OLD_FLAGS)
@@ -155,9 +163,14 @@ def test_no_flag_is_left_out():
     (["--vocab-size", "100"], "--vocab-size must be at least 257"),
     (["--val-fraction", "1"], "--val-fraction must be in (0, 1), got 1.0"),
     (["--final-lr-fraction", "2"], "--final-lr-fraction must be in [0, 1], got 2.0"),
-    (["--optimizer", "adam", "--adam-group-lr", "0.1"], "--adam-group-lr must be a positive"),
-    (["--embed-lr-scale", "2"], "--embed-lr-scale must be a positive number, for adam or adamw"),
+    (
+      ["--optimizer", "adam", "--adam-group-lr", "0.1"],
+      "--adam-group-lr is for swan, sinkgd, muon only, not --optimizer adam",
+    ),
+    (["--embed-lr-scale", "2"], "--embed-lr-scale is for adam, adamw only, not --optimizer swan"),
     (["--optimizer", "adam", "--swan-operators", "whiten"], "--swan-operators is for swan only"),
+    (["--optimizer", "adam", "--embed-lr-scale", "-1"], "--embed-lr-scale must be a positive"),
+    (["--optimizer", "muon", "--adam-group-lr", "0"], "--adam-group-lr must be a positive"),
   ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag(argv, message):
@@ -172,14 +185,14 @@ def test_help_lists_every_flag_with_its_doc_and_default():
   text = " ".join(stdout.getvalue().split())
   for title in ("run:", "data:", "optimizer:", "multi-process:"):
     assert f" {title} " in text
-  for path, field, cls in FIELDS:
-    doc = re.search(rf"^  {field.name}: ([^`\n]*)", inspect.getdoc(cls), re.M)[1]
+  for path, field, cls, _ in FIELDS:
+    doc = flags._attribute_docs(cls)[field.name].partition("``")[0]
     words = " ".join(doc.rstrip(".").split()[:3])
     # The flag, then its doc before the next flag (` --`), then its default.
     flag_and_doc = rf"{re.escape(_flag(path))} (?:(?! --).)*?{re.escape(words)}.*?\(default: "
     assert re.search(flag_and_doc, text), path
-  lrs = {**defaults.LEARNING_RATE, **TRAINER_LR}
-  assert ", ".join(f"{name} {lr:g}" for name, lr in lrs.items()) in text
+  lrs = {**defaults.LEARNING_RATE, "muon": 0.02, "adam": 0.001, "adamw": 0.001}
+  assert ", ".join(f"{n} {lr:g}" for n, lr in lrs.items()) in text
 
 
 def test_the_vocab_size_is_the_models_unless_set():
@@ -190,8 +203,8 @@ def test_the_vocab_size_is_the_models_unless_set():
 
 
 def test_programmatic_errors_name_the_field_and_its_flag():
-  with pytest.raises(ValueError, match=r"^OptimizerConfig\.warmup_fraction must .*flag --warmup"):
-    OptimizerConfig(warmup_fraction=1.0)
+  with pytest.raises(ValueError, match=r"^SwanConfig\.warmup_fraction must .*flag --warmup"):
+    SwanConfig(warmup_fraction=1.0)
   with pytest.raises(ValueError, match=r"^TrainConfig\.model must be one of .*flag --config"):
     TrainConfig(model="7b")
   with pytest.raises(ValueError, match=r"^DataConfig\.seq_len must be >= 1, got 0"):

@@ -26,7 +26,7 @@ from train.bench.convergence import report
 from train.bench.convergence import search
 from train.bench.convergence import stages
 from train.bench.convergence.store import Store
-from train.config import OptimizerConfig
+from train.optimizers import optimizer_config
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
 # the optimizer's offset.
@@ -247,8 +247,9 @@ def params():
 
 
 def _updates(params, **fields):
-  """The update of ``OptimizerConfig(**fields)`` at peak lr (its second step) on fixed gradients."""
-  config = OptimizerConfig(warmup_fraction=0.0, **fields)
+  """The update of ``optimizer_config(**fields)`` at peak lr (its second step) on fixed
+  gradients."""
+  config = optimizer_config(warmup_fraction=0.0, **fields)
   tx = optimizer.make_optimizer(config, steps=10, dimension_numbers=LAYOUTS)
   grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size).reshape(p.shape) + 1.0), params)
   state = tx.update(grads, tx.init(params), params)[1]  # the warmup's one step at lr 0
@@ -327,13 +328,26 @@ def test_whiten_method_reaches_swan_whitening(params, operators):
     assert not np.allclose(update, default_update, rtol=1e-3, atol=0)
 
 
+def test_whiten_steps_reach_swan_whitening(params):
+  """``--whiten-steps 3``: the matrix update is ``-lr whiten(gradnorm(G), ns_steps=3)``."""
+  fields = {"name": "swan", "lr": 1e-3, "whiten_method": "newton_schulz"}
+  grads, updates = _updates(params, whiten_steps=3, **fields)
+  leaves = zip(*map(jax.tree.leaves, (grads, updates)), _matrix_layouts(params), strict=True)
+  for grad, update, dim in leaves:
+    if dim is not None:
+      normed = swan_optax.gradnorm(dimension_numbers=dim).update(grad, None)[0]
+      whiten = swan_optax.whiten(dimension_numbers=dim, method="newton_schulz", ns_steps=3)
+      np.testing.assert_allclose(update, -1e-3 * whiten.update(normed, None)[0], rtol=1e-4)
+
+
 @pytest.mark.parametrize(
-  ("name", "operators"), [("swan", "both"), ("swan", "whiten"), ("sinkgd", "both")]
+  "fields",
+  [{"name": "swan"}, {"name": "swan", "swan_operators": "whiten"}, {"name": "sinkgd"}],
 )
-def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operators):
+def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, fields):
   """``--scale-rule spectral``: each matrix update is the unit-RMS one times ``shape_scale``
   (the Adam group's lr given, so that it steps alike under both)."""
-  fields = {"name": name, "lr": 1e-3, "swan_operators": operators, "adam_group_lr": 0.01}
+  fields = {**fields, "lr": 1e-3, "adam_group_lr": 0.01}
   _, spectral = _updates(params, scale_rule="spectral", **fields)
   _, unit = _updates(params, scale_rule="unit_rms", **fields)
   leaves = zip(
@@ -351,21 +365,20 @@ def test_scale_rule_scales_each_matrix_by_its_shape_factor(params, name, operato
   [
     ("swan", 2e-3, "unit_rms", 50 * 2e-3),
     ("sinkgd", 1.25e-2, "spectral", 2 * 0.25 / math.sqrt(128)),
-    ("muon", 0.02, "unit_rms", 0.02),
   ],
 )
 def test_the_trainer_takes_the_librarys_defaults(name, lr, rule, adam_group_lr):
   """swan and sinkgd at ``swan_optax.defaults``: lr, rule, and the Adam group at the rule's
   ratio (sinkgd's: twice its paper pairing 20 / sqrt(128) of the width ladder); muon's Adam
   group at its lr; an explicit rule wins; each run records its groups' peak lrs."""
-  defaults = OptimizerConfig(name=name)
-  assert defaults.peak_lr == lr and defaults.effective_scale_rule == rule
+  defaults = optimizer_config(name)
+  assert defaults.lr == lr and defaults.scale_rule == rule
   assert defaults.adam_group_peak_lr == pytest.approx(adam_group_lr)
   assert defaults.peak_rates == {"matrix": lr, "adam": defaults.adam_group_peak_lr}
-  unit = OptimizerConfig(name="sinkgd", scale_rule="unit_rms")
-  assert unit.effective_scale_rule == "unit_rms" and unit.adam_group_peak_lr == 40 * 1.25e-2
-  assert OptimizerConfig(name="adam").effective_scale_rule == "unit_rms"
-  assert OptimizerConfig(name="adam", lr=1e-3, embed_lr_scale=4.0).peak_rates == {
+  unit = optimizer_config("sinkgd", scale_rule="unit_rms")
+  assert unit.adam_group_peak_lr == 40 * 1.25e-2
+  assert optimizer_config("muon").peak_rates == {"matrix": 0.02, "adam": 0.02}
+  assert optimizer_config("adam", lr=1e-3, embed_lr_scale=4.0).peak_rates == {
     "matrix": 1e-3,
     "adam": 4e-3,
   }
@@ -382,7 +395,8 @@ def test_cli_sets_whiten_method():
     ({"name": "adam", "adam_group_lr": 0.1}, "adam_group_lr"),
     ({"name": "sinkgd", "adam_group_lr": -1.0}, "adam_group_lr"),
     ({"name": "swan", "embed_lr_scale": 2.0}, "embed_lr_scale"),
-    ({"name": "sinkgd", "swan_operators": "whiten"}, "swan_operators"),
+    ({"name": "sinkgd", "swan_operators": "whiten"}, "swan_operators is a setting of swan, not"),
+    ({"name": "adam", "weight_decay": 0.1}, "weight_decay is a setting of swan, sinkgd, muon"),
     ({"name": "swan", "swan_operators": "sinkhorn"}, "swan_operators"),
     ({"adam_b2": 1.0}, "--adam-b2"),
     ({"whiten_method": "cholesky"}, "--whiten-method"),
@@ -392,7 +406,7 @@ def test_cli_sets_whiten_method():
 )
 def test_bad_optimizer_options_name_the_field(fields, message):
   with pytest.raises(ValueError, match=message):
-    OptimizerConfig(**fields)
+    optimizer_config(**{"name": "swan", **fields})
 
 
 def test_cli_sets_adam_b2():

@@ -12,7 +12,7 @@ from train.bench import transfer
 from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence.store import Store
-from train.config import OptimizerConfig
+from train.optimizers import optimizer_config
 
 # Fake final losses: each optimizer's floor, parabolic in log2(lr) around its best lr; Adam
 # with its embeddings (and lm_head) at their own lr is 0.05 lower at 0.05; small is 0.3
@@ -55,9 +55,9 @@ def store(tmp_path):
 def test_defaults_are_named_by_their_settings():
   """... and are the width ladder's runs of the same settings, which they reuse."""
   for name in headline.OPTIMIZERS:
-    run, defaults = headline.default_run("tiny", name, 0), OptimizerConfig(name=name)
-    assert run.optimizer.lr == defaults.peak_lr
-    assert run.optimizer.scale_rule == defaults.effective_scale_rule
+    run, defaults = headline.default_run("tiny", name, 0), optimizer_config(name)
+    assert run.optimizer.lr == defaults.lr
+    assert run.optimizer.scale_rule == defaults.scale_rule
     assert math.isclose(run.optimizer.adam_group_lr, defaults.adam_group_peak_lr, rel_tol=1e-6)
   swan = headline.default_run("tiny", "swan", 1)
   assert swan.tag == "tiny-swan_polar_express+adam_lr0.1-lr0.002-seed1"

@@ -188,6 +188,26 @@ def test_swan_matrix_update_is_whitened_gradnorm():
   chex.assert_trees_all_close(updates, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+  ("operators", "reference"),
+  [("gradnorm", swan_optax.gradnorm()), ("whiten", swan_optax.whiten())],
+)
+def test_swan_ablations_keep_one_operator(operators, reference):
+  """``swan(operators=...)``: one operator on the matrices, the Adam group as SWAN's."""
+  params = {"w": jax.random.normal(jax.random.key(1), (32, 16)), "b": jnp.zeros(16)}
+  grads = {"w": jax.random.normal(jax.random.key(2), (32, 16)), "b": jnp.ones(16)}
+  tx, full = swan_optax.swan(0.5, operators=operators), swan_optax.swan(0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  step, matrix = optax.chain(reference, optax.scale(-0.5)), {"w": grads["w"]}
+  expected, _ = step.update(matrix, step.init(matrix))
+  chex.assert_trees_all_close(updates["w"], expected["w"], atol=1e-6)
+  chex.assert_trees_all_close(updates["b"], full.update(grads, full.init(params), params)[0]["b"])
+  with pytest.raises(ValueError, match="operators='gradnorm' drops: pass scale_rule='unit_rms'"):
+    swan_optax.swan(operators="gradnorm", scale_rule="spectral")
+  with pytest.raises(ValueError, match="operators must be 'both', 'gradnorm' or 'whiten'"):
+    swan_optax.swan(operators="sinkhorn")
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_schedules_weight_decay_and_clipping(name):
   params = {"w": jnp.ones((8, 8)), "b": jnp.ones(8)}

@@ -17,8 +17,8 @@ from train import mesh as mesh_lib
 from train import optimizer
 from train import step as step_lib
 from train.bench import hlo
-from train.config import OptimizerConfig
 from train.config import TrainConfig
+from train.optimizers import optimizer_config
 
 VOCAB, DIM = 12, 8
 # The toy's stacked kernel is one (in, out) matrix per layer; embed and lm_head go to Adam.
@@ -54,7 +54,7 @@ def _batch(seed=0, rows=8, length=6):
   ("name", "lr"), [("swan", 0.05), ("sinkgd", 0.5), ("adam", 0.05), ("adamw", 0.05)]
 )
 def test_loss_decreases_with_every_optimizer(name, lr):
-  tx = optimizer.make_optimizer(OptimizerConfig(name=name, lr=lr), 40, dimension_numbers=TOY_DIMS)
+  tx = optimizer.make_optimizer(optimizer_config(name, lr=lr), 40, dimension_numbers=TOY_DIMS)
   state = step_lib.init_state(_toy_params(), tx)
   train_step = jax.jit(step_lib.make_train_step(_toy_apply, tx))
   batch = _batch()
@@ -67,15 +67,11 @@ def test_loss_decreases_with_every_optimizer(name, lr):
 
 
 def _swan(lr: float):
-  return optimizer.make_optimizer(
-    OptimizerConfig(name="swan", lr=lr), 10, dimension_numbers=TOY_DIMS
-  )
+  return optimizer.make_optimizer(optimizer_config("swan", lr=lr), 10, dimension_numbers=TOY_DIMS)
 
 
 def test_gradient_accumulation_matches_full_batch():
-  tx = optimizer.make_optimizer(
-    OptimizerConfig(name="swan", lr=0.01), 10, dimension_numbers=TOY_DIMS
-  )
+  tx = optimizer.make_optimizer(optimizer_config("swan", lr=0.01), 10, dimension_numbers=TOY_DIMS)
   state = step_lib.init_state(_toy_params(), tx)
   full, m_full = step_lib.make_train_step(_toy_apply, tx)(state, _batch())
   accum, m_accum = step_lib.make_train_step(_toy_apply, tx, grad_accum=4)(state, _batch())
@@ -84,9 +80,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 def test_non_finite_step_is_skipped_and_counted():
-  tx = optimizer.make_optimizer(
-    OptimizerConfig(name="swan", lr=0.01), 10, dimension_numbers=TOY_DIMS
-  )
+  tx = optimizer.make_optimizer(optimizer_config("swan", lr=0.01), 10, dimension_numbers=TOY_DIMS)
   params = _toy_params()
   state = step_lib.init_state(params, tx)
   bad = jax.tree.map(lambda x: x, params)
@@ -113,7 +107,7 @@ def test_state_shardings_follow_params(name):
   }
   params = _sharded(_toy_params(), specs, mesh)
   tx = optimizer.make_optimizer(
-    OptimizerConfig(name=name),
+    optimizer_config(name),
     10,
     dimension_numbers=TOY_DIMS,
     shardings=jax.tree.map(lambda x: x.sharding, params),

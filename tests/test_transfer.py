@@ -20,8 +20,8 @@ MOVES = {"swan", "sinkgd"}
 
 
 def _variant(optimizer) -> str:
-  if optimizer.name == "adam":
-    return "adam-b2_0.999"
+  if optimizer.name in ("adam", "muon"):
+    return {"adam": "adam-b2_0.999", "muon": "muon"}[optimizer.name]
   return optimizer.name + ("-spectral" if optimizer.scale_rule == "spectral" else "")
 
 

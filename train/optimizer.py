@@ -1,17 +1,14 @@
-"""The learning-rate schedule, the model's matrix layouts and the named optimizers."""
+"""The learning-rate schedule, the model's matrix layouts and the optimizer of a config."""
 
-import functools
-import re
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import optax
 
 import swan_optax
 from models import llama
 from models.configs import LlamaConfig
-from train.config import OptimizerConfig
+from train.optimizers import OptimizerConfig
 
 
 def schedule(config: OptimizerConfig, steps: int, peak: float | None = None) -> optax.Schedule:
@@ -21,9 +18,9 @@ def schedule(config: OptimizerConfig, steps: int, peak: float | None = None) -> 
   steps``; then with ``floor = final_lr_fraction * peak``, ``cosine``: ``floor + (peak -
   floor) (1 + cos(pi (t - W) / (T - W))) / 2``; ``wsd``: ``peak`` until ``D = (1 -
   decay_fraction) T``, then linear to ``floor`` at ``T``. ``peak`` defaults to
-  ``config.peak_lr``. A WSD run is the same as every longer one until its own decay starts.
+  ``config.lr``. A WSD run is the same as every longer one until its own decay starts.
   """
-  peak = config.peak_lr if peak is None else peak
+  peak = config.lr if peak is None else peak
   floor = config.final_lr_fraction * peak
   total = max(steps, 2)
   warmup = config.warmup_steps
@@ -61,29 +58,21 @@ def make_optimizer(
   dimension_numbers: Any = None,
   shardings: Any = None,
 ) -> optax.GradientTransformation:
-  """The named optimizer on ``schedule(config, steps)``, clipped if ``max_grad_norm`` is set.
+  """The optimizer of ``config`` on its schedule (each group at its peak), clipped if
+  ``max_grad_norm`` is set.
 
   It computes and keeps its state in float32 whatever the param dtype (:func:`in_float32`).
 
   Args:
     config: the optimizer's settings.
     steps: the run's optimizer steps (the schedule's length).
-    dimension_numbers: swan/sinkgd: the params' matrix layouts (e.g.
-      :func:`dimension_numbers` of the model config); ``None``: 2-D kernels only.
+    dimension_numbers: the params' matrix layouts (e.g. :func:`dimension_numbers` of the
+      model config); ``None``: 2-D kernels only (muon needs them).
     shardings: the params' ``NamedSharding`` tree: on their mesh, SWAN whitens
       whole matrices (``whiten_layout='whole'``).
   """
-  lr = schedule(config, steps)
-  if config.name in ("swan", "sinkgd"):
-    tx = _stateless(config, lr, steps, dimension_numbers, shardings)
-  elif config.name == "muon":
-    tx = _muon(config, lr, steps, dimension_numbers)
-  elif config.name == "adam":
-    tx = optax.adam(lr, b2=config.adam_b2)
-  else:
-    tx = optax.adamw(lr, b2=config.adam_b2, weight_decay=config.weight_decay)
-  if config.embed_lr_scale != 1:
-    tx = optax.chain(tx, optax.masked(optax.scale(config.embed_lr_scale), _embed_mask))
+  at_peak = lambda peak: schedule(config, steps, peak)
+  tx = config.make(at_peak, dimension_numbers, shardings)
   if config.max_grad_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
   return in_float32(tx)
@@ -112,99 +101,3 @@ def in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformation
     return tx.update(as_float32(updates), state, as_float32(params))
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _stateless(
-  config: OptimizerConfig,
-  lr: optax.Schedule,
-  steps: int,
-  dims: Any,
-  shardings: Any,
-) -> optax.GradientTransformation:
-  """swan or sinkgd through their public keywords, the Adam group at the library's default
-  unless ``adam_group_lr`` is set; a one-operator SWAN (an ablation) is
-  ``swan_optax.stateless_partition`` around that operator, its Adam group at SWAN's."""
-  if config.non_matrix == "adafactor":
-    non_matrix = functools.partial(
-      optax.adafactor,
-      multiply_by_parameter_scale=False,
-      weight_decay_rate=config.weight_decay or None,
-    )
-  else:
-    non_matrix = functools.partial(optax.adamw, b2=config.adam_b2, weight_decay=config.weight_decay)
-  adam_lr = _set_adam_group_schedule(config, steps)
-  group = dict(
-    dimension_numbers=dims,
-    non_matrix=non_matrix,
-    weight_decay=config.weight_decay,
-  )
-  rule = config.effective_scale_rule
-  if config.name == "sinkgd":
-    return swan_optax.sinkgd(lr, scale_rule=rule, adam_learning_rate=adam_lr, **group)
-  whitening = {
-    "scale_rule": rule,
-    "method": config.whiten_method,
-    "shardings": shardings if config.whiten_layout == "whole" else None,
-  }
-  if config.swan_operators == "both":
-    return swan_optax.swan(lr, **whitening, adam_learning_rate=adam_lr, **group)
-  if config.swan_operators == "gradnorm":
-    operator = swan_optax.gradnorm(dimension_numbers=dims)
-  else:
-    operator = swan_optax.whiten(dimension_numbers=dims, **whitening)
-  adam_lr = schedule(config, steps, config.adam_group_peak_lr)
-  return swan_optax.stateless_partition(operator, lr, adam_learning_rate=adam_lr, **group)
-
-
-def _muon(
-  config: OptimizerConfig, lr: optax.Schedule, steps: int, dims: Any
-) -> optax.GradientTransformation:
-  """``optax.contrib.muon`` on the leaves swan and sinkgd would route to their matrix group.
-
-  Its own defaults otherwise: Nesterov momentum 0.95, 5 quintic Newton-Schulz steps, updates
-  scaled by ``sqrt(max(1, fan_out / fan_in))``; its Adam group (AdamW with Nesterov) at
-  ``adam_group_lr`` (``None``: muon's ``lr``, optax's default). ``dims`` must be a tree:
-  muon's labels read its structure.
-  """
-  if dims is None or callable(dims):
-    raise ValueError("muon needs the params' dimension numbers as a tree, e.g. dimension_numbers()")
-  adam_lr = _set_adam_group_schedule(config, steps)
-  return optax.contrib.muon(
-    lr,
-    beta=0.95,
-    weight_decay=config.weight_decay,
-    adam_b2=config.adam_b2,
-    adam_weight_decay=config.weight_decay,
-    adam_learning_rate=adam_lr,
-    muon_weight_dimension_numbers=muon_dimension_numbers(dims),
-  )
-
-
-def _set_adam_group_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule | None:
-  """The Adam group's schedule when ``adam_group_lr`` is set; ``None`` leaves the library's."""
-  if config.adam_group_lr is None:
-    return None
-  return schedule(config, steps, config.adam_group_lr)
-
-
-def muon_dimension_numbers(dims: Any) -> Any:
-  """``dims`` (a tree of ``swan_optax.MatrixDimensionNumbers``) as optax muon's: a leaf keeps
-  its layout where swan and sinkgd would whiten or balance it, and is ``None`` (muon's Adam)
-  where its layout is ``None`` or its key path matches ``swan_optax.DEFAULT_ADAM_PATTERN``
-  (the embedding, lm_head and norms)."""
-  pattern = re.compile(swan_optax.DEFAULT_ADAM_PATTERN)
-  is_dims = lambda x: x is None or isinstance(x, swan_optax.MatrixDimensionNumbers)
-
-  def to_muon(path, d):
-    if d is None or pattern.search(jax.tree_util.keystr(path).lower()):
-      return None
-    return optax.contrib.MuonDimensionNumbers(d.reduction_axes, d.output_axes)
-
-  return jax.tree_util.tree_map_with_path(to_muon, dims, is_leaf=is_dims)
-
-
-def _embed_mask(params) -> object:
-  """True on the embedding and lm_head leaves."""
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: bool(re.search(r"embed|lm_head", jax.tree_util.keystr(path).lower())), params
-  )

@@ -35,9 +35,10 @@ from train import checkpoint
 from train import loop
 from train import metrics
 from train.bench import harness
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.config import model_data
+from train.optimizers import OptimizerConfig
+from train.optimizers import optimizer_config
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al., arXiv 2203.15556)
 BATCH, SEQ_LEN, MAX_GRAD_NORM, EVAL_BATCHES = 16, 256, 1.0, 8
@@ -59,7 +60,7 @@ class Variant:
   """An optimizer as the budget runs set it, in effective per-group rates.
 
   Attributes:
-    fields: its ``OptimizerConfig`` fields besides the rates and the schedule.
+    fields: its optimizer config's fields besides the rates and the schedule.
     lrs: the first grid of its matrix group's peak lr (Adam: its lr), 4 points 2x apart.
     adam_ratio: its Adam group's peak lr over the matrix lr at group factor 1 (the
       trainer's default; Adam: 1, plain Adam).
@@ -116,7 +117,7 @@ class Point:
       fields["embed_lr_scale"] = self.group
     else:
       fields["adam_group_lr"] = self.rates["adam"]
-    return OptimizerConfig(
+    return optimizer_config(
       lr=self.lr,
       schedule=schedule,
       warmup_steps=warmup,

@@ -49,10 +49,10 @@ from models import llama
 from train import optimizer
 from train import step as step_lib
 from train.bench import harness
-from train.config import OptimizerConfig
 from train.config import ParamDtype
 from train.config import TrainConfig
 from train.data import DataConfig
+from train.optimizers import optimizer_config
 
 METHODS = ("newton_schulz", "polar_express", "quintic")
 PRESET = jax.lax.DotAlgorithmPreset
@@ -132,7 +132,7 @@ def train_row(model: str, optimizer: str, batch_size: int, settings: Settings) -
     bf16=True,
     param_dtype=settings.param_dtype,
     data=DataConfig(seq_len=settings.seq_len),
-    optimizer=OptimizerConfig(name=optimizer),
+    optimizer=optimizer_config(optimizer),
     steps=STEPS,
     batch_size=batch_size,
   )

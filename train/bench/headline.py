@@ -25,7 +25,7 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
-from train.config import OptimizerConfig
+from train.optimizers import optimizer_config
 
 # Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
 SEEDS = {"tiny-w64": (0,), "tiny": protocol.SEEDS, "tiny-w256": (0,), "small": (0,)}
@@ -39,12 +39,12 @@ _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 def default_run(size: str, name: str, seed: int) -> protocol.Run:
   """``name`` at the trainer's defaults: the width ladder's run of the same settings
   (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew."""
-  defaults, variant = OptimizerConfig(name=name), transfer.default_variant(name)
+  defaults, variant = optimizer_config(name), transfer.default_variant(name)
   fields, ratio, _ = transfer.VARIANTS[variant]
-  if fields.get("whiten_method", defaults.whiten_method) != defaults.whiten_method:
+  if "whiten_method" in fields and fields["whiten_method"] != defaults.whiten_method:
     raise ValueError(f"{variant} of the ladder does not whiten by {defaults.whiten_method}")
-  group_factor = defaults.adam_group_peak_lr / defaults.peak_lr / ratio
-  return transfer.ladder_run(size, variant, defaults.peak_lr, seed, group_factor)
+  group_factor = defaults.adam_group_peak_lr / defaults.lr / ratio
+  return transfer.ladder_run(size, variant, defaults.lr, seed, group_factor)
 
 
 def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:
@@ -107,11 +107,11 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
     rows = []
     for name in OPTIMIZERS:
       records = [read_only.get(default_run(size, name, s)) for s in seeds]
-      defaults = OptimizerConfig(name=name)
+      defaults = optimizer_config(name)
       row = {
         "optimizer": name,
-        "lr": defaults.peak_lr,
-        "scale_rule": defaults.effective_scale_rule,
+        "lr": defaults.lr,
+        "scale_rule": defaults.scale_rule,
         "adam_group_lr": defaults.adam_group_peak_lr,
         "final_loss": [_final(r) for r in records],
         "step_time_ratio": steps[name] / steps["adam"] if steps else None,

@@ -22,15 +22,15 @@ import swan_optax
 from train import optimizer
 from train import step as step_lib
 from train.bench import harness
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
+from train.optimizers import optimizer_config
 
 CONFIGS = ("60m", "130m", "350m", "1b")
 VARIANTS = {
-  **{name: OptimizerConfig(name=name) for name in harness.OPTIMIZERS},
-  "swan + adafactor": OptimizerConfig(name="swan", non_matrix="adafactor"),
-  "sinkgd + adafactor": OptimizerConfig(name="sinkgd", non_matrix="adafactor"),
+  **{name: optimizer_config(name) for name in harness.OPTIMIZERS},
+  "swan + adafactor": optimizer_config("swan", non_matrix="adafactor"),
+  "sinkgd + adafactor": optimizer_config("sinkgd", non_matrix="adafactor"),
 }
 MIB = 2**20
 COLUMNS: tuple[harness.Column, ...] = (

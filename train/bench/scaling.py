@@ -18,9 +18,9 @@ import numpy as np
 from train import optimizer
 from train import step as step_lib
 from train.bench import harness
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
+from train.optimizers import optimizer_config
 
 # The GaLore/SWAN/SinkGD LLaMA pretraining batch: 512 sequences x 256 tokens.
 PAPER_TOKENS = 131_072
@@ -40,7 +40,7 @@ def bench(name: str, batches: list[int], seq_len: int, reps: int) -> list[dict]:
   dims = optimizer.dimension_numbers(exp.model_config)
   setups = {}
   for opt in harness.OPTIMIZERS:
-    tx = optimizer.make_optimizer(OptimizerConfig(name=opt), config.steps, dimension_numbers=dims)
+    tx = optimizer.make_optimizer(optimizer_config(opt), config.steps, dimension_numbers=dims)
     update = jax.jit(functools.partial(step_lib.apply_optimizer, tx))
     opt_state = tx.init(params)
     jax.block_until_ready(update(grads, opt_state, params))

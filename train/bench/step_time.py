@@ -19,9 +19,9 @@ import jax
 from train import build
 from train import step as step_lib
 from train.bench import harness
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.data import DataConfig
+from train.optimizers import optimizer_config
 
 # Batches small enough for 2 CPU cores; the ratios, not the absolute times, are the result.
 DEFAULT_BATCH = {"tiny": 16, "60m": 2}
@@ -64,7 +64,7 @@ def bench_config(name: str, batch_size: int, seq_len: int, reps: int) -> list[di
   )
   runners = {}
   for opt in harness.OPTIMIZERS:
-    exp = harness.experiment(dataclasses.replace(config, optimizer=OptimizerConfig(name=opt)))
+    exp = harness.experiment(dataclasses.replace(config, optimizer=optimizer_config(opt)))
     if not runners:  # the same params, batch and gradients for every optimizer
       batch = exp.random_batch()
       grads = jax.jit(jax.grad(step_lib.make_loss_fn(exp.apply)))(exp.state.params, batch)

@@ -4,9 +4,10 @@ seeds, and the ablations."""
 import dataclasses
 import pathlib
 
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.config import model_data
+from train.optimizers import OptimizerConfig
+from train.optimizers import optimizer_config as make_config
 
 STEPS, BATCH, SEQ_LEN, EVAL_EVERY, EVAL_BATCHES, MAX_GRAD_NORM = 240, 16, 256, 20, 8, 1.0
 ADAM_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
@@ -54,11 +55,12 @@ def optimizer_config(lr: float, **fields) -> OptimizerConfig:
   """The protocol's optimizer at ``lr``: clipped, and no trainer default that has changed
   enters a run: the papers' Adam group (:func:`paper_adam_lr`), Newton-Schulz whitening and
   unit-RMS steps, unless ``fields`` say otherwise."""
-  fields.setdefault("whiten_method", "newton_schulz")
-  fields.setdefault("scale_rule", "unit_rms")
+  if fields["name"] == "swan":
+    fields.setdefault("whiten_method", "newton_schulz")
   if fields["name"] in STATELESS:
+    fields.setdefault("scale_rule", "unit_rms")
     fields.setdefault("adam_group_lr", paper_adam_lr(fields["name"], lr))
-  return OptimizerConfig(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)
+  return make_config(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)
 
 
 def paper_adam_lr(name: str, lr: float) -> float:

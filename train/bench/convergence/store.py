@@ -16,8 +16,9 @@ import numpy as np
 from train import loop
 from train import metrics
 from train.bench.convergence import protocol
-from train.config import OptimizerConfig
 from train.config import TrainConfig
+from train.optimizers import OPTIMIZERS
+from train.optimizers import OptimizerConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 RUNS = REPO / "train" / "bench" / "results" / "convergence" / "runs"
@@ -56,7 +57,7 @@ def _header_settings(header: dict) -> dict:
     "lr": float(o["lr"]),
     "adam_b2": float(o["adam_b2"]),
     "max_grad_norm": float(o["max_grad_norm"]),
-    "non_matrix": o["non_matrix"],
+    "non_matrix": o.get("non_matrix", "adam"),
     "seed": c["seed"],
     "steps": c["steps"],
     "batch_size": c["batch_size"],
@@ -77,7 +78,7 @@ def run_record(
     "lr": o.lr,
     "adam_b2": o.adam_b2,
     "max_grad_norm": o.max_grad_norm,
-    "non_matrix": o.non_matrix,
+    "non_matrix": getattr(o, "non_matrix", "adam"),
     "seed": config.seed,
     "steps": config.steps,
     "batch_size": config.batch_size,
@@ -116,7 +117,8 @@ def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: st
   """Raises if ``found`` (a run's optimizer settings) differs from ``expected`` (numbers to 6
   significant digits, as run names print them); a field the run's trainer did not have yet
   ran at today's default (fields are added so)."""
-  want, defaults = json.loads(to_json(expected)), json.loads(to_json(OptimizerConfig()))
+  want = json.loads(to_json(expected))
+  defaults = json.loads(to_json(OPTIMIZERS[expected.name]()))
   found = {**defaults, **found}
   same = lambda a, b: (
     a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6))
