@@ -17,9 +17,9 @@ from train import optimizer
 from train.bench import harness
 from train.bench import scaling
 from train.bench import whitening_cost
-from train.config import OptimizerConfig
 from train.config import TrainConfig
 from train.config import model_data
+from train.optimizers import optimizer_config
 
 SEQ_LEN = 256
 WHITENINGS = (("gram_polar_express", 5), ("polar_express", 5), ("polar_express", 8))
@@ -30,7 +30,7 @@ def model_flops(model: str, tokens: int) -> int:
   config = TrainConfig(
     model=model,
     data=model_data(model, seq_len=SEQ_LEN),
-    optimizer=OptimizerConfig(name="adam"),
+    optimizer=optimizer_config("adam"),
     steps=1000,
     batch_size=tokens // SEQ_LEN,
   )
@@ -51,7 +51,7 @@ def optimizers(model: str) -> dict[str, optax.GradientTransformation]:
   """Label -> the optimizer whose update is counted: Muon, and SWAN by each whitening."""
   exp = harness.experiment(TrainConfig(model=model), abstract=True)
   dims = optimizer.dimension_numbers(exp.model_config)
-  muon = optimizer.make_optimizer(OptimizerConfig(name="muon"), 1000, dimension_numbers=dims)
+  muon = optimizer.make_optimizer(optimizer_config("muon"), 1000, dimension_numbers=dims)
   out = {"Muon (optax, 5 Newton-Schulz steps)": muon}
   for method, steps in WHITENINGS:
     swan = swan_optax.swan(dimension_numbers=dims, method=method, ns_steps=steps)
