@@ -141,7 +141,16 @@ class _Stateless(_Grouped):
   def default_adam_group_lr(self) -> float:
     return defaults.adam_learning_rate(self.name, self.lr, self.scale_rule)
 
-  def non_matrix_optimizer(self) -> Callable[[optax.Schedule], optax.GradientTransformation]:
+  def partition_args(self, schedule: PeakSchedule, dims: Any) -> dict[str, Any]:
+    """The keywords ``swan`` and ``sinkgd`` share: the Adam group and the routing."""
+    return {
+      "adam_learning_rate": self.adam_schedule(schedule),
+      "dimension_numbers": dims,
+      "non_matrix": self._non_matrix_optimizer(),
+      "weight_decay": self.weight_decay,
+    }
+
+  def _non_matrix_optimizer(self) -> Callable[[optax.Schedule], optax.GradientTransformation]:
     """The library's ``non_matrix=``: AdamW (b2 ``adam_b2``) or Adafactor."""
     if self.non_matrix == "adafactor":
       return functools.partial(
@@ -197,10 +206,7 @@ class SwanConfig(_Stateless):
       ns_steps=self.whiten_steps,
       scale_rule=self.scale_rule,
       shardings=shardings if self.whiten_layout == "whole" else None,
-      adam_learning_rate=self.adam_schedule(schedule),
-      dimension_numbers=dims,
-      non_matrix=self.non_matrix_optimizer(),
-      weight_decay=self.weight_decay,
+      **self.partition_args(schedule, dims),
     )
 
 
@@ -224,10 +230,7 @@ class SinkGDConfig(_Stateless):
     return swan_optax.sinkgd(
       schedule(self.lr),
       scale_rule=self.scale_rule,
-      adam_learning_rate=self.adam_schedule(schedule),
-      dimension_numbers=dims,
-      non_matrix=self.non_matrix_optimizer(),
-      weight_decay=self.weight_decay,
+      **self.partition_args(schedule, dims),
     )
 
 
