@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from swan_optax import _whiten
 from tests import fake_runs
 from train.bench import adam_group
 from train.bench import transfer
@@ -71,3 +72,21 @@ def test_an_open_grid_is_marked_and_nothing_trains_in_the_report(store):
   text = whitening.report_text(summary, {})
   assert "| tiny | polar_express | 0.004 ~ | 4.100 / - / - | 4.100 |" in text
   assert "not measured yet" in text
+
+
+def test_cheaper_whitening_runs_at_the_defaults_lr_and_trains_with_its_steps(store, monkeypatch):
+  search.sweep(store, "tiny", whitening.GRID, protocol.GRID_ORDER, whitening.method_run)
+  runs = whitening.cheaper_runs(store)
+  assert list(runs)[0] == f"polar_express {_whiten.DEFAULT_STEPS['polar_express']}"
+  steps, five = runs["polar_express 5"]
+  assert steps == 5 and [r.seed for r in five] == list(protocol.SEEDS)
+  assert five[0].tag == "tiny-swan_polar_express5+adam_lr0.4-lr0.008-seed0"
+  assert five[0].optimizer == whitening.method_run("tiny", "polar_express", 0.008, 0).optimizer
+  seen = []
+  train = lambda config: seen.append(_whiten.DEFAULT_STEPS[config.optimizer.whiten_method])
+  monkeypatch.setattr(whitening.loop, "train", train)
+  config = protocol.train_config(five[0], protocol.STEPS, store.work)
+  whitening.train_with_steps(5, config)
+  assert seen == [5] and _whiten.DEFAULT_STEPS["polar_express"] != 5
+  text = whitening.cheaper_text(store.read_only())
+  assert "| polar_express 5 | - / - / - |" in text

@@ -2,12 +2,19 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+import swan_optax
+from swan_optax import MatrixDimensionNumbers
 from swan_optax import _whiten
+from train.bench import hlo
 from train.bench import whitening_cost
 
 exact = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
@@ -114,3 +121,25 @@ def test_gram_polar_express_takes_the_cheaper_form_of_the_same_polynomial():
     else:
       want = _whiten.polar_factor(x, "polar_express", 5, 0.5, 1e-8, exact)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_gram_polar_express_on_a_mesh_matches_and_moves_what_polar_express_moves():
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  dims = {"stack": MatrixDimensionNumbers(1, 2), "tall": MatrixDimensionNumbers(0, 1)}
+  specs = {"stack": P(None, "fsdp", "tensor"), "tall": P("fsdp", "tensor")}
+  keys = jax.random.split(jax.random.key(0))
+  grads = {
+    "stack": jax.random.normal(keys[0], (4, 32, 64)),
+    "tall": jax.random.normal(keys[1], (96, 32)),
+  }
+  sharded = jax.device_put(grads, {k: NamedSharding(mesh, s) for k, s in specs.items()})
+  moved = {}
+  for method in ("polar_express", "gram_polar_express"):
+    tx = swan_optax.whiten(
+      method=method, precision=jax.lax.Precision.HIGHEST, dimension_numbers=dims
+    )
+    update = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(g))[0])
+    chex.assert_trees_all_close(update(sharded), update(grads), atol=1e-4)
+    moved[method] = hlo.collective_bytes(update.lower(sharded).compile().as_text())
+  assert moved["gram_polar_express"] == moved["polar_express"] != {}
