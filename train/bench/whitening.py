@@ -11,11 +11,9 @@ medians). Writes ``OUT/whitening.md`` and ``.json``.
 """
 
 import dataclasses
-import functools
 import json
 import pathlib
 import statistics
-from unittest import mock
 
 from swan_optax import _whiten
 from train import loop
@@ -53,44 +51,28 @@ def with_method(run: protocol.Run, method: str) -> protocol.Run:
 def steps_run(size: str, method: str, steps: int, lr: float, seed: int) -> protocol.Run:
   """:func:`method_run` whitening by ``steps`` of ``method``, named ``swan_METHODSTEPS``."""
   run = method_run(size, method, lr, seed)
-  return dataclasses.replace(run, variant=run.variant.replace(method, f"{method}{steps}", 1))
+  optimizer = dataclasses.replace(run.optimizer, whiten_steps=steps)
+  variant = run.variant.replace(method, f"{method}{steps}", 1)
+  return dataclasses.replace(run, variant=variant, optimizer=optimizer)
 
 
-def train_with_steps(steps: int, config) -> None:
-  """``loop.train(config)`` whitening by ``steps`` iterations: the trainer's config has no steps
-  field, so the method's default is ``steps`` for the run."""
-  with mock.patch.dict(_whiten.DEFAULT_STEPS, {config.optimizer.whiten_method: steps}):
-    loop.train(config)
-
-
-def cheaper_store(runs: pathlib.Path, work: pathlib.Path, steps: int) -> Store:
-  """The run store whose runs whiten by ``steps`` iterations."""
-  train = functools.partial(train_with_steps, steps)
-  return Store(runs, work, protocol.STEPS, protocol.STEPS, train)
-
-
-def cheaper_runs(store: Store) -> dict[str, tuple[int, list[protocol.Run]]]:
-  """Label -> (steps, tiny runs at the seeds and best lr of the default): the default, then
-  each of ``CHEAPER``."""
+def cheaper_runs(store: Store) -> dict[str, list[protocol.Run]]:
+  """Label -> tiny runs at the seeds and best lr of the default: the default, then each of
+  ``CHEAPER``."""
   losses = search.sweep(store.read_only(), "tiny", GRID, protocol.GRID_ORDER, method_run)
   lr = search.best_lrs(losses)["polar_express"]
   default = _whiten.DEFAULT_STEPS["polar_express"]
   seeds = SEEDS["tiny"]
-  runs = {
-    f"polar_express {default}": (
-      default,
-      [method_run("tiny", "polar_express", lr, s) for s in seeds],
-    )
-  }
+  runs = {f"polar_express {default}": [method_run("tiny", "polar_express", lr, s) for s in seeds]}
   for method, steps in CHEAPER:
-    runs[f"{method} {steps}"] = (steps, [steps_run("tiny", method, steps, lr, s) for s in seeds])
+    runs[f"{method} {steps}"] = [steps_run("tiny", method, steps, lr, s) for s in seeds]
   return runs
 
 
 def cheaper_text(store: Store) -> str:
   """The cheaper whitening's final losses against the default's, and their seed spreads."""
   rows, base = [], None
-  for label, (_, runs) in cheaper_runs(store).items():
+  for label, runs in cheaper_runs(store).items():
     losses = [store.final(r) for r in runs]
     done = [x for x in losses if x is not None]
     mean = statistics.mean(done) if done else None
@@ -206,8 +188,8 @@ def main() -> None:
     for runs in seed_runs(size, search.best_lrs(losses)).values():
       list(map(at("seeds").get, runs))
   if "cheaper" in stages:
-    for steps, runs in cheaper_runs(store).values():
-      list(map(cheaper_store(args.runs, args.work, steps).get, runs))
+    for runs in cheaper_runs(store).values():
+      list(map(store.get, runs))
   if "timing" in stages:
     steps = {size: step_times(size, args.reps) for size in ("tiny", "small")}
     harness.save_step_times(args.out, args.reps, steps)
