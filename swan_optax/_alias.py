@@ -97,7 +97,7 @@ def swan(
   *,
   operators: SwanOperators = "both",
   method: _whiten.WhiteningMethod = "polar_express",
-  ns_steps: jax.typing.ArrayLike | None = None,
+  ns_steps: int | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
   precision: jax.lax.PrecisionLike | None = None,
@@ -135,9 +135,12 @@ def swan(
       ``'whiten'``: that operator alone (an ablation of the paper's), its
       Adam group at SWAN's default. ``scale_rule`` scales the whitening only.
     method: how :func:`whiten` computes the polar factor: ``'polar_express'``
-      (default), ``'newton_schulz'`` (the paper's coupled iteration),
-      ``'quintic'`` (Muon's, approximate), ``'svd'`` or ``'eigh'`` (exact, slow).
-    ns_steps: iterations of the iterative methods (``None``: 8, 10 and 5).
+      (default), ``'gram_polar_express'`` (the same polynomials on the short-side
+      Gram where that takes fewer FLOPs), ``'newton_schulz'`` (the paper's coupled
+      iteration), ``'quintic'`` (Muon's, approximate), ``'svd'`` or ``'eigh'``
+      (exact, slow).
+    ns_steps: iterations of every iterative method (``None``: the method's, see
+      :func:`whiten`).
     ns_beta: step factor of ``'newton_schulz'``; only 0.5 is the exact inverse
       square root.
     eps: lower clamp of GradNorm's standard deviation and of every norm in a
