@@ -247,7 +247,8 @@ def main() -> None:
   text = (
     "`python -m train.bench.whitening_cost` — cosine to the exact polar factor, the worst over "
     f"each kernel kind's {len(inputs) // len(KINDS)} inputs (layer 0 of {', '.join(MODELS)}, at "
-    f"init and after {TRAINED} Adam steps, GradNorm-ed), against the exact matmul FLOPs as a "
+    f"init and after {TRAINED} Adam steps, on {BATCH} x {SEQ_LEN} tokens, so 60m's are of rank "
+    f"<= {BATCH * SEQ_LEN}; GradNorm-ed), against the exact matmul FLOPs as a "
     "multiple of optax Muon's on the same matrix (square: q, k, v, o; 2.7:1: gate, up, down). "
     "`matmuls`: every product's inputs rounded to bf16 or TF32 (emulated, float32 "
     "accumulation) or float32. `>= Muon`: on how many inputs the method is at least as close "
