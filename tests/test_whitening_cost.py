@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import swan_optax
 from swan_optax import MatrixDimensionNumbers
+from swan_optax import _polar_express
 from swan_optax import _whiten
 from train.bench import hlo
 from train.bench import whitening_cost
@@ -31,8 +32,8 @@ PUBLISHED = (
 def test_the_computed_schedule_is_the_papers_and_its_last_step_is_not_damped():
   s = 1.01
   expected = [(a / s, b / s**3, c / s**5) for a, b, c in PUBLISHED[:4]] + [PUBLISHED[4]]
-  np.testing.assert_allclose(_whiten.polar_express_coefficients(5), expected, rtol=1e-12)
-  eight = _whiten.polar_express_coefficients(8)
+  np.testing.assert_allclose(_polar_express.polar_express_coefficients(5), expected, rtol=1e-12)
+  eight = _polar_express.polar_express_coefficients(8)
   np.testing.assert_allclose(eight[:4], expected[:4], rtol=1e-12)
   assert eight[4] != expected[4]  # damped: not the last step of 8
 
@@ -44,8 +45,8 @@ def _worst_error(coeffs, sigma):
 
 
 def test_more_steps_bring_every_singular_value_in_range_closer_to_one():
-  sigma = np.geomspace(_whiten.POLAR_EXPRESS_LOWER, 1.0, 2001) / 1.01
-  errors = [_worst_error(_whiten.polar_express_coefficients(n), sigma) for n in range(1, 9)]
+  sigma = np.geomspace(_polar_express.POLAR_EXPRESS_LOWER, 1.0, 2001) / 1.01
+  errors = [_worst_error(_polar_express.polar_express_coefficients(n), sigma) for n in range(1, 9)]
   assert all(e1 > e2 for e1, e2 in zip(errors, errors[1:], strict=False))
   assert errors[-1] < 1e-2
   assert errors[4] < _worst_error([(3.4445, -4.7750, 2.0315)] * 5, sigma * 1.01)  # Muon's
@@ -55,10 +56,10 @@ def test_more_steps_bring_every_singular_value_in_range_closer_to_one():
 @pytest.mark.parametrize(("steps", "restarts"), [(4, ()), (5, (2,)), (8, (1, 5))])
 def test_the_gram_form_is_the_direct_polynomial_in_exact_arithmetic(shape, steps, restarts):
   x = np.asarray(jax.random.normal(jax.random.key(0), shape, jnp.float32), np.float64)
-  coeffs = _whiten.polar_express_coefficients(steps)
+  coeffs = _polar_express.polar_express_coefficients(steps)
   with jax.enable_x64():
     direct = _whiten.polar_factor(jnp.asarray(x), "polar_express", steps, 0.5, 1e-8, exact)
-    gram = _whiten.gram_odd_polynomial(jnp.asarray(x), coeffs, restarts, 1e-8, exact)
+    gram = _polar_express.gram_odd_polynomial(jnp.asarray(x), coeffs, restarts, 1e-8, exact)
   np.testing.assert_allclose(gram, direct, atol=1e-9)
 
 
@@ -81,8 +82,8 @@ def test_matmul_flops_counts_every_product_once_per_loop_trip():
 @pytest.mark.parametrize(("steps", "restarts", "big", "small"), [(5, (), 2, 17), (5, (2,), 4, 14)])
 def test_the_gram_form_costs_its_m_by_n_and_k_by_k_products(steps, restarts, big, small):
   m, n = 16, 40
-  coeffs = _whiten.polar_express_coefficients(steps)
-  fn = lambda x: _whiten.gram_odd_polynomial(x, coeffs, restarts, 1e-8, exact)
+  coeffs = _polar_express.polar_express_coefficients(steps)
+  fn = lambda x: _polar_express.gram_odd_polynomial(x, coeffs, restarts, 1e-8, exact)
   flops = whitening_cost.matmul_flops(fn, jax.ShapeDtypeStruct((n, m), jnp.float32))
   assert flops == big * 2 * m * m * n + small * 2 * m**3
 
@@ -103,21 +104,23 @@ def test_a_smoke_run_of_the_frontier(tmp_path):
 @pytest.mark.parametrize("shape", [(16, 16), (16, 24), (16, 25), (40, 16)])
 @pytest.mark.parametrize(("steps", "restarts"), [(3, ()), (5, (2,)), (5, (1, 3))])
 def test_gram_is_cheaper_says_which_form_counts_fewer_flops(shape, steps, restarts):
-  coeffs = _whiten.polar_express_coefficients(steps)
+  coeffs = _polar_express.polar_express_coefficients(steps)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  gram = lambda x: _whiten.gram_odd_polynomial(x, coeffs, restarts, 1e-8, exact)
+  gram = lambda x: _polar_express.gram_odd_polynomial(x, coeffs, restarts, 1e-8, exact)
   direct = lambda x: _whiten.polar_factor(x, "polar_express", steps, 0.5, 1e-8, exact)
   cheaper = whitening_cost.matmul_flops(gram, x) < whitening_cost.matmul_flops(direct, x)
-  assert _whiten.gram_is_cheaper(shape, steps, restarts) == cheaper
+  assert _polar_express.gram_is_cheaper(shape, steps, restarts) == cheaper
 
 
 def test_gram_polar_express_takes_the_cheaper_form_of_the_same_polynomial():
-  coeffs = _whiten.polar_express_coefficients(5)
+  coeffs = _polar_express.polar_express_coefficients(5)
   for shape, form in (((16, 16), "direct"), ((16, 40), "gram")):
     x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     got = _whiten.polar_factor(x, "gram_polar_express", 5, 0.5, 1e-8, exact)
     if form == "gram":
-      want = _whiten.gram_odd_polynomial(x, coeffs, _whiten.GRAM_RESTARTS, 1e-8, exact)
+      want = _polar_express.gram_odd_polynomial(
+        x, coeffs, _polar_express.GRAM_RESTARTS, 1e-8, exact
+      )
     else:
       want = _whiten.polar_factor(x, "polar_express", 5, 0.5, 1e-8, exact)
     np.testing.assert_array_equal(got, want)

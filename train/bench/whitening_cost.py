@@ -2,7 +2,7 @@ r"""Whitening at Muon's cost or less: cosine to the polar factor against exact m
 
 Run: ``python -m train.bench.whitening_cost``. Methods: Polar Express with 4 to 8 steps (each
 count its own computed schedule), run directly on ``X`` or on the short-side Gram matrix with
-one restart (:func:`swan_optax._whiten.gram_odd_polynomial`: Dao AI Lab's restart before step
+one restart (:func:`swan_optax._polar_express.gram_odd_polynomial`: Dao AI Lab's restart before step
 3, and those before steps 2 and 4; at 5 steps also none), and Muon's quintic (5 steps), the
 anchor. Inputs: the GradNorm-ed gradients of every kernel kind of layer 0 of tiny and 60m, at
 init and after ``TRAINED`` Adam steps (cached in ``runs/whitening_cost/gradients.npz``). Each
@@ -26,6 +26,7 @@ import optax
 from matplotlib.figure import Figure
 
 from swan_optax import _gradnorm
+from swan_optax import _polar_express
 from swan_optax import _whiten
 from train.bench import harness
 from train.bench import precision
@@ -48,10 +49,10 @@ def methods() -> dict[str, Method]:
   out |= {f"PE {n}": odd("polar_express", n) for n in DIRECT_STEPS}
   for n in GRAM_STEPS:
     for restart in GRAM_RESTARTS[n]:
-      coeffs = _whiten.polar_express_coefficients(n)
+      coeffs = _polar_express.polar_express_coefficients(n)
       restarts = () if restart is None else (restart,)
       out[f"Gram PE {n}, {gram_label(restart)}"] = lambda x, mm, c=coeffs, r=restarts: (
-        _whiten.gram_odd_polynomial(x, c, r, 1e-8, mm)
+        _polar_express.gram_odd_polynomial(x, c, r, 1e-8, mm)
       )
   return out
 
