@@ -136,11 +136,15 @@ def test_gram_polar_express_on_a_mesh_matches_and_moves_what_polar_express_moves
     "stack": jax.random.normal(keys[0], (4, 32, 64)),
     "tall": jax.random.normal(keys[1], (96, 32)),
   }
-  sharded = jax.device_put(grads, {k: NamedSharding(mesh, s) for k, s in specs.items()})
+  shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
+  sharded = jax.device_put(grads, shardings)
   moved = {}
   for method in ("polar_express", "gram_polar_express"):
     tx = swan_optax.whiten(
-      method=method, precision=jax.lax.Precision.HIGHEST, dimension_numbers=dims
+      method=method,
+      precision=jax.lax.Precision.HIGHEST,
+      dimension_numbers=dims,
+      shardings=shardings,  # the whole-matrix path: each device whitens whole matrices
     )
     update = jax.jit(lambda g, tx=tx: tx.update(g, tx.init(g))[0])
     chex.assert_trees_all_close(update(sharded), update(grads), atol=1e-4)
