@@ -1,13 +1,14 @@
 """Which whitening SWAN should run by default: Newton-Schulz or Polar Express, each at its own lr.
 
-Run: ``python -m train.bench.whitening [--only sweep|seeds|timing|report]``. SWAN on tiny and
-on the width ladder's ``tiny-w64`` (``train.bench.transfer``, whose Polar Express runs it
+Run: ``python -m train.bench.whitening [--only sweep|seeds|cheaper|timing|report]``. SWAN on
+tiny and on the width ladder's ``tiny-w64`` (``train.bench.transfer``, whose Polar Express runs it
 shares) under the convergence protocol (and its run store), its Adam group at ``GROUP_RATIO`` x
 the matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening by the paper's
 10 coupled Newton-Schulz steps or by 8 Polar Express steps. On each size, each method's matrix
 lr is swept on a 5-point 2x grid (widened while its best sits at an edge), then ``SEEDS`` run at
 its best lr; both compiled train steps of tiny and small are timed side by side (interleaved
-medians). Writes ``OUT/whitening.md`` and ``.json``.
+medians). The ``CHEAPER`` whitenings (``whitening_cost``'s frontier) run on tiny at the seeds
+and lr of the default. Writes ``OUT/whitening.md``, ``.json`` and ``OUT/cheaper.md``.
 """
 
 import dataclasses
