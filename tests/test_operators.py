@@ -316,4 +316,5 @@ def test_non_finite_gradient_stays_non_finite_and_local(name, bad):
   tx = OPERATORS[name](dimension_numbers=MatrixDimensionNumbers(1, 2))
   got = _apply(tx, x)
   assert not np.isfinite(got[0]).all()
-  np.testing.assert_allclose(got[1], _apply(OPERATORS[name](), x[1]), atol=1e-6)
+  # A batch of two and one matrix alone may block their matmuls differently: float32 rounding.
+  np.testing.assert_allclose(got[1], _apply(OPERATORS[name](), x[1]), atol=1e-5)
