@@ -2,6 +2,7 @@
 
 from swan_optax import defaults
 from swan_optax import inspect
+from swan_optax import primitives
 from swan_optax._alias import sinkgd
 from swan_optax._alias import stateless_partition
 from swan_optax._alias import swan
@@ -22,6 +23,7 @@ __all__ = [
   "DEFAULT_ADAM_PATTERN",
   "defaults",
   "inspect",
+  "primitives",
   "MatrixDimensionNumbers",
   "dimension_numbers_from_einsum",
   "dimension_numbers_from_fn",

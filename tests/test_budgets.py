@@ -47,12 +47,12 @@ def test_token_fraction_interpolates_in_log_budget_and_bounds_outside():
 @pytest.mark.slow
 def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
   """Trunk to the decay start, then the branch resumed from its checkpoint: the same run."""
-  steps_of = lambda size, budget: round(40 * budget)
+  steps_of = lambda size, budget: round(20 * budget)
   runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", steps_of=steps_of)
   point = budgets.Point("tiny-w64", "swan", 2e-3)
   branch = runner.get(point, 0.5)
-  assert [e["step"] for e in branch["evals"]][-1] == 20
-  direct = runner._config(point, 20, "wsd", "direct")
+  assert [e["step"] for e in branch["evals"]][-1] == 10
+  direct = runner._config(point, 10, "wsd", "direct")
   loop.train(direct)
   evals = [r for r in metrics.read_jsonl(direct.run_dir / "metrics.jsonl") if r["kind"] == "eval"]
   np.testing.assert_allclose(

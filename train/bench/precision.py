@@ -20,9 +20,7 @@ import optax
 
 from models import configs
 from models import llama
-from swan_optax import _gradnorm
-from swan_optax import _matrix
-from swan_optax import _whiten
+from swan_optax import primitives
 from train import data
 from train import optimizer
 from train.bench import harness
@@ -64,8 +62,8 @@ def emulated_matmul(bits: int | None):
 def whiten_emulated(x: jax.Array, method: str, precision: str) -> jax.Array:
   """The rescaled polar factor of one GradNorm-ed matrix with emulated matmuls."""
   matmul = emulated_matmul(PRECISIONS[precision])
-  steps = _whiten.DEFAULT_STEPS[method]
-  return _whiten.rescale(_whiten.polar_factor(x, method, steps, 0.5, 1e-8, matmul), 1e-8)
+  steps = primitives.DEFAULT_STEPS[method]
+  return primitives.rescale(primitives.polar_factor(x, method, steps, 0.5, 1e-8, matmul), 1e-8)
 
 
 def accuracy(x: np.ndarray, result: np.ndarray) -> tuple[float, float, float]:
@@ -125,7 +123,7 @@ def gradient_inputs(
       grads["layers"][group][kernel]["kernel"],
       dims["layers"][group][kernel]["kernel"],
     )
-    matrix = _matrix.matrix_view(leaf.shape, leaf_dims).to_matrices(leaf)[0]
+    matrix = primitives.matrix_view(leaf.shape, leaf_dims).to_matrices(leaf)[0]
     when = f" @{train_steps}" if train_steps else ""
     out[f"{name}{when} {kernel} {matrix.shape[0]}x{matrix.shape[1]}"] = matrix
   return out
@@ -143,7 +141,7 @@ def table_inputs(models: str) -> dict[str, jax.Array]:
 def measure(inputs: dict[str, jax.Array]) -> list[dict]:
   rows = []
   for label, x in inputs.items():
-    x = _gradnorm.standardize(jnp.asarray(x, jnp.float32))
+    x = primitives.standardize(jnp.asarray(x, jnp.float32))
     row = {"input": label}
     for method in METHODS:
       for precision in PRECISIONS:
@@ -156,7 +154,7 @@ def measure(inputs: dict[str, jax.Array]) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
   columns = [(m, p) for m in METHODS for p in PRECISIONS]
-  default = {(m, EMULATES[_whiten.DEFAULT_PRECISION[m]]) for m in METHODS}
+  default = {(m, EMULATES[primitives.DEFAULT_PRECISION[m]]) for m in METHODS}
   header = " | ".join(f"{m} {p}" + " (default)" * ((m, p) in default) for m, p in columns)
   lines = [
     "`python -m train.bench.precision` — emulated matmul precision (inputs rounded to bf16 / "

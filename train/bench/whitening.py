@@ -16,7 +16,7 @@ import json
 import pathlib
 import statistics
 
-from swan_optax import _whiten
+from swan_optax import primitives
 from train import loop
 from train.bench import adam_group
 from train.bench import harness
@@ -62,7 +62,7 @@ def cheaper_runs(store: Store) -> dict[str, list[protocol.Run]]:
   ``CHEAPER``."""
   losses = search.sweep(store.read_only(), "tiny", GRID, protocol.GRID_ORDER, method_run)
   lr = search.best_lrs(losses)["polar_express"]
-  default = _whiten.DEFAULT_STEPS["polar_express"]
+  default = primitives.DEFAULT_STEPS["polar_express"]
   seeds = SEEDS["tiny"]
   runs = {f"polar_express {default}": [method_run("tiny", "polar_express", lr, s) for s in seeds]}
   for method, steps in CHEAPER:

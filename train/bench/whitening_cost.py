@@ -2,7 +2,7 @@ r"""Whitening at Muon's cost or less: cosine to the polar factor against exact m
 
 Run: ``python -m train.bench.whitening_cost``. Methods: Polar Express with 4 to 8 steps (each
 count its own computed schedule), run directly on ``X`` or on the short-side Gram matrix with
-one restart (:func:`swan_optax._polar_express.gram_odd_polynomial`: Dao AI Lab's restart before step
+one restart (:func:`swan_optax.primitives.gram_odd_polynomial`: Dao AI Lab's restart before step
 3, and those before steps 2 and 4; at 5 steps also none), and Muon's quintic (5 steps), the
 anchor. Inputs: the GradNorm-ed gradients of every kernel kind of layer 0 of tiny and 60m, at
 init and after ``TRAINED`` Adam steps (cached in ``runs/whitening_cost/gradients.npz``). Each
@@ -25,9 +25,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from swan_optax import _gradnorm
-from swan_optax import _polar_express
-from swan_optax import _whiten
+from swan_optax import primitives
 from train.bench import harness
 from train.bench import precision
 
@@ -44,15 +42,15 @@ Method = Callable[[jax.Array, Matmul], jax.Array]
 
 def methods() -> dict[str, Method]:
   """Name -> the polar factor of one matrix with every product through a given matmul."""
-  odd = lambda name, steps: lambda x, mm: _whiten.polar_factor(x, name, steps, 0.5, 1e-8, mm)
+  odd = lambda name, steps: lambda x, mm: primitives.polar_factor(x, name, steps, 0.5, 1e-8, mm)
   out = {"Muon quintic 5": odd("quintic", 5)}
   out |= {f"PE {n}": odd("polar_express", n) for n in DIRECT_STEPS}
   for n in GRAM_STEPS:
     for restart in GRAM_RESTARTS[n]:
-      coeffs = _polar_express.polar_express_coefficients(n)
+      coeffs = primitives.polar_express_coefficients(n)
       restarts = () if restart is None else (restart,)
       out[f"Gram PE {n}, {gram_label(restart)}"] = lambda x, mm, c=coeffs, r=restarts: (
-        _polar_express.gram_odd_polynomial(x, c, r, 1e-8, mm)
+        primitives.gram_odd_polynomial(x, c, r, 1e-8, mm)
       )
   return out
 
@@ -122,7 +120,7 @@ def cosines(inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, dict[s
   matmuls = {p: precision.emulated_matmul(bits) for p, bits in precision.PRECISIONS.items()}
   out = {m: {p: {} for p in precision.PRECISIONS} for m in names}
   for label, x in inputs.items():
-    x = np.asarray(_gradnorm.standardize(jnp.asarray(x, jnp.float32)))
+    x = np.asarray(primitives.standardize(jnp.asarray(x, jnp.float32)))
     x = x.T if x.shape[0] > x.shape[1] else x  # the polar factor of X^T is its transpose
     polar = harness.exact_polar(x, rtol=precision.EXACT_RTOL)
     for m in names:
