@@ -103,6 +103,8 @@ class ConfigParser(argparse.ArgumentParser):
   def _add_flag(
     self, group, cls: type, field: dataclasses.Field, docs: dict, value, note: str, **parsing
   ):
+    """Adds ``field``'s flag to ``group``: its help from ``docs`` and ``note``, its parsing
+    from its type unless ``parsing`` is given."""
     if unknown := set(field.metadata) - _METADATA:
       raise TypeError(f"{cls.__name__}.{field.name}: unknown metadata {sorted(unknown)}")
     name, owner = flag(field), f"{cls.__name__}.{field.name}"
