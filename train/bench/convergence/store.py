@@ -17,7 +17,6 @@ from train import loop
 from train import metrics
 from train.bench.convergence import protocol
 from train.config import TrainConfig
-from train.optimizers import OPTIMIZERS
 from train.optimizers import OptimizerConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -118,7 +117,7 @@ def _check_optimizer(found: dict, expected: OptimizerConfig, where: str, tag: st
   significant digits, as run names print them); a field the run's trainer did not have yet
   ran at today's default (fields are added so)."""
   want = json.loads(to_json(expected))
-  defaults = json.loads(to_json(OPTIMIZERS[expected.name]()))
+  defaults = json.loads(to_json(type(expected)()))
   found = {**defaults, **found}
   same = lambda a, b: (
     a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6))
