@@ -39,9 +39,9 @@ def test_token_fraction_interpolates_in_log_budget_and_bounds_outside():
   curve = {0.25: 4.0, 1.0: 3.0, 4.0: 2.5}
   assert budgets.token_fraction(3.0, 1.0, curve) == ("", 1.0)
   kind, fraction = budgets.token_fraction(3.5, 1.0, curve)
-  assert kind == "" and fraction == pytest.approx(0.5)  # halfway in log between 0.25 and 1
-  assert budgets.token_fraction(2.0, 1.0, curve) == (">", 4.0)
-  assert budgets.token_fraction(4.5, 1.0, curve) == ("<", 0.25)
+  assert kind == "" and fraction == pytest.approx(2.0)  # the reference: halfway, 0.5x in log
+  assert budgets.token_fraction(2.0, 1.0, curve) == ("<", 0.25)  # beyond the reference's 4x
+  assert budgets.token_fraction(4.5, 1.0, curve) == (">", 4.0)  # short of its 0.25x
 
 
 @pytest.mark.slow
@@ -80,6 +80,8 @@ BASE = {"adam": 3.0, "muon": 2.8, "swan": 2.85, "sinkgd": 3.2}
 
 
 def _fake_loss(point: budgets.Point, budget: float) -> float:
+  if point.variant == "swan-gram":  # a cheaper whitening: 0.004 behind SWAN's default
+    return _fake_loss(dataclasses.replace(point, variant="swan"), budget) + 0.004
   best_group = 4.0 if point.variant == "adam" else 1.0
   group_cost = 0.02 * math.log2(point.group / best_group) ** 2
   if point.variant == "adam" and point.group == 1:
@@ -93,12 +95,15 @@ def _fake_loss(point: budgets.Point, budget: float) -> float:
   )
 
 
-def _fake_runner(tmp_path) -> budgets.Runner:
-  def fake_get(point, budget, schedule="wsd"):
+def _fake_get(runner: budgets.Runner):
+  """``runner.get`` without training: the run's JSON, its final loss from ``_fake_loss``."""
+
+  def get(point, budget, schedule="wsd"):
     loss = _fake_loss(point, budget) + (0.002 if schedule == "cosine" else 0.0)
     record = {
       "tag": budgets.run_name(point, budget, schedule),
       "point": dataclasses.asdict(point),
+      "budget": budget,
       "rates": point.rates,
       "final_val_loss": loss,
       "optimizer_state_bytes": 0 if point.variant in ("swan", "sinkgd") else 2**20,
@@ -110,7 +115,12 @@ def _fake_runner(tmp_path) -> budgets.Runner:
     path.write_text(json.dumps(record))
     return record
 
+  return get
+
+
+def _fake_runner(tmp_path) -> budgets.Runner:
   runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
+  fake_get = _fake_get(runner)
   for size, budget, seeds, cosine in budgets.STAGES[:1]:
     training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
     training.get = fake_get
@@ -130,16 +140,37 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert rows["adam+embed"]["point"]["group"] == 4.0 and rows["adam"]["point"]["group"] == 1
   assert all(r["bracketed"] for r in rows.values())
   assert rows["swan"]["finals"] == pytest.approx([2.85, 2.851, 2.852])
-  # Plain Adam's seed mean is 3.051 - 0.2 log(b): SinkGD's 3.201 is Adam's at 0.47x.
+  # Plain Adam's seed mean is 3.051 - 0.2 log(b): SinkGD's 3.201 is Adam's at 0.47x, so
+  # SinkGD needs 2.1x Adam's tokens for it.
   kind, fraction = rows["sinkgd"]["tokens_vs_adam"]
-  assert kind == "" and fraction == pytest.approx(math.exp((3.051 - 3.201) / 0.2))
-  assert rows["swan"]["tokens_vs_adam"] == (">", 1.0)  # better than Adam's largest budget
+  assert kind == "" and fraction == pytest.approx(math.exp((3.201 - 3.051) / 0.2))
+  assert rows["swan"]["tokens_vs_adam"] == ("<", 1.0)  # better than Adam's largest budget
   assert "wall_vs_adam" not in rows["swan"]
   assert rows["sinkgd"]["wall_vs_adam"] == pytest.approx(fraction)
   budgets.report(runner, tmp_path / "out")
   text = (tmp_path / "out" / "budgets.md").read_text()
   assert "#### tiny-w64 (460,352 params) at 1x Chinchilla (9,207,808 tokens)" in text
-  assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 0.47 |" in text
-  assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | >1.00 |" in text
+  assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
+  assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <1.00 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text
   assert (tmp_path / "out" / "budgets.png").exists()
+
+
+def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):
+  runner = _fake_runner(tmp_path)
+  training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+  training.get = _fake_get(runner)
+  budgets.whitening(training)
+  gram = sorted(p.name for p in runner.runs_dir.glob("*-swan-gram-*.json"))
+  assert gram == [f"tiny-w64-swan-gram-lr0.002-seed{s}-1x.json" for s in (0, 1, 2)]
+  record = runner.get(budgets.Point("tiny-w64", "swan-gram", 2e-3), 1.0)
+  assert record["rates"] == runner.get(budgets.Point("tiny-w64", "swan", 2e-3), 1.0)["rates"]
+  assert budgets.Point("tiny-w64", "swan-gram", 2e-3).optimizer(10, 0.2).whiten_method == (
+    "gram_polar_express"
+  )
+  table = budgets.whitening_table(runner)
+  assert (
+    "| 1x | lr 0.002, group 1 | 2.851 ± 0.001 (3) | gram_polar_express | 2.855 ± 0.001 (3) |"
+    in table
+  )
+  assert "| +0.0040 | 0.0020 |" in table

@@ -1,6 +1,6 @@
 """Optimizers at the budgets people train at: multiples of Chinchilla, from WSD cooldown branches.
 
-Run: ``python -m train.bench.budgets [--only queue|report] [--stage N ...]``.
+Run: ``python -m train.bench.budgets [--only queue|whitening|report] [--stage N ...]``.
 A budget is a multiple of Chinchilla's 20 tokens per parameter, counting every parameter of
 the model (embedding and lm_head included): tiny-w64 has 460,352, so 1x is 9.2M tokens,
 2,248 steps of 16 x 256. Every run uses the other benchmarks' data, batch, sequence length
@@ -15,7 +15,9 @@ edge; then, at the best lr, its Adam group's lr (Adam: the embedding and lm_head
 and 0.5x its default ratio, widened likewise. Adam b2 0.95 everywhere (its Adam group too);
 plain Adam is the Adam grid's own points. ``queue`` runs ``STAGES`` in order, resumably (a
 killed run resumes from its last checkpoint); every finished branch keeps its JSON in
-``--runs``. ``report`` writes ``OUT/budgets.md``, ``.json`` and two plots from those JSONs.
+``--runs``. ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to its
+default at SWAN's best point, every seed. ``report`` writes ``OUT/budgets.md``, ``.json`` and two
+plots from those JSONs.
 """
 
 import dataclasses
@@ -81,6 +83,14 @@ VARIANTS: dict[str, Variant] = {
     {"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), ADAM_LR_RATIO["sinkgd", "spectral"]
   ),
 }
+# SWAN with a cheaper whitening, run at SWAN's best point only (see ``whitening``).
+WHITENINGS: dict[str, Variant] = {
+  "swan-gram": Variant(
+    {"name": "swan", "whiten_method": "gram_polar_express"},
+    VARIANTS["swan"].lrs,
+    VARIANTS["swan"].adam_ratio,
+  ),
+}
 GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
 SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
 
@@ -107,12 +117,12 @@ class Point:
   @property
   def rates(self) -> dict[str, float]:
     """The peak lr of each parameter group: ``matrix`` and ``adam`` (Adam: embeddings)."""
-    variant = VARIANTS[self.variant]
+    variant = {**VARIANTS, **WHITENINGS}[self.variant]
     return {"matrix": self.lr, "adam": self.lr * variant.adam_ratio * self.group}
 
   def optimizer(self, warmup: int, decay_fraction: float, schedule: str = "wsd") -> OptimizerConfig:
     """The point's optimizer on ``schedule``, after ``warmup`` steps."""
-    fields = {**VARIANTS[self.variant].fields, "adam_b2": ADAM_B2}
+    fields = {**{**VARIANTS, **WHITENINGS}[self.variant].fields, "adam_b2": ADAM_B2}
     if self.variant == "adam":
       fields["embed_lr_scale"] = self.group
     else:
@@ -366,6 +376,15 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
       runner.get(point, budget, "cosine")
 
 
+def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> None:
+  """SWAN's default whitening against each of ``WHITENINGS`` at SWAN's best point so far
+  (seed 0's lr and group), every seed of ``SEEDS``, the seeds interleaved."""
+  point = best_points(runner.read_only(), size, budget, closed=False)["swan"]
+  for seed in SEEDS[size]:
+    for variant in ("swan", *WHITENINGS):
+      runner.get(dataclasses.replace(point, variant=variant, seed=seed), budget)
+
+
 # (size, budget, seeds at the best points, the cosine check): in order, so a partial queue
 # has every optimizer at 1x on tiny-w64 first.
 STAGES = (
@@ -432,19 +451,21 @@ def seeds_cell(finals: list[float]) -> str:
 
 
 def token_fraction(loss: float, budget: float, curve: dict[float, float]) -> tuple[str, float]:
-  """The fraction of ``budget`` at which ``curve`` (budget -> final loss) reaches ``loss``,
-  linear in log budget between measured budgets; ``('<', f)`` or ``('>', f)`` when ``loss``
-  lies outside the curve (a bound at its smallest or largest budget)."""
+  """The tokens a run of ``budget`` that reached ``loss`` used, as a fraction of the tokens the
+  reference needs for the same loss: ``budget`` over the budget at which ``curve`` (budget ->
+  final loss) reaches ``loss``, linear in log budget between measured budgets (below 1: fewer
+  tokens than the reference). ``('<', f)`` or ``('>', f)`` when ``loss`` lies outside the
+  curve (a bound from its largest or smallest budget)."""
   points = sorted(curve.items())
   if loss > points[0][1]:
-    return "<", points[0][0] / budget
+    return ">", budget / points[0][0]
   for (b0, l0), (b1, l1) in zip(points, points[1:], strict=False):
     if l1 <= loss <= l0:
       t = 0.0 if l0 == l1 else (l0 - loss) / (l0 - l1)
-      return "", math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))) / budget
+      return "", budget / math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
   if loss == points[-1][1]:
-    return "", points[-1][0] / budget
-  return ">", points[-1][0] / budget
+    return "", budget / points[-1][0]
+  return "<", budget / points[-1][0]
 
 
 def summaries(runner: Runner) -> dict[str, dict[float, dict]]:
@@ -539,6 +560,43 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
   return harness.table(columns, rows) if rows else ""
 
 
+def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
+  """Each ``WHITENINGS`` run next to SWAN's default at the same point and seed, per budget:
+  the seeds' mean and spread of each, and the mean of the per-seed differences."""
+  rows = []
+  for variant, spec in WHITENINGS.items():
+    for path in sorted(runner.runs_dir.glob(f"{size}-{variant}-lr*-seed0-*x.json")):
+      record = json.loads(path.read_text())
+      point, budget = Point(**record["point"]), record["budget"]
+      pairs = [
+        (runner.final(p, budget), runner.final(dataclasses.replace(p, variant="swan"), budget))
+        for p in (dataclasses.replace(point, seed=s) for s in SEEDS[size])
+      ]
+      done = [(x, y) for x, y in pairs if x is not None and y is not None]
+      cheap, default = zip(*done, strict=True)
+      rows.append(
+        {
+          "budget": f"{budget:g}x",
+          "point": f"lr {point.lr:g}, group {point.group:g}",
+          "default": seeds_cell(list(default)),
+          "method": spec.fields["whiten_method"],
+          "cheap": seeds_cell(list(cheap)),
+          "diff": statistics.mean(cheap) - statistics.mean(default),
+          "spread": max(default) - min(default),
+        }
+      )
+  columns = [
+    ("budget", "budget", "", "l"),
+    ("point", "SWAN point", "", "l"),
+    ("default", "polar_express (8 steps)", "", "r"),
+    ("method", "cheaper method", "", "l"),
+    ("cheap", "its loss", "", "r"),
+    ("diff", "difference (same seeds)", "+.4f", "r"),
+    ("spread", "default's seed range", ".4f", "r"),
+  ]
+  return harness.table(columns, rows) if rows else ""
+
+
 def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> None:
   """Top: token fraction of tuned Adam's against budget, one line per optimizer, one panel per
   width. Bottom: final loss against lr per budget, one panel per (width, optimizer)."""
@@ -601,13 +659,19 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open). "
     "Group lr: the Adam group's peak lr (Adam: its embedding and lm_head lr). Loss: the mean "
     "and half range of the seeds run at the best point (their count in brackets). Tokens: "
-    "the fraction of the reference's budget at which it reaches this loss, from its best "
-    "final losses at every budget (0.25x to 4x, linear in log budget); `<`/`>` a bound "
-    "beyond the budgets measured. Wall clock: tokens x the step-time ratio to Adam (medians "
+    "this budget over the budget at which the reference reaches the same loss (below 1: "
+    "fewer tokens than the reference), the reference's loss interpolated linearly in log "
+    "budget between its best final losses at 0.25x to 4x; `<`/`>` a bound beyond the "
+    "budgets measured. Wall clock: tokens x the step-time ratio to Adam (medians "
     f"of separate runs on these shared CPU cores). Runs took {hours or 'nothing yet'}.\n"
   )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
+  if table := whitening_table(runner):
+    text += (
+      "\n#### SWAN's whitening: the default against a cheaper method (tiny-w64, "
+      "`--only whitening`)\n\n" + table
+    )
   out.mkdir(parents=True, exist_ok=True)
   harness.save(text, out / "budgets.md")
   (out / "budgets.json").write_text(json.dumps(all_summaries, indent=1, default=str))
@@ -622,7 +686,7 @@ def queue(runner: Runner, stages=STAGES) -> None:
 
 def main() -> None:
   parser = harness.parser(__doc__, "budgets")
-  parser.add_argument("--only", choices=("queue", "report"), action="append")
+  parser.add_argument("--only", choices=("queue", "whitening", "report"), action="append")
   parser.add_argument("--stage", type=int, nargs="+", help="queue: these STAGES (0-based) only")
   parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("runs/budgets"))
   parser.add_argument("--runs", type=pathlib.Path, default=RUNS, help="the run JSONs")
@@ -632,6 +696,8 @@ def main() -> None:
     if what == "queue":
       chosen = STAGES if args.stage is None else tuple(STAGES[i] for i in args.stage)
       queue(runner, chosen)
+    elif what == "whitening":
+      whitening(runner)
     else:
       report(runner.read_only(), args.out)
 
