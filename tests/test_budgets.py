@@ -47,10 +47,10 @@ def test_token_fraction_interpolates_in_log_budget_and_bounds_outside():
 @pytest.mark.slow
 def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
   """Trunk to the decay start, then the branch resumed from its checkpoint: the same run."""
-  steps_of = lambda size, budget: round(20 * budget)
+  steps_of = lambda size, budget: round(40 * budget)  # the smallest budget, 0.25x: 10 steps
   runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", steps_of=steps_of)
   point = budgets.Point("tiny-w64", "swan", 2e-3)
-  branch = runner.get(point, 0.5)
+  branch = runner.get(point, 0.25)
   assert [e["step"] for e in branch["evals"]][-1] == 10
   direct = runner._config(point, 10, "wsd", "direct")
   loop.train(direct)
@@ -59,11 +59,11 @@ def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
     [e["val_loss"] for e in branch["evals"]], [e["val_loss"] for e in evals], rtol=1e-6
   )
   assert branch["rates"] == {"matrix": 2e-3, "adam": 0.1}
-  assert runner.get(point, 0.5) == branch  # kept: read back, not trained again
+  assert runner.get(point, 0.25) == branch  # kept: read back, not trained again
   tampered = {**branch, "rates": {"matrix": 1e-3, "adam": 0.1}}
-  runner.path(point, 0.5).write_text(json.dumps(tampered))
+  runner.path(point, 0.25).write_text(json.dumps(tampered))
   with pytest.raises(ValueError, match="ran at rates"):
-    runner.get(point, 0.5)
+    runner.get(point, 0.25)
 
 
 def test_a_branch_cannot_start_from_a_trunk_already_past_its_decay(tmp_path):
