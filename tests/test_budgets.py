@@ -161,8 +161,14 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
   training.get = _fake_get(runner)
   budgets.whitening(training)
-  gram = sorted(p.name for p in runner.runs_dir.glob("*-swan-gram-*.json"))
-  assert gram == [f"tiny-w64-swan-gram-lr0.002-seed{s}-1x.json" for s in (0, 1, 2)]
+  gram = sorted(
+    p.name.removeprefix("tiny-w64-swan-gram-") for p in runner.runs_dir.glob("*-swan-gram-*")
+  )
+  assert gram == [
+    "lr0.001-seed0-1x.json",
+    *(f"lr0.002-seed{s}-1x.json" for s in (0, 1, 2)),
+    "lr0.004-seed0-1x.json",
+  ]
   record = runner.get(budgets.Point("tiny-w64", "swan-gram", 2e-3), 1.0)
   assert record["rates"] == runner.get(budgets.Point("tiny-w64", "swan", 2e-3), 1.0)["rates"]
   assert budgets.Point("tiny-w64", "swan-gram", 2e-3).optimizer(10, 0.2).whiten_method == (
@@ -174,3 +180,6 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
     in table
   )
   assert "| +0.0040 | 0.0020 |" in table
+  assert (
+    "| 1x | lr 0.004, group 1 | 2.860 | gram_polar_express | 2.864 | +0.0040 | 0.0000 |" in table
+  )

@@ -377,12 +377,20 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
 
 
 def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> None:
-  """SWAN's default whitening against each of ``WHITENINGS`` at SWAN's best point so far
-  (seed 0's lr and group), every seed of ``SEEDS``, the seeds interleaved."""
+  """Each of ``WHITENINGS`` next to SWAN's default at SWAN's best point so far (seed 0's lr and
+  group): seeds 0 and 1 of both, the cheaper one alone at 2x and half that lr (it may want
+  another: the default's runs there are its own lr grid's), then the other seeds of ``SEEDS``."""
   point = best_points(runner.read_only(), size, budget, closed=False)["swan"]
-  for seed in SEEDS[size]:
-    for variant in ("swan", *WHITENINGS):
-      runner.get(dataclasses.replace(point, variant=variant, seed=seed), budget)
+  pair = lambda seed: [
+    dataclasses.replace(point, variant=v, seed=seed) for v in ("swan", *WHITENINGS)
+  ]
+  runs = [*pair(0), *pair(1)]
+  runs += [
+    dataclasses.replace(point, variant=v, lr=point.lr * f) for f in (2, 0.5) for v in WHITENINGS
+  ]
+  runs += [run for seed in SEEDS[size][2:] for run in pair(seed)]
+  for run in runs:
+    runner.get(run, budget)
 
 
 # (size, budget, seeds at the best points, the cosine check): in order, so a partial queue
@@ -561,30 +569,31 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
 
 
 def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
-  """Each ``WHITENINGS`` run next to SWAN's default at the same point and seed, per budget:
-  the seeds' mean and spread of each, and the mean of the per-seed differences."""
+  """Each point ``WHITENINGS`` ran at, per budget: its seeds' mean and spread, SWAN's default's
+  at the same point and seeds (where run), and the difference of the two means."""
   rows = []
   for variant, spec in WHITENINGS.items():
     for path in sorted(runner.runs_dir.glob(f"{size}-{variant}-lr*-seed0-*x.json")):
       record = json.loads(path.read_text())
       point, budget = Point(**record["point"]), record["budget"]
-      pairs = [
+      seeds = [dataclasses.replace(point, seed=s) for s in SEEDS[size]]
+      both = [
         (runner.final(p, budget), runner.final(dataclasses.replace(p, variant="swan"), budget))
-        for p in (dataclasses.replace(point, seed=s) for s in SEEDS[size])
+        for p in seeds
       ]
-      done = [(x, y) for x, y in pairs if x is not None and y is not None]
-      cheap, default = zip(*done, strict=True)
-      rows.append(
-        {
-          "budget": f"{budget:g}x",
-          "point": f"lr {point.lr:g}, group {point.group:g}",
-          "default": seeds_cell(list(default)),
-          "method": spec.fields["whiten_method"],
-          "cheap": seeds_cell(list(cheap)),
-          "diff": statistics.mean(cheap) - statistics.mean(default),
-          "spread": max(default) - min(default),
-        }
-      )
+      cheap = [x for x, _ in both if x is not None]
+      default = [y for x, y in both if x is not None and y is not None]
+      row = {
+        "budget": f"{budget:g}x",
+        "point": f"lr {point.lr:g}, group {point.group:g}",
+        "default": seeds_cell(default) if default else "not run",
+        "method": spec.fields["whiten_method"],
+        "cheap": seeds_cell(cheap),
+      }
+      if len(default) == len(cheap):
+        row["diff"] = statistics.mean(cheap) - statistics.mean(default)
+        row["spread"] = max(default) - min(default)
+      rows.append(row)
   columns = [
     ("budget", "budget", "", "l"),
     ("point", "SWAN point", "", "l"),
