@@ -78,7 +78,11 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
   "adam": Variant({"name": "adam"}, (2e-3, 4e-3, 8e-3, 1.6e-2), 1.0, (2.0, 4.0, 8.0)),
   "muon": Variant({"name": "muon"}, (5e-3, 1e-2, 2e-2, 4e-2), 1.0),
-  "swan": Variant({"name": "swan"}, (1e-3, 2e-3, 4e-3, 8e-3), ADAM_LR_RATIO["swan", "unit_rms"]),
+  "swan": Variant(
+    {"name": "swan", "whiten_method": "polar_express"},  # every SWAN run's, whatever the default
+    (1e-3, 2e-3, 4e-3, 8e-3),
+    ADAM_LR_RATIO["swan", "unit_rms"],
+  ),
   "sinkgd": Variant(
     {"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), ADAM_LR_RATIO["sinkgd", "spectral"]
   ),
