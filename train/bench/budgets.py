@@ -95,6 +95,7 @@ WHITENINGS: dict[str, Variant] = {
     VARIANTS["swan"].adam_ratio,
   ),
 }
+ALL_VARIANTS = {**VARIANTS, **WHITENINGS}
 GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
 SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
 
@@ -121,12 +122,12 @@ class Point:
   @property
   def rates(self) -> dict[str, float]:
     """The peak lr of each parameter group: ``matrix`` and ``adam`` (Adam: embeddings)."""
-    variant = {**VARIANTS, **WHITENINGS}[self.variant]
+    variant = ALL_VARIANTS[self.variant]
     return {"matrix": self.lr, "adam": self.lr * variant.adam_ratio * self.group}
 
   def optimizer(self, warmup: int, decay_fraction: float, schedule: str = "wsd") -> OptimizerConfig:
     """The point's optimizer on ``schedule``, after ``warmup`` steps."""
-    fields = {**{**VARIANTS, **WHITENINGS}[self.variant].fields, "adam_b2": ADAM_B2}
+    fields = {**ALL_VARIANTS[self.variant].fields, "adam_b2": ADAM_B2}
     if self.variant == "adam":
       fields["embed_lr_scale"] = self.group
     else:
