@@ -19,6 +19,10 @@ WhiteningMethod = Literal[
   "newton_schulz", "polar_express", "gram_polar_express", "quintic", "svd", "eigh"
 ]
 
+# The cheapest method whose training loss is within the seed spread of Polar Express at 8 steps
+# (train.bench.whitening --only cheaper, train.bench.budgets --only whitening): Muon's FLOPs on
+# square kernels, fewer on rectangular ones.
+DEFAULT_METHOD: WhiteningMethod = "gram_polar_express"
 DEFAULT_STEPS: dict[str, int] = {
   "newton_schulz": 10,
   "polar_express": 8,
@@ -144,7 +148,7 @@ def rescale(d: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
 
 def whiten_matrix(
   x: jax.Array,
-  method: WhiteningMethod = "polar_express",
+  method: WhiteningMethod = DEFAULT_METHOD,
   ns_steps: int | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
@@ -179,7 +183,7 @@ def _matmul(precision: jax.lax.PrecisionLike) -> Callable[[jax.Array, jax.Array]
 
 def whiten(
   *,
-  method: WhiteningMethod = "polar_express",
+  method: WhiteningMethod = DEFAULT_METHOD,
   ns_steps: int | None = None,
   ns_beta: jax.typing.ArrayLike = 0.5,
   eps: jax.typing.ArrayLike = 1e-8,
@@ -203,11 +207,11 @@ def whiten(
     inputs, slow to converge on ill-conditioned ones (its error grows with the
     log of the condition number). ``ns_beta != 0.5`` is a different, inexact
     operator.
-  * ``'polar_express'`` (default, 8 steps): the Polar Express odd-polynomial
+  * ``'polar_express'`` (8 steps): the Polar Express odd-polynomial
     iteration on ``X``, ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``; its
     schedule of ``(a, b, c)`` is computed for the number of steps, optimal
     for the worst case (the paper's greedy construction).
-  * ``'gram_polar_express'`` (5 steps): the same polynomials, run on the
+  * ``'gram_polar_express'`` (default, 5 steps): the same polynomials, run on the
     short-side Gram ``X X^T`` with one restart (Gram Newton-Schulz) where that
     takes fewer FLOPs (aspect ratio above 1.5 at 5 steps), directly on ``X``
     otherwise: the same result in exact arithmetic.

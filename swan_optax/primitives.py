@@ -9,6 +9,7 @@ from swan_optax._gradnorm import standardize
 from swan_optax._matrix import matrix_view
 from swan_optax._polar_express import gram_odd_polynomial
 from swan_optax._polar_express import polar_express_coefficients
+from swan_optax._whiten import DEFAULT_METHOD
 from swan_optax._whiten import DEFAULT_PRECISION
 from swan_optax._whiten import DEFAULT_STEPS
 from swan_optax._whiten import polar_factor
@@ -16,6 +17,7 @@ from swan_optax._whiten import rescale
 
 __all__ = [
   "DEFAULT_PRECISION",
+  "DEFAULT_METHOD",
   "DEFAULT_STEPS",
   "gram_odd_polynomial",
   "matrix_view",

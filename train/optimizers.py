@@ -184,7 +184,7 @@ class SwanConfig(_Stateless):
   lr: float = defaults.LEARNING_RATE["swan"]
   scale_rule: ScaleRule = defaults.SCALE_RULE["swan"]
   swan_operators: SwanOperators = "both"
-  whiten_method: WhiteningMethod = "polar_express"
+  whiten_method: WhiteningMethod = swan_optax.primitives.DEFAULT_METHOD
   whiten_steps: int | None = None
   whiten_layout: WhitenLayout = "whole"
 
