@@ -31,9 +31,12 @@ DEFAULT_STEPS: dict[str, int] = {
 }
 # Matmul precision per method, chosen by the cosine to the polar factor of real LLaMA gradients
 # with emulated bf16 and TF32 matmul inputs and float32 accumulation. The odd polynomials
-# lose <= 2e-4 of cosine to bf16 inputs, so they take bf16 tensor-core matmuls. The coupled
-# Newton-Schulz loses up to 4e-3 with bf16 inputs and <= 1e-4 with TF32: it takes HIGH (TF32 on
-# GPUs, three bf16 passes on TPUs), not full float32. The exact references keep float32.
+# lose <= 2e-4 of cosine to bf16 inputs applied directly, and <= 0.01 in the Gram form (whose
+# R = X X^T squares the condition number), which trains within the seed spread of the direct
+# form at 8 steps (train.bench.budgets --only whitening): they take bf16 tensor-core matmuls.
+# The coupled Newton-Schulz loses up to 4e-3 with bf16 inputs and <= 1e-4 with TF32: it takes
+# HIGH (TF32 on GPUs, three bf16 passes on TPUs), not full float32. The exact references keep
+# float32.
 DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "newton_schulz": jax.lax.Precision.HIGH,
   "polar_express": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,

@@ -16,10 +16,15 @@ from jax.sharding import PartitionSpec as P
 import swan_optax
 from swan_optax import MatrixDimensionNumbers
 
-# The default whitening (polar_express) in float32: these checks are of the transform
+# The default whitening (gram_polar_express) in float32: these checks are of the transform
 # machinery; its default bfloat16 matmul inputs are held to the exact polar factor in
 # test_precision.py and to the float32 result on meshes in test_sharding.py.
 _whiten_f32 = functools.partial(swan_optax.whiten, precision=jax.lax.Precision.HIGHEST)
+# Agreement of one update computed two ways (jit and eager, sharded and not) on these unit-RMS
+# updates: float32 reassociation through the whitening's 5-8 polynomial steps moves elements by
+# up to 8e-6 in the direct form and 2e-5 in the Gram form (it squares the condition number;
+# measured over 3 seeds); a machinery error moves them by O(1).
+ATOL = 5e-5
 TRANSFORMS = {
   "gradnorm": swan_optax.gradnorm,
   "whiten": _whiten_f32,
@@ -92,7 +97,7 @@ class JitMatchesEagerTest(chex.TestCase):
     with jax.disable_jit():
       expected, _ = tx.update(grads, tx.init(grads))
     updates, _ = self.variant(tx.update)(grads, tx.init(grads))
-    chex.assert_trees_all_close(updates, expected, atol=1e-5)
+    chex.assert_trees_all_close(updates, expected, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
@@ -102,7 +107,7 @@ def test_vmap_over_a_leading_axis_matches_separate_calls(name):
   vmapped, _ = jax.vmap(lambda g: tx.update(g, optax.EmptyState()))(stacked)
   for i in range(3):
     single, _ = tx.update(stacked[i], optax.EmptyState())
-    chex.assert_trees_all_close(vmapped[i], single, atol=1e-5)
+    chex.assert_trees_all_close(vmapped[i], single, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
@@ -158,7 +163,7 @@ def test_sharded_matches_unsharded_and_keeps_sharding(name):
     jax.jit(tx.update)(sharded_grads, tx.init(grads))[0],
     tx.update(sharded_grads, tx.init(grads))[0],
   ):
-    chex.assert_trees_all_close(updates, expected, atol=1e-5)
+    chex.assert_trees_all_close(updates, expected, atol=ATOL)
     for k, u in updates.items():
       assert u.sharding.is_equivalent_to(shardings[k], u.ndim), (k, u.sharding)
 

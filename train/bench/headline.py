@@ -12,10 +12,12 @@ wall-clock fraction: that times the ratio of median step times of the compiled t
 interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
 """
 
+import dataclasses
 import json
 import pathlib
 import statistics
 
+from swan_optax import primitives
 from train import loop
 from train.bench import adam_group
 from train.bench import harness
@@ -38,13 +40,20 @@ _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 
 def default_run(size: str, name: str, seed: int) -> protocol.Run:
   """``name`` at the trainer's defaults: the width ladder's run of the same settings
-  (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew."""
+  (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew. A
+  default whitening other than the ladder's runs at its steps, named ``swan_METHODSTEPS`` as
+  ``train.bench.whitening`` names it."""
   defaults, variant = optimizer_config(name), transfer.default_variant(name)
-  fields, ratio, _ = transfer.VARIANTS[variant]
-  if "whiten_method" in fields and fields["whiten_method"] != defaults.whiten_method:
-    raise ValueError(f"{variant} of the ladder does not whiten by {defaults.whiten_method}")
+  _, ratio, _ = transfer.VARIANTS[variant]
   group_factor = defaults.adam_group_peak_lr / defaults.lr / ratio
-  return transfer.ladder_run(size, variant, defaults.lr, seed, group_factor)
+  run = transfer.ladder_run(size, variant, defaults.lr, seed, group_factor)
+  method = getattr(defaults, "whiten_method", None)  # None: no whitening (SinkGD)
+  if method is None or method == run.optimizer.whiten_method:
+    return run
+  steps = defaults.whiten_steps or primitives.DEFAULT_STEPS[method]
+  optimizer = dataclasses.replace(run.optimizer, whiten_method=method, whiten_steps=steps)
+  label = run.variant.replace(run.optimizer.whiten_method, f"{method}{steps}", 1)
+  return dataclasses.replace(run, variant=label, optimizer=optimizer)
 
 
 def references(store: Store) -> dict[str, dict[str, list[protocol.Run]]]:

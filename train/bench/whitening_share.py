@@ -13,6 +13,8 @@ import jax
 import optax
 
 import swan_optax
+from swan_optax.primitives import DEFAULT_METHOD
+from swan_optax.primitives import DEFAULT_STEPS
 from train import optimizer
 from train.bench import harness
 from train.bench import scaling
@@ -55,7 +57,8 @@ def optimizers(model: str) -> dict[str, optax.GradientTransformation]:
   out = {"Muon (optax, 5 Newton-Schulz steps)": muon}
   for method, steps in WHITENINGS:
     swan = swan_optax.swan(dimension_numbers=dims, method=method, ns_steps=steps)
-    out[f"SWAN, {method} {steps}"] = swan
+    default = (method, steps) == (DEFAULT_METHOD, DEFAULT_STEPS[DEFAULT_METHOD])
+    out[f"SWAN, {method} {steps}" + " (default)" * default] = swan
   return out
 
 
