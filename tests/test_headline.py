@@ -1,5 +1,6 @@
 """The defaults' table: which runs it trains, its references, and its fractions (fake runs)."""
 
+import dataclasses
 import json
 import math
 
@@ -59,10 +60,18 @@ def test_defaults_are_named_by_their_settings():
     assert run.optimizer.lr == defaults.lr
     assert run.optimizer.scale_rule == defaults.scale_rule
     assert math.isclose(run.optimizer.adam_group_lr, defaults.adam_group_peak_lr, rel_tol=1e-6)
-  swan = headline.default_run("tiny", "swan", 1)
-  assert swan.tag == "tiny-swan_polar_express+adam_lr0.1-lr0.002-seed1"
-  assert swan.optimizer.whiten_method == "polar_express"
-  assert swan == transfer.ladder_run("tiny", "swan", 0.002, 1)
+  # SWAN's default whitening is not the ladder's: its run is the ladder's at the default's
+  # method and steps, named by them.
+  swan, ladder = (
+    headline.default_run("tiny", "swan", 1),
+    transfer.ladder_run("tiny", "swan", 0.002, 1),
+  )
+  assert swan.tag == "tiny-swan_gram_polar_express5+adam_lr0.1-lr0.002-seed1"
+  assert swan.optimizer.whiten_method == optimizer_config("swan").whiten_method
+  assert swan.optimizer.whiten_steps == 5
+  assert dataclasses.replace(swan.optimizer, whiten_method="polar_express", whiten_steps=None) == (
+    ladder.optimizer
+  )
   sinkgd = headline.default_run("small", "sinkgd", 0)
   assert sinkgd.tag == "small-sinkgd-spectral+adam_lr0.0441942-lr0.0125-seed0"
   assert sinkgd.optimizer.scale_rule == "spectral"
