@@ -123,7 +123,8 @@ def test_the_table_from_the_run_jsons(store):
   assert sinkgd["adam+embed"]["token_fraction"] == pytest.approx([1 - (4.25 - final)])
   text = headline.report_text(summary, timing)
   assert (
-    "| tiny | swan(lr 0.002, unit_rms, Adam group 0.1) | 3.910 (3.900-3.920) | 1.20 | 0.90" in text
+    "| tiny | swan(lr 0.002, unit_rms, gram_polar_express 5, Adam group 0.1) "
+    "| 3.910 (3.900-3.920) | 1.20 | 0.90" in text
   )
   assert (
     "small adam+embed: `adam-b2_0.999+embed_lr0.05` at lr 0.002, embeddings and lm_head at 0.05, "

@@ -116,11 +116,12 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
     rows = []
     for name in OPTIMIZERS:
       records = [read_only.get(default_run(size, name, s)) for s in seeds]
-      defaults = optimizer_config(name)
+      defaults, run = optimizer_config(name), default_run(size, name, 0).optimizer
       row = {
         "optimizer": name,
         "lr": defaults.lr,
         "scale_rule": defaults.scale_rule,
+        "whitening": _whitening(run),
         "adam_group_lr": defaults.adam_group_peak_lr,
         "final_loss": [_final(r) for r in records],
         "step_time_ratio": steps[name] / steps["adam"] if steps else None,
@@ -143,6 +144,14 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
   return summary
 
 
+def _whitening(optimizer) -> str | None:
+  """``'METHOD STEPS'`` of a SWAN optimizer's whitening; ``None`` for one that does not whiten."""
+  if not hasattr(optimizer, "whiten_method"):
+    return None
+  steps = optimizer.whiten_steps or primitives.DEFAULT_STEPS[optimizer.whiten_method]
+  return f"{optimizer.whiten_method} {steps}"
+
+
 def _final(record: dict | None) -> float | None:
   return None if record is None else record["evals"][-1]["val_loss"]
 
@@ -158,7 +167,8 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
       cells = [
         size,
         f"{row['optimizer']}(lr {row['lr']:g}, {row['scale_rule']}, "
-        f"Adam group {row['adam_group_lr']:.2g})",
+        + (f"{row['whitening']}, " if row["whitening"] else "")
+        + f"Adam group {row['adam_group_lr']:.2g})",
         _mean_range(row["final_loss"], ".3f"),
         "" if ratio is None else f"{ratio:.2f}",
       ]
