@@ -46,6 +46,27 @@ DEFAULT_PRECISION: dict[str, jax.lax.PrecisionLike] = {
   "eigh": jax.lax.Precision.HIGHEST,
 }
 
+# Past these steps at each matmul input precision the coupled Newton-Schulz iteration turns real
+# gradients into rounding noise: Z grows 1.5x a step along the Gram's (near-)null directions
+# (GradNorm leaves one exactly), where rounding compounds (train.bench.newton_schulz_steps).
+NEWTON_SCHULZ_MAX_STEPS: dict[str, int] = {"bf16": 11, "tf32": 14, "f32": 20}
+_INPUT_PRECISIONS = ("bf16", "tf32", "f32")  # least precise first
+_PRESET_INPUTS = {
+  "F64_F64_F64": "f32",
+  "F32_F32_F32": "f32",
+  "TF32_TF32_F32_X3": "f32",
+  "BF16_BF16_F32_X6": "f32",
+  "BF16_BF16_F32_X9": "f32",
+  "TF32_TF32_F32": "tf32",
+  "BF16_BF16_F32_X3": "tf32",
+  "F16_F16_F32": "tf32",
+}
+_PRECISION_INPUTS = {
+  jax.lax.Precision.HIGHEST: "f32",
+  jax.lax.Precision.HIGH: "tf32",
+  jax.lax.Precision.DEFAULT: "bf16",
+}
+
 # Muon's fixed quintic (optax.contrib.muon default); not convergent to U V^T.
 _QUINTIC = (3.4445, -4.7750, 2.0315)
 # Singular values below rtol * sigma_max count as zero in the exact methods.
@@ -117,6 +138,39 @@ def _check_method(method: str) -> None:
     )
 
 
+def input_precision(precision: jax.lax.PrecisionLike) -> str:
+  """``'f32'``, ``'tf32'`` or ``'bf16'``: the matmul input precision that ``precision``
+  guarantees on every backend (``DEFAULT`` is one bf16 pass on TPUs; of a pair, the lesser)."""
+  if isinstance(precision, tuple | list):
+    return min(map(input_precision, precision), key=_INPUT_PRECISIONS.index)
+  if isinstance(precision, jax.lax.DotAlgorithmPreset):
+    return _PRESET_INPUTS.get(precision.name, "bf16")
+  return _PRECISION_INPUTS[jax.lax.Precision(precision)]
+
+
+def _resolve(
+  method: WhiteningMethod, ns_steps: int | None, precision: jax.lax.PrecisionLike | None
+) -> tuple[int | None, jax.lax.PrecisionLike]:
+  """``method``'s steps and matmul precision (``None``: its defaults), checked."""
+  _check_method(method)
+  steps = DEFAULT_STEPS.get(method) if ns_steps is None else ns_steps
+  precision = DEFAULT_PRECISION[method] if precision is None else precision
+  if steps is not None and steps < 1:
+    raise ValueError(f"ns_steps must be >= 1, got {steps}")
+  if method == "newton_schulz":
+    inputs = input_precision(precision)
+    most = NEWTON_SCHULZ_MAX_STEPS[inputs]
+    if steps > most:
+      raise ValueError(
+        f"ns_steps={steps} coupled Newton-Schulz steps with {inputs} matmul inputs: past {most} "
+        "the rounding along the Gram matrix's null directions turns real gradients into noise "
+        f"(train.bench.newton_schulz_steps). Use ns_steps <= {most}, "
+        f"precision=jax.lax.Precision.HIGHEST (up to {NEWTON_SCHULZ_MAX_STEPS['f32']} steps), "
+        "or method='polar_express' for a closer polar factor."
+      )
+  return steps, precision
+
+
 def polar_factor(
   x: jax.Array,
   method: WhiteningMethod,
@@ -164,10 +218,8 @@ def whiten_matrix(
   so the result has unit RMS, Adam's scale. ``precision=None`` takes the
   method's entry of ``DEFAULT_PRECISION``.
   """
-  _check_method(method)
-  steps = DEFAULT_STEPS.get(method) if ns_steps is None else ns_steps
-  matmul = _matmul(DEFAULT_PRECISION[method] if precision is None else precision)
-  return rescale(polar_factor(x, method, steps, ns_beta, eps, matmul), eps)
+  steps, precision = _resolve(method, ns_steps, precision)
+  return rescale(polar_factor(x, method, steps, ns_beta, eps, _matmul(precision)), eps)
 
 
 def _matmul(precision: jax.lax.PrecisionLike) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -229,6 +281,9 @@ def whiten(
     method: how to compute the polar factor.
     ns_steps: iterations of every iterative method (``None``: the method's
       ``DEFAULT_STEPS``); Polar Express computes its schedule for that many.
+      ``'newton_schulz'`` takes at most ``NEWTON_SCHULZ_MAX_STEPS`` at its matmul
+      inputs' precision (14 at its default ``HIGH``): more turn real gradients
+      into rounding noise, and raise.
     ns_beta: step factor of ``'newton_schulz'``.
     eps: lower clamp of every norm in denominators.
     precision: matmul precision (``None``: ``DEFAULT_PRECISION[method]``:
@@ -265,7 +320,7 @@ def whiten(
     Ma et al., `SWAN <https://arxiv.org/abs/2412.13148>`_, 2024 (Algorithm 2);
     Amsel et al., `The Polar Express <https://arxiv.org/abs/2505.16932>`_, 2025.
   """
-  _check_method(method)
+  _resolve(method, ns_steps, precision)
   operator = functools.partial(
     whiten_matrix,
     method=method,

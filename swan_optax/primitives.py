@@ -12,14 +12,18 @@ from swan_optax._polar_express import polar_express_coefficients
 from swan_optax._whiten import DEFAULT_METHOD
 from swan_optax._whiten import DEFAULT_PRECISION
 from swan_optax._whiten import DEFAULT_STEPS
+from swan_optax._whiten import NEWTON_SCHULZ_MAX_STEPS
+from swan_optax._whiten import input_precision
 from swan_optax._whiten import polar_factor
 from swan_optax._whiten import rescale
 
 __all__ = [
-  "DEFAULT_PRECISION",
   "DEFAULT_METHOD",
+  "DEFAULT_PRECISION",
   "DEFAULT_STEPS",
+  "NEWTON_SCHULZ_MAX_STEPS",
   "gram_odd_polynomial",
+  "input_precision",
   "matrix_view",
   "polar_express_coefficients",
   "polar_factor",

@@ -1,13 +1,19 @@
 """Whitening precision: the per-method defaults, and their accuracy under emulated GPU matmuls."""
 
+import json
+import pathlib
+
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import swan_optax
 from swan_optax import _gradnorm
 from swan_optax import _whiten
+from swan_optax import primitives
+from train.bench import harness
 from train.bench import precision
 
 ITERATIVE = ("newton_schulz", "polar_express", "quintic")
@@ -56,7 +62,7 @@ def test_default_precision_compiles_for_one_wide_matrices(method, shape):
 def test_defaults_are_below_float32_for_the_iterations():
   """The measured choice: no iterative method needs full float32 matmuls."""
   assert _whiten.DEFAULT_PRECISION["newton_schulz"] == jax.lax.Precision.HIGH
-  for method in ("polar_express", "quintic"):
+  for method in ("gram_polar_express", "polar_express", "quintic"):
     assert _whiten.DEFAULT_PRECISION[method] == jax.lax.DotAlgorithmPreset.BF16_BF16_F32
 
 
@@ -85,3 +91,40 @@ def test_default_precision_keeps_the_float32_accuracy(method, shape):
     assert cosine >= cosine_f32 - 1e-3
     if method != "quintic":
       assert cosine >= 0.999
+
+
+@pytest.mark.parametrize("inputs", ["bf16", "tf32", "f32"])
+def test_newton_schulz_stays_exact_up_to_its_step_limit_and_refuses_more(inputs):
+  """At its limit for the matmul inputs' precision (emulated) the coupled iteration is finite
+  and closer to the polar factor than at 10 steps on a GradNorm-ed ill-conditioned matrix;
+  one step more raises, naming what to change."""
+  rng = np.random.default_rng(0)
+  u, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+  v, _ = np.linalg.qr(rng.normal(size=(256, 64)))
+  x = _gradnorm.standardize(jnp.asarray((u * np.logspace(0, -5, 64)) @ v.T, jnp.float32))
+  matmul = precision.emulated_matmul(precision.PRECISIONS[inputs])
+  most = primitives.NEWTON_SCHULZ_MAX_STEPS[inputs]
+  cosine = {}
+  for steps in (10, most):
+    d = primitives.polar_factor(jnp.asarray(x), "newton_schulz", steps, 0.5, 1e-8, matmul)
+    assert np.isfinite(d).all()
+    cosine[steps] = harness.cosine_to_polar(d, x, rtol=precision.EXACT_RTOL)
+  assert cosine[most] >= cosine[10] > 0.5
+  named = {"bf16": "bfloat16", "tf32": "tensorfloat32", "f32": "highest"}[inputs]
+  assert primitives.input_precision(named) == inputs
+  swan_optax.whiten(method="newton_schulz", ns_steps=most, precision=named)
+  with pytest.raises(ValueError, match=rf"past {most} .* Use ns_steps <= {most}"):
+    swan_optax.whiten(method="newton_schulz", ns_steps=most + 1, precision=named)
+
+
+def test_newton_schulz_step_limits_are_the_benchmarks():
+  path = pathlib.Path(__file__).parent.parent / "train/bench/results/newton_schulz_steps.json"
+  assert primitives.NEWTON_SCHULZ_MAX_STEPS == json.loads(path.read_text())["limit"]
+
+
+def test_input_precision_of_presets_and_pairs():
+  presets = jax.lax.DotAlgorithmPreset
+  assert primitives.input_precision(presets.BF16_BF16_F32) == "bf16"
+  assert primitives.input_precision(presets.BF16_BF16_F32_X3) == "tf32"
+  assert primitives.input_precision(presets.F32_F32_F32) == "f32"
+  assert primitives.input_precision((jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGH)) == "tf32"

@@ -114,19 +114,18 @@ def gradient_set(cache: pathlib.Path = CACHE, models=MODELS, trained=TRAINED) ->
   return out
 
 
-def cosines(inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, dict[str, dict]]:
+def cosines(inputs: dict[str, np.ndarray], fns: dict[str, Method]) -> dict[str, dict[str, dict]]:
   """Method -> precision -> input -> cosine to the exact polar factor (NaN if not finite)."""
-  fns = methods()
   matmuls = {p: precision.emulated_matmul(bits) for p, bits in precision.PRECISIONS.items()}
-  out = {m: {p: {} for p in precision.PRECISIONS} for m in names}
+  out = {m: {p: {} for p in precision.PRECISIONS} for m in fns}
   for label, x in inputs.items():
     x = np.asarray(primitives.standardize(jnp.asarray(x, jnp.float32)))
     x = x.T if x.shape[0] > x.shape[1] else x  # the polar factor of X^T is its transpose
     polar = harness.exact_polar(x, rtol=precision.EXACT_RTOL)
-    for m in names:
+    for m, fn in fns.items():
       for p, matmul in matmuls.items():
         with jax.disable_jit():  # op by op: one compile per primitive and shape, not per method
-          d = np.asarray(fns[m](jnp.asarray(x), matmul), np.float64)
+          d = np.asarray(fn(jnp.asarray(x), matmul), np.float64)
         cos = np.sum(d * polar) / (np.linalg.norm(d) * np.linalg.norm(polar))
         out[m][p][label] = float(cos) if np.isfinite(cos) else float("nan")
     print(label, flush=True)
@@ -240,7 +239,7 @@ def main() -> None:
   parser.add_argument("--cache", type=pathlib.Path, default=CACHE)
   args = parser.parse_args()
   inputs = gradient_set(args.cache)
-  result = cosines(inputs, list(methods()))
+  result = cosines(inputs, methods())
   shapes = {kind_of(k): x.shape for k, x in inputs.items() if k.startswith(MODELS[-1] + " ")}
   rows = summarize(result, shapes)
   text = (
