@@ -185,8 +185,8 @@ def swan(
     ...   updates, opt_state = solver.update(jax.grad(f)(params), opt_state, params)
     ...   params = optax.apply_updates(params, updates)
     ...   print(f'Objective function: {f(params):.2E}')
-    Objective function: 2.03E+00
-    Objective function: 1.67E+00
+    Objective function: 2.02E+00
+    Objective function: 1.65E+00
     Objective function: 1.38E+00
 
   References:
