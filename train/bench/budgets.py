@@ -15,9 +15,9 @@ edge; then, at the best lr, its Adam group's lr (Adam: the embedding and lm_head
 and 0.5x its default ratio, widened likewise. Adam b2 0.95 everywhere (its Adam group too);
 plain Adam is the Adam grid's own points. ``queue`` runs ``STAGES`` in order, resumably (a
 killed run resumes from its last checkpoint); every finished branch keeps its JSON in
-``--runs``. ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to its
-default at SWAN's best point, every seed. ``report`` writes ``OUT/budgets.md``, ``.json`` and two
-plots from those JSONs.
+``--runs``. ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the
+grid's (8 Polar Express steps) at SWAN's best point, every seed. ``report`` writes
+``OUT/budgets.md``, ``.json`` and two plots from those JSONs.
 """
 
 import dataclasses
@@ -382,9 +382,10 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
 
 
 def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> None:
-  """Each of ``WHITENINGS`` next to SWAN's default at SWAN's best point so far (seed 0's lr and
-  group): seeds 0 and 1 of both, the cheaper one alone at 2x and half that lr (it may want
-  another: the default's runs there are its own lr grid's), then the other seeds of ``SEEDS``."""
+  """Each of ``WHITENINGS`` next to the grid's SWAN (8 Polar Express steps) at SWAN's best point
+  so far (seed 0's lr and group): seeds 0 and 1 of both, the cheaper one alone at 2x and half
+  that lr (it may want another: the grid's runs there are its own), then the other seeds of
+  ``SEEDS``."""
   point = best_points(runner.read_only(), size, budget, closed=False)["swan"]
   pair = lambda seed: [
     dataclasses.replace(point, variant=v, seed=seed) for v in ("swan", *WHITENINGS)
@@ -581,8 +582,9 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
 
 
 def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
-  """Each point ``WHITENINGS`` ran at, per budget: its seeds' mean and spread, SWAN's default's
-  at the same point and seeds (where run), and the difference of the two means."""
+  """Each point ``WHITENINGS`` ran at, per budget: its seeds' mean and spread, the grid's SWAN's
+  (8 Polar Express steps) at the same point and seeds (where run), and the difference of the
+  two means."""
   rows = []
   for variant, spec in WHITENINGS.items():
     for path in sorted(runner.runs_dir.glob(f"{size}-{variant}-lr*-seed0-*x.json")):
@@ -614,7 +616,7 @@ def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
     ("method", "cheaper method", "", "l"),
     ("cheap", "its loss", "", "r"),
     ("diff", "difference (same seeds)", "+.4f", "r"),
-    ("spread", "default's seed range", ".4f", "r"),
+    ("spread", "8 steps' seed range", ".4f", "r"),
   ]
   return harness.table(columns, rows) if rows else ""
 
@@ -692,7 +694,7 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
   if table := whitening_table(runner):
     text += (
-      "\n#### SWAN's whitening: the default against a cheaper method (tiny-w64, "
+      "\n#### SWAN's whitening: 8 Polar Express steps against a cheaper method (tiny-w64, "
       "`--only whitening`)\n\n" + table
     )
   out.mkdir(parents=True, exist_ok=True)
