@@ -8,7 +8,7 @@ the matrix lr (the Adam-group grid's best ratio, ``adam_group.md``), whitening b
 lr is swept on a 5-point 2x grid (widened while its best sits at an edge), then ``SEEDS`` run at
 its best lr; both compiled train steps of tiny and small are timed side by side (interleaved
 medians). The ``CHEAPER`` whitenings (``whitening_cost``'s frontier) run on tiny at the seeds
-and lr of the default. Writes ``OUT/whitening.md``, ``.json`` and ``OUT/cheaper.md``.
+and best lr of 8 Polar Express steps. Writes ``OUT/whitening.md``, ``.json`` and ``OUT/cheaper.md``.
 """
 
 import dataclasses
@@ -31,7 +31,7 @@ GRID = {m: tuple(4e-3 * 2.0**k for k in (-2, -1, 0, 1, 2)) for m in METHODS}
 STAGES = ("sweep", "seeds", "cheaper", "timing", "report")
 SEEDS = {"tiny": protocol.SEEDS, "tiny-w64": (0, 1)}  # size -> seeds at each method's best lr
 # Cheaper whitening (``whitening_cost``'s frontier): (method, steps), on tiny at the seeds and lr
-# of the default (8 Polar Express steps).
+# of 8 Polar Express steps.
 CHEAPER = (("polar_express", 5), ("gram_polar_express", 5), ("gram_polar_express", 6))
 
 
@@ -58,7 +58,7 @@ def steps_run(size: str, method: str, steps: int, lr: float, seed: int) -> proto
 
 
 def cheaper_runs(store: Store) -> dict[str, list[protocol.Run]]:
-  """Label -> tiny runs at the seeds and best lr of the default: the default, then each of
+  """Label -> tiny runs at the seeds and best lr of 8 Polar Express steps: those, then each of
   ``CHEAPER``."""
   losses = search.sweep(store.read_only(), "tiny", GRID, protocol.GRID_ORDER, method_run)
   lr = search.best_lrs(losses)["polar_express"]
@@ -71,7 +71,7 @@ def cheaper_runs(store: Store) -> dict[str, list[protocol.Run]]:
 
 
 def cheaper_text(store: Store) -> str:
-  """The cheaper whitening's final losses against the default's, and their seed spreads."""
+  """The cheaper whitenings' final losses against 8 Polar Express steps', and their spreads."""
   rows, base = [], None
   for label, runs in cheaper_runs(store).items():
     losses = [store.final(r) for r in runs]
@@ -87,10 +87,10 @@ def cheaper_text(store: Store) -> str:
         "" if mean is None or base is None else f"{mean - base:+.3f}",
       ]
     )
-  header = ["whitening", "final loss, seed 0 / 1 / 2", "mean", "spread", "mean - default's"]
+  header = ["whitening", "final loss, seed 0 / 1 / 2", "mean", "spread", "mean - 8 steps'"]
   return (
-    f"Tiny, {protocol.STEPS} steps, at the default's best lr and seeds (spread: max - min):\n\n"
-    + harness.markdown_table(header, rows, "lrrrr")
+    f"Tiny, {protocol.STEPS} steps, at the best lr and seeds of 8 Polar Express steps (spread: "
+    "max - min):\n\n" + harness.markdown_table(header, rows, "lrrrr")
   )
 
 
