@@ -27,6 +27,7 @@ from train.bench.convergence import protocol
 from train.bench.convergence import search
 from train.bench.convergence import store as store_lib
 from train.bench.convergence.store import Store
+from train.optimizers import OptimizerConfig
 from train.optimizers import optimizer_config
 
 # Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
@@ -144,7 +145,7 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
   return summary
 
 
-def _whitening(optimizer) -> str | None:
+def _whitening(optimizer: OptimizerConfig) -> str | None:
   """``'METHOD STEPS'`` of a SWAN optimizer's whitening; ``None`` for one that does not whiten."""
   if not hasattr(optimizer, "whiten_method"):
     return None

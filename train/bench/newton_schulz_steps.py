@@ -1,6 +1,7 @@
 """How many coupled Newton-Schulz steps each matmul precision carries before rounding takes over.
 
-Run: ``python -m train.bench.newton_schulz_steps``. The paper's coupled iteration
+Run: ``python -m train.bench.newton_schulz_steps [--report]`` (``--report``: from the saved
+per-input cosines). The paper's coupled iteration
 (``method='newton_schulz'``) grows ``Z`` by 1.5x a step along the Gram matrix's (near-)null
 directions (GradNorm leaves one exactly), where rounding then compounds until the result is
 noise. On ``whitening_cost``'s real gradients (every kernel kind of layer 0 of tiny and 60m, at
@@ -24,7 +25,7 @@ from train.bench import whitening_cost
 
 STEPS = (8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24)
 SYNTHETIC = ((128, 128), (64, 256), (512, 1376))
-FALL = 1e-3  # a converged input's cosine jitters by up to 1e-5 from step to step
+FALL = 1e-3  # a converged input's cosine jitters by up to ~3e-5 from step to step
 
 
 def synthetic(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
