@@ -82,7 +82,7 @@ def test_default_precision_keeps_the_float32_accuracy(method, shape):
   """Emulated at each method's default, rectangular kernels lose <= 1e-3 of cosine to float32;
   newton_schulz and polar_express stay >= 0.999 (quintic is approximate by design)."""
   x = _gradnorm.standardize(jax.random.normal(jax.random.key(1), shape))
-  column = precision.EMULATES[_whiten.DEFAULT_PRECISION[method]]
+  column = primitives.input_precision(_whiten.DEFAULT_PRECISION[method])
   at_default = precision.whiten_emulated(x, method, column)
   in_f32 = precision.whiten_emulated(x, method, "f32")
   actual = _whiten.whiten_matrix(x, method)  # the default itself, not its emulation

@@ -92,7 +92,8 @@ def test_a_smoke_run_of_the_frontier(tmp_path):
   x = np.random.default_rng(0).normal(size=(12, 32))
   inputs = {"tiny gate 12x32": x, "tiny up 12x32": x[::-1]}
   names = ["Muon quintic 5", "Gram PE 4, restart before step 3"]
-  result = whitening_cost.cosines(inputs, {n: whitening_cost.methods()[n] for n in names})
+  methods = whitening_cost.methods()
+  result = whitening_cost.cosines(inputs, {n: methods[n] for n in names})
   assert 0.9 < result["Muon quintic 5"]["f32"]["tiny gate 12x32"] < 1
   rows = whitening_cost.summarize(result, {"gate": (12, 32), "up": (12, 32), "q": (12, 12)})
   text = whitening_cost.table(result, rows)

@@ -42,13 +42,6 @@ def round_mantissa(x: jax.Array, bits: int) -> jax.Array:
 
 # Input rounding of each emulated precision (None: exact float32).
 PRECISIONS = {"f32": None, "tf32": 10, "bf16": 7}
-# The emulated column that bounds each matmul precision's accuracy from below on GPUs and TPUs
-# (HIGH: TF32 on GPUs, three bf16 passes on TPUs).
-EMULATES = {
-  jax.lax.Precision.HIGHEST: "f32",
-  jax.lax.Precision.HIGH: "tf32",
-  jax.lax.DotAlgorithmPreset.BF16_BF16_F32: "bf16",
-}
 
 
 def emulated_matmul(bits: int | None):
@@ -154,7 +147,7 @@ def measure(inputs: dict[str, jax.Array]) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
   columns = [(m, p) for m in METHODS for p in PRECISIONS]
-  default = {(m, EMULATES[primitives.DEFAULT_PRECISION[m]]) for m in METHODS}
+  default = {(m, primitives.input_precision(primitives.DEFAULT_PRECISION[m])) for m in METHODS}
   header = " | ".join(f"{m} {p}" + " (default)" * ((m, p) in default) for m, p in columns)
   lines = [
     "`python -m train.bench.precision` — emulated matmul precision (inputs rounded to bf16 / "
