@@ -107,6 +107,7 @@ def test_an_open_search_leaves_its_reference_unknown(tmp_path):
 
 def test_the_table_from_the_run_jsons(store):
   list(map(store.get, headline.table_runs(store)))
+  store.get(headline.ladder_default("tiny-w64", "swan", 0))  # the same losses: fakes ignore it
   times = {"adam": 1.0, "swan": 1.2, "sinkgd": 1.1}
   timing = {"reps": 3, "machine": "fake", "steps": {size: times for size in headline.SEEDS}}
   summary = headline.summarize(store, timing)
@@ -130,6 +131,9 @@ def test_the_table_from_the_run_jsons(store):
     "small adam+embed: `adam-b2_0.999+embed_lr0.05` at lr 0.002, embeddings and lm_head at 0.05, "
     "final loss 4.250" in text
   )
+  assert sinkgd["ladder"] is None and swan["ladder"]["whitening"] == "polar_express 8"
+  assert "tiny-w64 polar_express 8 3.900 (+0.000)" in text
+  assert "tiny polar_express 8  (not run yet)" in text
   assert json.loads(json.dumps(summary)) == summary
 
 

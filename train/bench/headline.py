@@ -39,15 +39,20 @@ STAGES = ("runs", "timing", "report")
 _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
 
 
-def default_run(size: str, name: str, seed: int) -> protocol.Run:
-  """``name`` at the trainer's defaults: the width ladder's run of the same settings
-  (``train.bench.transfer.ladder_run``), named by them, so a changed default trains anew. A
-  default whitening other than the ladder's runs at its steps, named ``swan_METHODSTEPS`` as
-  ``train.bench.whitening`` names it."""
+def ladder_default(size: str, name: str, seed: int) -> protocol.Run:
+  """The width ladder's run (``train.bench.transfer.ladder_run``) of ``name``'s default lr,
+  scale rule and Adam group, whitening as the ladder does."""
   defaults, variant = optimizer_config(name), transfer.default_variant(name)
   _, ratio, _ = transfer.VARIANTS[variant]
   group_factor = defaults.adam_group_peak_lr / defaults.lr / ratio
-  run = transfer.ladder_run(size, variant, defaults.lr, seed, group_factor)
+  return transfer.ladder_run(size, variant, defaults.lr, seed, group_factor)
+
+
+def default_run(size: str, name: str, seed: int) -> protocol.Run:
+  """``name`` at the trainer's defaults: :func:`ladder_default`, named by its settings, so a
+  changed default trains anew. A default whitening other than the ladder's runs at its steps,
+  named ``swan_METHODSTEPS`` as ``train.bench.whitening`` names it."""
+  run, defaults = ladder_default(size, name, seed), optimizer_config(name)
   method = getattr(defaults, "whiten_method", None)  # None: no whitening (SinkGD)
   if method is None or method == run.optimizer.whiten_method:
     return run
@@ -126,7 +131,14 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
         "adam_group_lr": defaults.adam_group_peak_lr,
         "final_loss": [_final(r) for r in records],
         "step_time_ratio": steps[name] / steps["adam"] if steps else None,
+        "ladder": None,
       }
+      ladder = [ladder_default(size, name, s) for s in seeds]
+      if ladder[0] != default_run(size, name, 0):  # the default whitens otherwise
+        row["ladder"] = {
+          "whitening": _whitening(ladder[0].optimizer),
+          "final_loss": [_final(read_only.get(r)) for r in ladder],
+        }
       for ref_name, ref_runs in refs[size].items():
         ref = [read_only.get(r) for r in ref_runs] or [None] * len(seeds)
         tokens = [analysis.token_fraction(r, a) for r, a in zip(records, ref, strict=True)]
@@ -190,6 +202,13 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
       if ref == "adam+embed":
         what += f", embeddings and lm_head at {r['embed_lr']:g}"
       refs.append(f"{what}, final loss {_mean_range(r['final_loss'], '.3f') or 'not run yet'}")
+  ladder = [
+    f"{size} {row['ladder']['whitening']} {_mean_range(row['ladder']['final_loss'], '.3f')}"
+    f" ({_difference(row['final_loss'], row['ladder']['final_loss'])})"
+    for size, size_rows in summary.items()
+    for row in size_rows
+    if row["ladder"]
+  ]
   measured = (
     f"median step times, {timing['reps']} interleaved rounds in one process ({timing['machine']})"
     if timing
@@ -204,8 +223,24 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
     + "\nReferences: the best plain Adam of the convergence benchmark or, on `tiny-w64` and "
     "`tiny-w256`, of the width ladder (`adam`), and Adam with its embeddings and lm_head at the "
     "Adam-group grid's best pair on tiny, elsewhere the best Adam lr with the embeddings at "
-    "tiny's best embedding lr (`adam+embed`). " + "; ".join(refs) + ".\n"
+    "tiny's best embedding lr (`adam+embed`). "
+    + "; ".join(refs)
+    + ".\n"
+    + (
+      "\nSWAN's default whitening against the width ladder's runs of the same settings, which "
+      "whiten otherwise (final loss; the default's minus theirs, mean over the same seeds): "
+      + "; ".join(ladder)
+      + ".\n"
+      if ladder
+      else ""
+    )
   )
+
+
+def _difference(default: list, ladder: list) -> str:
+  if None in default or None in ladder:
+    return "not run yet"
+  return f"{statistics.mean(default) - statistics.mean(ladder):+.3f}"
 
 
 def _mean_range(values: list, fmt: str) -> str:
