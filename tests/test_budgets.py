@@ -1,6 +1,7 @@
 """The budget benchmark: Chinchilla steps, WSD trunks and branches, and its report."""
 
 import dataclasses
+import fcntl
 import json
 import math
 
@@ -191,3 +192,27 @@ def test_wall_clock_uses_each_optimizers_fastest_run(tmp_path):
   row = budgets.summaries(runner)["tiny-w64"][1.0]["rows"]["sinkgd"]
   assert row["step_time_s"] == 0.1
   assert row["wall_vs_adam"] == pytest.approx(row["tokens_vs_adam"][1])
+
+
+def test_a_run_another_process_trains_is_passed_over_then_waited_for(tmp_path, monkeypatch):
+  trained = []
+  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=trained.append)
+  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  (tmp_path / "work").mkdir()
+  with open(tmp_path / "work" / f"{point.tag}.claim", "w") as other:  # another process's lock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert runner.get(point, 1.0) is None
+    assert point.tag in runner.passed_over and not trained
+    finished = _fake_get(runner)(point, 1.0)  # it finishes, then releases the lock
+  assert runner.get(point, 1.0) == finished and not trained
+
+  passes = []
+
+  def stage(runner, *args):
+    passes.append(args)
+    if len(passes) == 1:
+      runner.passed_over.add(point.tag)
+
+  monkeypatch.setattr(budgets, "stage", stage)
+  budgets.queue(runner, budgets.STAGES[:1], wait_s=0)
+  assert len(passes) == 2  # once more after the pass that found a run held elsewhere

@@ -15,12 +15,15 @@ edge; then, at the best lr, its Adam group's lr (Adam: the embedding and lm_head
 and 0.5x its default ratio, widened likewise. Adam b2 0.95 everywhere (its Adam group too);
 plain Adam is the Adam grid's own points. ``queue`` runs ``STAGES`` in order, resumably (a
 killed run resumes from its last checkpoint); every finished branch keeps its JSON in
-``--runs``. ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the
-grid's (8 Polar Express steps) at SWAN's best point, every seed. ``report`` writes
+``--runs``. Several processes may run the queue at once: each locks a trunk (or a cosine run)
+while it trains it, passes over the ones another process holds, then waits for them.
+``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the grid's (8
+Polar Express steps) at SWAN's best point, every seed. ``report`` writes
 ``OUT/budgets.md``, ``.json`` and two plots from those JSONs.
 """
 
 import dataclasses
+import fcntl
 import json
 import math
 import pathlib
@@ -175,6 +178,8 @@ class Runner:
   ):
     self.runs_dir, self.work, self.train_fn = runs_dir, work, train_fn
     self.steps_of, self.checkpoint_every = steps_of, checkpoint_every
+    self.claims: set[str] = set()  # the trunks (and cosine runs) this process trains now
+    self.passed_over: set[str] = set()  # those it left to another process
 
   def read_only(self) -> "Runner":
     return Runner(self.runs_dir, self.work, None, self.steps_of, self.checkpoint_every)
@@ -189,15 +194,30 @@ class Runner:
   def get(self, point: Point, budget: float, schedule: str = "wsd") -> dict | None:
     """``point`` at ``budget``: its JSON, or trained now (if allowed). ``wsd``: the branch
     of its trunk (the smaller budgets' branches first: the trunk passes their decay starts);
-    ``cosine``: a run of its own, cosine-decayed to 0 after the same warmup."""
+    ``cosine``: a run of its own, cosine-decayed to 0 after the same warmup. ``None``: not
+    run yet, or another process is training it."""
     path = self.path(point, budget, schedule)
-    if path.exists():
-      record = json.loads(path.read_text())
-      if record["rates"] != point.rates:
-        raise ValueError(f"{path} ran at rates {record['rates']}, not {point.tag}'s {point.rates}")
+    record = _read(path, point)
+    if record is not None or self.train_fn is None:
       return record
-    if self.train_fn is None:
-      return None
+    claim = point.tag if schedule == "wsd" else run_name(point, budget, schedule)
+    if claim in self.claims:
+      return self._train(point, budget, schedule)
+    self.work.mkdir(parents=True, exist_ok=True)
+    with open(self.work / f"{claim}.claim", "w") as lock:
+      try:  # held until closed, or until this process dies
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        self.passed_over.add(claim)
+        return None
+      self.claims.add(claim)
+      try:  # another process may have finished it before this one claimed it
+        return _read(path, point) or self._train(point, budget, schedule)
+      finally:
+        self.claims.discard(claim)
+
+  def _train(self, point: Point, budget: float, schedule: str) -> dict:
+    path = self.path(point, budget, schedule)
     if schedule == "wsd":
       for smaller in (b for b in BUDGETS[point.size] if b < budget):
         self.get(point, smaller)
@@ -264,6 +284,16 @@ class Runner:
       if r["kind"] != "run" and r["step"] <= start
     ]
     (branch_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _read(path: pathlib.Path, point: Point) -> dict | None:
+  """The run JSON at ``path`` (``None``: none yet), checked to be ``point``'s."""
+  if not path.exists():
+    return None
+  record = json.loads(path.read_text())
+  if record["rates"] != point.rates:
+    raise ValueError(f"{path} ran at rates {record['rates']}, not {point.tag}'s {point.rates}")
+  return record
 
 
 def run_name(point: Point, budget: float, schedule: str = "wsd") -> str:
@@ -704,9 +734,16 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     plot(all_summaries, out / "budgets.png")
 
 
-def queue(runner: Runner, stages=STAGES) -> None:
-  for size, budget, seeds, cosine in stages:
-    stage(runner, size, budget, seeds, cosine)
+def queue(runner: Runner, stages=STAGES, wait_s: float = 60.0) -> None:
+  """Runs ``stages`` in order, then again while another process trains a run they need."""
+  while True:
+    runner.passed_over.clear()
+    for size, budget, seeds, cosine in stages:
+      stage(runner, size, budget, seeds, cosine)
+    if not runner.passed_over:
+      return
+    print(f"waiting for {sorted(runner.passed_over)} (another process)", flush=True)
+    time.sleep(wait_s)
 
 
 def main() -> None:
