@@ -30,8 +30,14 @@ from train.optimizers import optimizer_config
 
 # Fake runs: each variant's final loss is a parabola in log2(lr) around this lr, shifted by
 # the optimizer's offset.
-OPTIMUM = {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 2.5e-3}
-OFFSET = {"adam-b2_0.95": 0.05, "adam-b2_0.999": 0.0, "swan": -0.2, "sinkgd": -0.3}
+OPTIMUM = {
+  "adam-b2_0.95": 2.5e-4,
+  "adam-b2_0.999": 1e-3,
+  "swan": 4e-3,
+  "sinkgd": 2.5e-3,
+  "muon": 4e-2,
+}
+OFFSET = {"adam-b2_0.95": 0.05, "adam-b2_0.999": 0.0, "swan": -0.2, "sinkgd": -0.3, "muon": -0.25}
 # On the small model SWAN's optimum moves 4x lower, off the tiny best's 2x neighbours.
 SMALL_SHIFT = {"swan": 0.25}
 
@@ -66,12 +72,13 @@ def test_tokens_to_reach_interpolates_between_evaluations():
 def test_sweep_widens_each_grid_until_it_brackets_the_best(tmp_path):
   losses = search.sweep(_store(tmp_path))
   best = search.best_lrs(losses)
-  assert best == {"adam-b2_0.95": 2.5e-4, "adam-b2_0.999": 1e-3, "swan": 4e-3, "sinkgd": 2.5e-3}
+  assert best == OPTIMUM
   # 2.5e-4 sat at the widened edge once more, so 1.25e-4 was run too.
   assert sorted(losses["adam-b2_0.95"]) == [1.25e-4, 2.5e-4, *protocol.ADAM_LRS]
   assert sorted(losses["swan"]) == list(protocol.ADAM_LRS)
   kept = {p.stem for p in (tmp_path / "runs").glob("*.json")}
-  assert "tiny-adam-b2_0.95-lr0.000125-seed0" in kept and len(kept) == 22
+  assert sorted(losses["muon"]) == [*protocol.GRID["muon"]]
+  assert "tiny-adam-b2_0.95-lr0.000125-seed0" in kept and len(kept) == 27
 
 
 def test_finished_runs_are_reused_and_a_read_only_store_never_trains(tmp_path):
@@ -191,8 +198,8 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
       {
         "reps": 1,
         "machine": "test",
-        "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25},
-        "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0},
+        "tiny": {"adam": 1.0, "swan": 1.5, "sinkgd": 1.25, "muon": 1.5},
+        "small": {"adam": 2.0, "swan": 2.0, "sinkgd": 2.0, "muon": 2.0},
       }
     )
   )
@@ -208,6 +215,7 @@ def test_full_queue_on_fake_runs_reports_every_table(tmp_path):
   assert main["swan"]["token_fraction"] == pytest.approx([0.8] * 3)
   assert main["swan"]["wall_fraction"] == pytest.approx([0.8 * 1.5] * 3)
   assert main["sinkgd"]["token_fraction"] == pytest.approx([0.7] * 3)
+  assert main["muon"]["token_fraction"] == pytest.approx([0.75] * 3)
   assert main["adam-b2_0.95"]["token_fraction"] == [analysis.NOT_REACHED] * 3
   assert len(summary["ablations"]) == 7
   assert all(None not in r["final_loss"] for r in summary["ablations"] + summary["small"])

@@ -80,7 +80,8 @@ def _row(variant, lr, records, adam_seeds, step_times) -> dict:
     token_fraction(r, a) for r, a in zip(records, adam_seeds[: len(records)], strict=True)
   ]
   name = next((r["optimizer"]["name"] for r in records if r), None)
-  ratio = step_times[name] / step_times["adam"] if step_times and name else None
+  timed = step_times and name in step_times  # not timed yet: no wall-clock fraction
+  ratio = step_times[name] / step_times["adam"] if timed else None
   done = [f for f in fractions if isinstance(f, float)]
   return {
     "variant": variant,

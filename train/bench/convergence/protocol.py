@@ -16,12 +16,14 @@ GRID: dict[str, tuple[float, ...]] = {
   "adam-b2_0.999": ADAM_LRS,
   "swan": ADAM_LRS,
   "sinkgd": (6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2),
+  "muon": (5e-3, 1e-2, 2e-2, 4e-2, 8e-2),  # around optax's documented 0.02
 }
 VARIANTS: dict[str, dict] = {
   "adam-b2_0.95": {"name": "adam", "adam_b2": 0.95},
   "adam-b2_0.999": {"name": "adam", "adam_b2": 0.999},
   "swan": {"name": "swan"},
   "sinkgd": {"name": "sinkgd"},
+  "muon": {"name": "muon"},  # optax.contrib.muon, its Adam group at its lr (optax's default)
 }
 STATELESS = ("swan", "sinkgd")
 # The papers' Adam group over their matrix lr: SWAN's at its lr, SinkGD's at its global lr, whose

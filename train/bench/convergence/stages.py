@@ -47,7 +47,7 @@ def median_step_times(size: str, reps: int) -> dict[str, float]:
   is timed at its grid's centre.
   """
   setups = {}
-  for variant in ("adam-b2_0.999", "swan", "sinkgd"):
+  for variant in ("adam-b2_0.999", "swan", "sinkgd", "muon"):
     run = protocol.grid_run(size, variant, protocol.GRID[variant][2], 0)
     config = protocol.train_config(run, protocol.STEPS, pathlib.Path("runs/timing"))
     setups[run.optimizer.name] = harness.Stepper(harness.experiment(config)).setup
