@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from models import configs
 from swan_optax.defaults import ADAM_LR_RATIO
@@ -657,6 +658,8 @@ def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> Non
   sizes = list(all_summaries)
   fig = Figure(figsize=(4 * max(len(sizes), len(VARIANTS)), 7))
   top = fig.subplots(2, max(len(sizes), len(VARIANTS)), squeeze=False)
+  for ax in top[0][len(sizes) :]:
+    ax.set_visible(False)
   for ax, size in zip(top[0], sizes, strict=False):
     for name in LABELS:
       line = [
@@ -670,14 +673,21 @@ def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> Non
       xscale="log", xlabel="budget (x Chinchilla)", ylabel="tokens of tuned Adam's", title=size
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+    else:
+      ax.text(0.5, 0.5, "tuned Adam not run yet", ha="center", transform=ax.transAxes)
   size = sizes[0]
   for ax, variant in zip(top[1], VARIANTS, strict=False):
+    lrs = set()
     for budget, s in all_summaries[size].items():
       done = sorted((lr, x) for lr, x in s["grids"][variant].items() if x is not None)
       if done:
         ax.plot(*zip(*done, strict=True), "o-", label=f"{budget:g}x")
+        lrs.update(lr for lr, _ in done)
     ax.set(xscale="log", xlabel="peak lr", ylabel="final val loss", title=f"{size} {variant}")
+    ax.xaxis.set_minor_locator(NullLocator())  # ticks at the grid's lrs only
+    ax.set_xticks(sorted(lrs), [f"{lr:g}" for lr in sorted(lrs)])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
