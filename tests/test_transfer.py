@@ -115,9 +115,8 @@ def test_each_variant_pairs_its_adam_group_and_reuses_the_runs_of_the_same_setti
   # SinkGD's Adam group at its paper pairing (20x, its global lr), / sqrt(128) spectrally.
   assert spectral.optimizer.adam_group_lr == pytest.approx(20 * 0.025 / math.sqrt(128))
   assert spectral.tag == "tiny-w64-sinkgd-spectral-lr0.025-seed0"
-  assert transfer.ladder_run("tiny", "sinkgd", 2.5e-3, 0) == protocol.grid_run(
-    "tiny", "sinkgd", 2.5e-3, 0
-  )
+  for variant, lr in (("sinkgd", 2.5e-3), ("muon", 0.02)):
+    assert transfer.ladder_run("tiny", variant, lr, 0) == protocol.grid_run("tiny", variant, lr, 0)
   swan = transfer.ladder_run("tiny", "swan", 0.004, 0)
   assert swan == whitening.method_run("tiny", "polar_express", 0.004, 0)
   assert swan.optimizer.adam_group_lr == pytest.approx(0.2)

@@ -23,7 +23,7 @@ VARIANTS: dict[str, dict] = {
   "adam-b2_0.999": {"name": "adam", "adam_b2": 0.999},
   "swan": {"name": "swan"},
   "sinkgd": {"name": "sinkgd"},
-  "muon": {"name": "muon"},  # optax.contrib.muon, its Adam group at its lr (optax's default)
+  "muon": {"name": "muon"},  # optax.contrib.muon
 }
 STATELESS = ("swan", "sinkgd")
 # The papers' Adam group over their matrix lr: SWAN's at its lr, SinkGD's at its global lr, whose
@@ -56,12 +56,14 @@ def grid_run(size: str, variant: str, lr: float, seed: int, **fields) -> Run:
 def optimizer_config(lr: float, **fields) -> OptimizerConfig:
   """The protocol's optimizer at ``lr``: clipped, and no trainer default that has changed
   enters a run: the papers' Adam group (:func:`paper_adam_lr`), Newton-Schulz whitening and
-  unit-RMS steps, unless ``fields`` say otherwise."""
+  unit-RMS steps, Muon's Adam group at ``lr``, unless ``fields`` say otherwise."""
   if fields["name"] == "swan":
     fields.setdefault("whiten_method", "newton_schulz")
   if fields["name"] in STATELESS:
     fields.setdefault("scale_rule", "unit_rms")
     fields.setdefault("adam_group_lr", paper_adam_lr(fields["name"], lr))
+  if fields["name"] == "muon":
+    fields.setdefault("adam_group_lr", lr)  # optax's default, stated: the transfer ladder's run
   return make_config(lr=lr, max_grad_norm=MAX_GRAD_NORM, **fields)
 
 
