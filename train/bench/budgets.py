@@ -653,30 +653,36 @@ def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
 
 
 def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> None:
-  """Top: token fraction of tuned Adam's against budget, one line per optimizer, one panel per
-  width. Bottom: final loss against lr per budget, one panel per (width, optimizer)."""
+  """Top: token fraction of tuned Adam's (solid) and of plain Adam's (dashed) against budget,
+  one line per optimizer, one panel per width; open triangles are bounds beyond the budgets
+  measured. Bottom: final loss against lr per budget, one panel per optimizer (first width)."""
   sizes = list(all_summaries)
   fig = Figure(figsize=(4 * max(len(sizes), len(VARIANTS)), 7))
   top = fig.subplots(2, max(len(sizes), len(VARIANTS)), squeeze=False)
   for ax in top[0][len(sizes) :]:
     ax.set_visible(False)
   for ax, size in zip(top[0], sizes, strict=False):
-    for name in LABELS:
-      line = [
-        (b, s["rows"][name]["tokens_vs_adam+embed"][1])
-        for b, s in all_summaries[size].items()
-        if name in s["rows"] and s["rows"][name].get("tokens_vs_adam+embed")
-      ]
-      if line:
-        ax.plot(*zip(*line, strict=True), "o-", label=LABELS[name])
-    ax.set(
-      xscale="log", xlabel="budget (x Chinchilla)", ylabel="tokens of tuned Adam's", title=size
-    )
+    for ref, style, of in (("adam+embed", "-", "tuned Adam's"), ("adam", "--", "Adam's")):
+      for i, name in enumerate(LABELS):
+        fractions = [
+          (b, s["rows"][name][f"tokens_vs_{ref}"])
+          for b, s in all_summaries[size].items()
+          if name != ref and name in s["rows"] and s["rows"][name].get(f"tokens_vs_{ref}")
+        ]
+        exact = [(b, f) for b, (kind, f) in fractions if not kind]
+        if exact:
+          ax.plot(
+            *zip(*exact, strict=True), "o" + style, color=f"C{i}", label=f"{LABELS[name]}, of {of}"
+          )
+        for b, (kind, f) in fractions:
+          if kind:
+            ax.plot(b, f, "v" if kind == "<" else "^", color=f"C{i}", fillstyle="none")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set(xscale="log", xlabel="budget (x Chinchilla)", ylabel="token fraction", title=size)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(list(all_summaries[size]), [f"{b:g}x" for b in all_summaries[size]])
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
-    else:
-      ax.text(0.5, 0.5, "tuned Adam not run yet", ha="center", transform=ax.transAxes)
+    ax.legend(fontsize=7)
   size = sizes[0]
   for ax, variant in zip(top[1], VARIANTS, strict=False):
     lrs = set()
@@ -709,12 +715,10 @@ def report(runner: Runner, out: pathlib.Path) -> None:
   """Writes ``budgets.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   runner = runner.read_only()
   all_summaries = summaries(runner)
-  reported = {(size, budget) for size, budget, *_ in STAGES}
   tables = [
     budget_table(size, budget, s)
     for size, per_budget in all_summaries.items()
-    for budget, s in per_budget.items()
-    if (size, budget) in reported
+    for budget, s in reversed(per_budget.items())  # the largest budget first
   ]
   hours = "; ".join(f"{size} {h:.1f} h" for size, h in stage_hours(runner).items())
   text = (
