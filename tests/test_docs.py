@@ -26,10 +26,11 @@ def test_every_python_example_runs(page):
     exec(compile(block, f"{page}[{i}]", "exec"), {})
 
 
-def test_the_readmes_results_table_is_the_budget_reports():
+def test_the_readmes_results_tables_are_the_budget_reports():
   root = DOCS.parent
   report = (root / "train/bench/results/budgets/budgets.md").read_text()
   table = re.search(r"(\| optimizer \| best lr.*?)\n\n", report, re.S).group(1)
+  trend = re.search(r"by budget\n\n(\| optimizer \|.*?)\n\n", report, re.S).group(1)
   readme = (root / "README.md").read_text()
-  assert table in readme
+  assert table in readme and trend in readme
   assert len(readme.splitlines()) <= 200

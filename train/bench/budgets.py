@@ -584,6 +584,26 @@ def budget_table(size: str, budget: float, summary: dict) -> str:
   )
 
 
+def trend_table(size: str, per_budget: dict[float, dict]) -> str:
+  """Each optimizer's token fraction of plain Adam's (and of tuned Adam's, in brackets) at
+  every budget of ``size``, at each budget's own best point, as Markdown."""
+  budgets = sorted(per_budget)
+  columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
+  rows = []
+  for name, label in LABELS.items():
+    if name == "adam":
+      continue
+    row = {"optimizer": label}
+    for b in budgets:
+      fractions = per_budget[b]["rows"].get(name, {})
+      tuned = fractions.get("tokens_vs_adam+embed")
+      row[b] = _fraction_cell(fractions.get("tokens_vs_adam")) + (
+        f" ({_fraction_cell(tuned)})" if tuned else ""
+      )
+    rows.append(row)
+  return harness.table(columns, rows)
+
+
 def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> str:
   """WSD against cosine at each optimizer's best point: the WSD seeds' mean and spread, and
   one cosine run of the same length, warmup and floor (0)."""
@@ -720,10 +740,14 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     for size, per_budget in all_summaries.items()
     for budget, s in reversed(per_budget.items())  # the largest budget first
   ]
+  trends = [
+    f"#### {size}: tokens of Adam's (of tuned Adam's) by budget\n\n" + trend_table(size, s)
+    for size, s in all_summaries.items()
+  ]
   hours = "; ".join(f"{size} {h:.1f} h" for size, h in stage_hours(runner).items())
   text = (
     "## Budgets (`python -m train.bench.budgets`)\n\n"
-    + "\n".join(tables)
+    + "\n".join(tables + trends)
     + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open). "
     "Group lr: the Adam group's peak lr (Adam: its embedding and lm_head lr). Loss: the mean "
     "and half range of the seeds run at the best point (their count in brackets). Tokens: "
