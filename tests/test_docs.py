@@ -31,6 +31,7 @@ def test_the_readmes_results_tables_are_the_budget_reports():
   report = (root / "train/bench/results/budgets/budgets.md").read_text()
   table = re.search(r"(\| optimizer \| best lr.*?)\n\n", report, re.S).group(1)
   trend = re.search(r"by budget\n\n(\| optimizer \|.*?)\n\n", report, re.S).group(1)
+  hours = re.search(r"Hours of runs so far.*", report).group(0)
   readme = (root / "README.md").read_text()
-  assert table in readme and trend in readme
+  assert table in readme and trend in readme and hours in readme
   assert len(readme.splitlines()) <= 200

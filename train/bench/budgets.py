@@ -721,13 +721,16 @@ def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> Non
 
 
 def stage_hours(runner: Runner) -> dict[str, float]:
-  """Wall-clock hours each size's kept runs took on these cores (a branch's includes the
-  trunk steps it ran)."""
+  """Wall-clock hours the kept runs took on these cores, per stage of ``STAGES`` (a size's
+  budgets above the previous stage's, up to its own) and for ``whitening``'s cheaper methods;
+  a branch's hours include the trunk steps it ran."""
   hours: dict[str, float] = {}
   for path in sorted(runner.runs_dir.glob("*.json")):
     record = json.loads(path.read_text())
-    size = record["point"]["size"]
-    hours[size] = hours.get(size, 0.0) + record["wall_s"] / 3600
+    size, variant, budget = record["point"]["size"], record["point"]["variant"], record["budget"]
+    stage = next(f"{s} {b:g}x" for s, b, *_ in STAGES if s == size and budget <= b)
+    key = "cheaper whitenings" if variant in WHITENINGS else stage
+    hours[key] = hours.get(key, 0.0) + record["wall_s"] / 3600
   return hours
 
 
@@ -744,7 +747,7 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     f"#### {size}: tokens of Adam's (of tuned Adam's) by budget\n\n" + trend_table(size, s)
     for size, s in all_summaries.items()
   ]
-  hours = "; ".join(f"{size} {h:.1f} h" for size, h in stage_hours(runner).items())
+  hours = "; ".join(f"{stage} {h:.1f} h" for stage, h in stage_hours(runner).items())
   text = (
     "## Budgets (`python -m train.bench.budgets`)\n\n"
     + "\n".join(tables + trends)
@@ -755,8 +758,8 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     "fewer tokens than the reference), the reference's loss interpolated linearly in log "
     "budget between its best final losses at 0.25x to 4x; `<`/`>` a bound beyond the "
     "budgets measured. Wall clock: tokens x the step-time ratio to Adam (each optimizer's "
-    "fastest median step time over its runs on these shared CPU cores). Runs took "
-    f"{hours or 'nothing yet'}.\n"
+    "fastest median step time over its runs on these shared CPU cores).\n\n"
+    f"Hours of runs so far, on these 2 shared CPU cores: {hours or 'none'}.\n"
   )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
