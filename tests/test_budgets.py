@@ -158,6 +158,8 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
   assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <1.00 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text
+  runs = len(list(runner.runs_dir.glob("*.json")))  # 60 s each
+  assert f"on these 2 shared CPU cores: tiny-w64 1x {runs / 60:.1f} h.\n" in text
   assert (tmp_path / "out" / "budgets.png").exists()
 
 
@@ -185,6 +187,7 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
     in table
   )
   assert "| +0.0040 | 0.0020 |" in table
+  assert budgets.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
   assert "| 1x | lr 0.004, group 1 | 2.860 | gram_polar_express | 2.864 | +0.0040 |  |" in table
 
 
