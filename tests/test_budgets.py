@@ -158,6 +158,9 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
   assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <1.00 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text
+  assert "| SWAN | 0.002 | 0.002 | 0.002 |" in text  # the best lr by budget: it does not move
+  assert "| SWAN | 0.37 (0.47) | <0.50 (<0.50) | <1.00 (<1.00) |" in text  # tokens by budget
+  assert "| Adam, embedding lr tuned | 0.78 | 0.78 | <1.00 |" in text
   runs = len(list(runner.runs_dir.glob("*.json")))  # 60 s each
   assert f"on these 2 shared CPU cores: tiny-w64 1x {runs / 60:.1f} h.\n" in text
   assert (tmp_path / "out" / "budgets.png").exists()

@@ -596,10 +596,26 @@ def trend_table(size: str, per_budget: dict[float, dict]) -> str:
     row = {"optimizer": label}
     for b in budgets:
       fractions = per_budget[b]["rows"].get(name, {})
-      tuned = fractions.get("tokens_vs_adam+embed")
+      tuned = fractions.get("tokens_vs_adam+embed") if name != "adam+embed" else None
       row[b] = _fraction_cell(fractions.get("tokens_vs_adam")) + (
         f" ({_fraction_cell(tuned)})" if tuned else ""
       )
+    rows.append(row)
+  return harness.table(columns, rows)
+
+
+def best_lr_table(size: str, per_budget: dict[float, dict]) -> str:
+  """Each optimizer's best seed-0 lr (group 1) at every budget of ``size`` (``~``: its grid
+  is open), as Markdown: whether, and how, the best lr moves with the budget."""
+  budgets = sorted(per_budget)
+  columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
+  rows = []
+  for variant in VARIANTS:
+    row = {"optimizer": LABELS[variant]}
+    for b in budgets:
+      losses = per_budget[b]["grids"][variant]
+      lr, closed = best(losses, closed=False), best(losses)
+      row[b] = None if lr is None else f"{'' if closed else '~'}{lr:g}"
     rows.append(row)
   return harness.table(columns, rows)
 
@@ -744,7 +760,8 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     for budget, s in reversed(per_budget.items())  # the largest budget first
   ]
   trends = [
-    f"#### {size}: tokens of Adam's (of tuned Adam's) by budget\n\n" + trend_table(size, s)
+    f"#### {size}: tokens of Adam's (of tuned Adam's) by budget\n\n{trend_table(size, s)}\n"
+    f"#### {size}: the best lr by budget\n\n{best_lr_table(size, s)}"
     for size, s in all_summaries.items()
   ]
   hours = "; ".join(f"{stage} {h:.1f} h" for stage, h in stage_hours(runner).items())
