@@ -164,6 +164,14 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   runs = len(list(runner.runs_dir.glob("*.json")))  # 60 s each
   assert f"on these 2 shared CPU cores: tiny-w64 1x {runs / 60:.1f} h.\n" in text
   assert (tmp_path / "out" / "budgets.png").exists()
+  readme = tmp_path / "README.md"
+  begin, end = budgets.README_QUOTE
+  readme.write_text(f"# Title\n\n{begin}| a stale table |\n{end}\nProse.\n")
+  budgets.quote_in_readme(text, readme)
+  quoted = readme.read_text()
+  assert quoted.startswith(f"# Title\n\n{begin}| optimizer | best lr |") and "stale" not in quoted
+  assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in quoted
+  assert quoted.endswith(f"tiny-w64 1x {runs / 60:.1f} h.\n{end}\nProse.\n")
 
 
 def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):

@@ -27,6 +27,7 @@ import fcntl
 import json
 import math
 import pathlib
+import re
 import shutil
 import statistics
 import time
@@ -750,6 +751,36 @@ def stage_hours(runner: Runner) -> dict[str, float]:
   return hours
 
 
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+README_QUOTE = (  # the README's quote of the report sits between these lines
+  "<!-- quoted from train/bench/results/budgets/budgets.md by "
+  "`python -m train.bench.budgets --only report` -->\n",
+  "<!-- budgets: end -->\n",
+)
+
+
+def readme_quote(report_text: str) -> str:
+  """What the README quotes of the report: the largest budget's table, the token fractions
+  by budget and the hours the runs took."""
+  table = re.search(r"(\| optimizer \| best lr.*?\n)\n", report_text, re.S).group(1)
+  trend = re.search(r"by budget\n\n(\| optimizer \|.*?\n)\n", report_text, re.S).group(1)
+  hours = re.search(r"Hours of runs so far.*\n", report_text).group(0)
+  return (
+    f"{table}\nThe tokens each optimizer trained on, as a fraction of the tokens plain Adam "
+    "needs to reach the same final loss, at each budget's best point so far (of tuned "
+    f"Adam's in brackets, once it has run):\n\n{trend}\n{hours}"
+  )
+
+
+def quote_in_readme(report_text: str, readme: pathlib.Path = README) -> None:
+  """Replaces the README's quote of the report with :func:`readme_quote`."""
+  begin, end = README_QUOTE
+  text = readme.read_text()
+  head, rest = text.split(begin)
+  _, tail = rest.split(end)
+  readme.write_text(head + begin + readme_quote(report_text) + end + tail)
+
+
 def report(runner: Runner, out: pathlib.Path) -> None:
   """Writes ``budgets.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   runner = runner.read_only()
@@ -820,6 +851,7 @@ def main() -> None:
       whitening(runner)
     else:
       report(runner.read_only(), args.out)
+      quote_in_readme((args.out / "budgets.md").read_text())
 
 
 if __name__ == "__main__":
