@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import sys
 
 import jax
 import numpy as np
@@ -200,6 +201,25 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   assert "| +0.0040 | 0.0020 |" in table
   assert budgets.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
   assert "| 1x | lr 0.004, group 1 | 2.860 | gram_polar_express | 2.864 | +0.0040 |  |" in table
+
+
+def test_a_cheaper_whitening_that_wants_another_lr_gets_its_seeds_there(tmp_path, monkeypatch):
+  runner = _fake_runner(tmp_path)
+  fake_loss = _fake_loss
+
+  def half_lr_best(point, budget):  # the cheaper method's best lr: half SWAN's
+    if point.variant == "swan-gram":
+      return fake_loss(dataclasses.replace(point, variant="swan", lr=point.lr * 2), budget)
+    return fake_loss(point, budget)
+
+  monkeypatch.setattr(sys.modules[__name__], "_fake_loss", half_lr_best)
+  training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+  training.get = _fake_get(runner)
+  budgets.whitening(training)
+  gram = sorted(p.stem for p in runner.runs_dir.glob("*-swan-gram-*-1x.json"))
+  assert [g for g in gram if "lr0.001-" in g] == [
+    f"tiny-w64-swan-gram-lr0.001-seed{s}-1x" for s in (0, 1, 2)
+  ]
 
 
 def test_wall_clock_uses_each_optimizers_fastest_run(tmp_path):

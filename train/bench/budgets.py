@@ -416,8 +416,8 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
 def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> None:
   """Each of ``WHITENINGS`` next to the grid's SWAN (8 Polar Express steps) at SWAN's best point
   so far (seed 0's lr and group): seeds 0 and 1 of both, the cheaper one alone at 2x and half
-  that lr (it may want another: the grid's runs there are its own), then the other seeds of
-  ``SEEDS``."""
+  that lr (it may want another: the grid's runs there are its own), the other seeds of
+  ``SEEDS``, then the cheaper one's other seeds at the best of its three lrs, if another."""
   point = best_points(runner.read_only(), size, budget, closed=False)["swan"]
   pair = lambda seed: [
     dataclasses.replace(point, variant=v, seed=seed) for v in ("swan", *WHITENINGS)
@@ -429,6 +429,13 @@ def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> No
   runs += [run for seed in SEEDS[size][2:] for run in pair(seed)]
   for run in runs:
     runner.get(run, budget)
+  for variant in WHITENINGS:
+    at = lambda lr, seed=0, v=variant: dataclasses.replace(point, variant=v, lr=lr, seed=seed)
+    finals = {lr: runner.final(at(lr), budget) for lr in (point.lr / 2, point.lr, point.lr * 2)}
+    if None not in finals.values():
+      lr = min(finals, key=finals.get)
+      for seed in SEEDS[size][1:]:
+        runner.get(at(lr, seed), budget)
 
 
 # (size, budget, seeds at the best points, the cosine check): in order, so a partial queue
