@@ -200,6 +200,14 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   )
   assert "| +0.0040 | 0.0020 |" in table
   assert budgets.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
+  # The trainer's defaults: SWAN's whitening is the cheaper one, at the best lr and group.
+  assert budgets.default_point("tiny-w64", "swan") == budgets.Point("tiny-w64", "swan-gram", 2e-3)
+  defaults = budgets.defaults_table(runner, "tiny-w64")
+  assert (
+    "| 1x | SWAN | 0.002, 0.1, gram_polar_express | 2.855 ± 0.001 (3) | 0.002, 0.1, polar_express "
+    "| 2.851 ± 0.001 (3) | +0.004 | 0.002 |" in defaults
+  )
+  assert "| 1x | Muon (optax) | 0.02, 0.02 | 2.801 ± 0.001 (3) | the default |" in defaults
   assert "| 1x | lr 0.004, group 1 | 2.860 | gram_polar_express | 2.864 | +0.0040 |  |" in table
 
 

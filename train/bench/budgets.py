@@ -656,6 +656,81 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
   return harness.table(columns, rows) if rows else ""
 
 
+def default_point(size: str, name: str) -> Point:
+  """The trainer's default ``name`` (``adam``, ``muon``, ``swan``, ``sinkgd``): its lr, Adam-group
+  lr and whitening, as a point of the budget runs (Adam b2 0.95, as every run here)."""
+  config = optimizer_config(name)
+  if name == "adam":
+    return Point(size, "adam", config.lr, group=config.embed_lr_scale)
+  method = getattr(config, "whiten_method", None)
+  variant = next(
+    (
+      v
+      for v, spec in ALL_VARIANTS.items()
+      if spec.fields["name"] == name and spec.fields.get("whiten_method") == method
+    ),
+    None,
+  )
+  if variant is None:
+    raise ValueError(f"no budget variant runs {name}'s default whitening {method}: add it")
+  group = config.adam_group_peak_lr / (config.lr * ALL_VARIANTS[variant].adam_ratio)
+  return Point(size, variant, config.lr, group=round(group, 6))
+
+
+def defaults_table(runner: Runner, size: str) -> str:
+  """At each budget of ``size``: each optimizer's trainer default against its best point so
+  far (plain Adam's for Adam): their seeds' losses, the mean difference over the seeds both
+  ran, and the best point's seed range."""
+  rows = []
+  for budget in BUDGETS[size]:
+    points = best_points(runner, size, budget, closed=False)
+    closed = best_points(runner, size, budget)
+    for name in VARIANTS:
+      default, tuned = default_point(size, name), points.get(name)
+      finals = seed_finals(runner, default, budget)
+      if not finals or tuned is None:
+        continue
+      best = seed_finals(runner, tuned, budget)
+      same_seeds = [
+        (
+          runner.final(dataclasses.replace(default, seed=s), budget),
+          runner.final(dataclasses.replace(tuned, seed=s), budget),
+        )
+        for s in SEEDS.get(size, (0,))
+      ]
+      diffs = [d - t for d, t in same_seeds if d is not None and t is not None]
+      rows.append(
+        {
+          "budget": f"{budget:g}x",
+          "optimizer": LABELS[name],
+          "default": _point_cell(default),
+          "loss": seeds_cell(finals),
+          "best": ("" if closed.get(name) == tuned else "~")
+          + ("the default" if tuned == default else _point_cell(tuned)),
+          "best_loss": seeds_cell(best),
+          "diff": statistics.mean(diffs),
+          "range": max(best) - min(best) if len(best) > 1 else None,
+        }
+      )
+  columns = [
+    ("budget", "budget", "", "l"),
+    ("optimizer", "optimizer", "", "l"),
+    ("default", "default (lr, group lr)", "", "l"),
+    ("loss", "its loss", "", "r"),
+    ("best", "best point", "", "l"),
+    ("best_loss", "its loss", "", "r"),
+    ("diff", "default - best (same seeds)", "+.3f", "r"),
+    ("range", "best's seed range", ".3f", "r"),
+  ]
+  return harness.table(columns, rows) if rows else ""
+
+
+def _point_cell(point: Point) -> str:
+  rates = point.rates
+  method = ALL_VARIANTS[point.variant].fields.get("whiten_method")
+  return f"{rates['matrix']:g}, {rates['adam']:.3g}" + (f", {method}" if method else "")
+
+
 def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
   """Each point ``WHITENINGS`` ran at, per budget: its seeds' mean and spread, the grid's SWAN's
   (8 Polar Express steps) at the same point and seeds (where run), and the difference of the
@@ -818,6 +893,12 @@ def report(runner: Runner, out: pathlib.Path) -> None:
   )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
+  if table := defaults_table(runner, "tiny-w64"):
+    text += (
+      "\n#### The trainer's defaults against the best points (tiny-w64)\n\n"
+      "Each optimizer at the trainer's default lr, Adam-group lr and whitening (Adam b2 0.95 "
+      "as every run here), against its best point so far (`~`: its grid is open).\n\n" + table
+    )
   if table := whitening_table(runner):
     text += (
       "\n#### SWAN's whitening: 8 Polar Express steps against a cheaper method (tiny-w64, "
