@@ -18,8 +18,11 @@ killed run resumes from its last checkpoint); every finished branch keeps its JS
 ``--runs``. Several processes may run the queue at once: each locks a trunk (or a cosine run)
 while it trains it, passes over the ones another process holds, then waits for them.
 ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the grid's (8
-Polar Express steps) at SWAN's best point, every seed. ``report`` writes
-``OUT/budgets.md``, ``.json`` and two plots from those JSONs.
+Polar Express steps) at SWAN's best point, every seed. ``report`` writes, from those JSONs,
+``OUT/budgets.md`` (per budget each optimizer's best point; token fractions and best lrs by
+budget; the trainer's defaults against the best points; WSD against cosine; the whitening
+pairs), ``.json`` and ``.png`` (token fraction against budget, final loss against lr), and
+the README's quote of it.
 """
 
 import dataclasses
