@@ -18,8 +18,8 @@ from train.optimizers import optimizer_config
 # Fake final losses: each optimizer's floor, parabolic in log2(lr) around its best lr; Adam
 # with its embeddings (and lm_head) at their own lr is 0.05 lower at 0.05; small is 0.3
 # higher; each seed 0.01 higher.
-FLOOR = {"adam": 4.0, "swan": 3.9, "sinkgd": 3.85}
-BEST_LR = {"adam": 2e-3, "swan": 2e-3, "sinkgd": 0.01}
+FLOOR = {"adam": 4.0, "swan": 3.9, "sinkgd": 3.85, "muon": 3.8}
+BEST_LR = {"adam": 2e-3, "swan": 2e-3, "sinkgd": 0.01, "muon": 0.02}
 
 
 def _fake_final_loss(config) -> float:
@@ -58,7 +58,7 @@ def test_defaults_are_named_by_their_settings():
   for name in headline.OPTIMIZERS:
     run, defaults = headline.default_run("tiny", name, 0), optimizer_config(name)
     assert run.optimizer.lr == defaults.lr
-    assert run.optimizer.scale_rule == defaults.scale_rule
+    assert getattr(run.optimizer, "scale_rule", None) == getattr(defaults, "scale_rule", None)
     assert math.isclose(run.optimizer.adam_group_lr, defaults.adam_group_peak_lr, rel_tol=1e-6)
   # SWAN's default whitening is not the ladder's: its run is the ladder's at the default's
   # method and steps, named by them.
@@ -72,6 +72,8 @@ def test_defaults_are_named_by_their_settings():
   assert dataclasses.replace(swan.optimizer, whiten_method="polar_express", whiten_steps=None) == (
     ladder.optimizer
   )
+  # Muon's default is the convergence grid's (and the width ladder's) run at optax's 0.02.
+  assert headline.default_run("tiny", "muon", 2) == protocol.grid_run("tiny", "muon", 0.02, 2)
   sinkgd = headline.default_run("small", "sinkgd", 0)
   assert sinkgd.tag == "small-sinkgd-spectral+adam_lr0.0441942-lr0.0125-seed0"
   assert sinkgd.optimizer.scale_rule == "spectral"
@@ -130,6 +132,12 @@ def test_the_table_from_the_run_jsons(store):
   assert (
     "small adam+embed: `adam-b2_0.999+embed_lr0.05` at lr 0.002, embeddings and lm_head at 0.05, "
     "final loss 4.250" in text
+  )
+  muon = summary["tiny"][2]
+  assert muon["optimizer"] == "muon" and muon["step_time_ratio"] is None  # not timed
+  assert muon["adam"]["token_fraction"] == pytest.approx([0.8] * 3)
+  assert (
+    "| tiny | muon(lr 0.02, Adam group 0.02) | 3.810 (3.800-3.820) |  | 0.80 (0.80-0.80) |" in text
   )
   assert sinkgd["ladder"] is None and swan["ladder"]["whitening"] == "polar_express 8"
   assert "tiny-w64 polar_express 8 3.900 (+0.000)" in text

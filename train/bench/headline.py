@@ -1,15 +1,16 @@
-"""What a user gets at the trainer's defaults: SWAN and SinkGD against a tuned Adam, per size.
+"""What a user gets at the trainer's defaults: SWAN, SinkGD and Muon against a tuned Adam.
 
-Run: ``python -m train.bench.headline [--only runs|timing|report]``. At each size, SWAN and
-SinkGD at the trainer's defaults (``train.config``: lr, Adam-group lr, whitening) against two
-Adams: the best plain Adam of the convergence benchmark (tiny, small) or of the width ladder
-(``tiny-w64``, ``tiny-w256``, ``train.bench.transfer``), and Adam with its embeddings and lm_head
-at a tuned lr (the Adam-group grid's best pair on tiny; elsewhere the size's best Adam lr with
-the embeddings at tiny's best embedding lr, which muP keeps constant across widths). Seeds 0-2
-on tiny, seed 0 elsewhere; the convergence protocol and its run store. Token fraction: the
-tokens a run needs to reach the reference's final loss (same seed), over the reference's;
-wall-clock fraction: that times the ratio of median step times of the compiled train steps,
-interleaved in one process. Writes ``OUT/headline.md`` and ``.json``.
+Run: ``python -m train.bench.headline [--only runs|timing|report]``. At each size, SWAN, SinkGD
+and optax's Muon at the trainer's defaults (``train.optimizers``: lr, Adam-group lr,
+whitening) against two Adams: the best plain Adam of the convergence benchmark (tiny, small)
+or of the width ladder (``tiny-w64``, ``tiny-w256``, ``train.bench.transfer``), and Adam with
+its embeddings and lm_head at a tuned lr (the Adam-group grid's best pair on tiny; elsewhere
+the size's best Adam lr with the embeddings at tiny's best embedding lr, which muP keeps
+constant across widths). Seeds 0-2 on tiny, seed 0 elsewhere; the convergence protocol and
+its run store. Token fraction: the tokens a run needs to reach the reference's final loss
+(same seed), over the reference's; wall-clock fraction: that times the ratio of median step
+times of the compiled train steps, interleaved in one process. Writes ``OUT/headline.md`` and
+``.json``.
 """
 
 import dataclasses
@@ -33,7 +34,7 @@ from train.optimizers import optimizer_config
 # Size -> seeds, smallest model first: the width ladder's rungs (tiny is its width 128) and small.
 SEEDS = {"tiny-w64": (0,), "tiny": protocol.SEEDS, "tiny-w256": (0,), "small": (0,)}
 LADDER = ("tiny-w64", "tiny-w256")
-OPTIMIZERS = ("swan", "sinkgd")
+OPTIMIZERS = ("swan", "sinkgd", "muon")
 REFERENCES = ("adam", "adam+embed")
 STAGES = ("runs", "timing", "report")
 _ADAM = "adam-b2_0.999"  # the Adam of the Adam-group grid
@@ -126,11 +127,11 @@ def summarize(store: Store, timing: dict) -> dict[str, list[dict]]:
       row = {
         "optimizer": name,
         "lr": defaults.lr,
-        "scale_rule": defaults.scale_rule,
+        "scale_rule": getattr(defaults, "scale_rule", None),  # None: Muon's own
         "whitening": _whitening(run),
         "adam_group_lr": defaults.adam_group_peak_lr,
         "final_loss": [_final(r) for r in records],
-        "step_time_ratio": steps[name] / steps["adam"] if steps else None,
+        "step_time_ratio": steps[name] / steps["adam"] if steps and name in steps else None,
         "ladder": None,
       }
       ladder = [ladder_default(size, name, s) for s in seeds]
@@ -179,7 +180,8 @@ def report_text(summary: dict[str, list[dict]], timing: dict) -> str:
       ratio = row["step_time_ratio"]
       cells = [
         size,
-        f"{row['optimizer']}(lr {row['lr']:g}, {row['scale_rule']}, "
+        f"{row['optimizer']}(lr {row['lr']:g}, "
+        + (f"{row['scale_rule']}, " if row["scale_rule"] else "")
         + (f"{row['whitening']}, " if row["whitening"] else "")
         + f"Adam group {row['adam_group_lr']:.2g})",
         _mean_range(row["final_loss"], ".3f"),

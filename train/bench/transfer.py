@@ -60,7 +60,10 @@ TINY = {"width": 128, "depth": 4}  # each ladder's rung that is the tiny model
 
 
 def default_variant(name: str) -> str:
-  """The variant of optimizer ``name`` (swan, sinkgd) at the trainer's default scale rule."""
+  """The variant of optimizer ``name`` at the trainer's defaults: swan and sinkgd at their
+  default scale rule, muon at its own shape scaling."""
+  if name == "muon":
+    return name
   rule = swan_optax.defaults.SCALE_RULE[name]
   return name if rule == "unit_rms" else f"{name}-{rule}"
 
