@@ -711,7 +711,7 @@ def defaults_table(runner: Runner, size: str) -> str:
           "best": ("" if closed.get(name) == tuned else "~")
           + ("the default" if tuned == default else _point_cell(tuned)),
           "best_loss": seeds_cell(best),
-          "diff": statistics.mean(diffs),
+          "diff": statistics.mean(diffs) if diffs else None,
           "range": max(best) - min(best) if len(best) > 1 else None,
         }
       )
@@ -848,7 +848,7 @@ def readme_quote(report_text: str) -> str:
   """What the README quotes of the report: the largest budget's table, the token fractions
   by budget and the hours the runs took."""
   table = re.search(r"(\| optimizer \| best lr.*?\n)\n", report_text, re.S).group(1)
-  trend = re.search(r"by budget\n\n(\| optimizer \|.*?\n)\n", report_text, re.S).group(1)
+  trend = re.search(r"tuned Adam's\) by budget\n\n(\|.*?\n)\n", report_text, re.S).group(1)
   hours = re.search(r"Hours of runs so far.*\n", report_text).group(0)
   return (
     f"{table}\nThe tokens each optimizer trained on, as a fraction of the tokens plain Adam "
