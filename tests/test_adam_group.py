@@ -12,7 +12,12 @@ from train.bench.convergence import search
 from train.bench.convergence.store import Store
 
 # Fake optima (lr, group lr): Adam's embeddings want 0.2, beyond the grid's edge (0.1).
-OPTIMUM = {"swan": (0.004, 0.05), "sinkgd": (0.005, 0.025), "adam": (0.002, 0.2)}
+OPTIMUM = {
+  "swan": (0.004, 0.05),
+  "sinkgd": (0.005, 0.025),
+  "adam": (0.002, 0.2),
+  "muon": (0.02, 0.02),
+}
 
 
 def _fake_train(config) -> None:
