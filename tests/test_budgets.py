@@ -173,6 +173,9 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert quoted.startswith(f"# Title\n\n{begin}| optimizer | best lr |") and "stale" not in quoted
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in quoted
   assert quoted.endswith(f"tiny-w64 1x {runs / 60:.1f} h.\n{end}\nProse.\n")
+  readme.write_text("# Title\n")
+  with pytest.raises(ValueError, match="needs the lines"):
+    budgets.quote_in_readme(text, readme)
 
 
 def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):

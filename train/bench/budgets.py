@@ -861,6 +861,8 @@ def quote_in_readme(report_text: str, readme: pathlib.Path = README) -> None:
   """Replaces the README's quote of the report with :func:`readme_quote`."""
   begin, end = README_QUOTE
   text = readme.read_text()
+  if text.count(begin) != 1 or text.count(end) != 1:
+    raise ValueError(f"{readme} needs the lines {begin!r} and {end!r} once each around the quote")
   head, rest = text.split(begin)
   _, tail = rest.split(end)
   readme.write_text(head + begin + readme_quote(report_text) + end + tail)
