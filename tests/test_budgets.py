@@ -205,7 +205,7 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   assert budgets.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
   # The trainer's defaults: SWAN's whitening is the cheaper one, at the best lr and group.
   assert budgets.default_point("tiny-w64", "swan") == budgets.Point("tiny-w64", "swan-gram", 2e-3)
-  defaults = budgets.defaults_table(runner, "tiny-w64")
+  defaults = budgets.defaults_table(runner, "tiny-w64", budgets.summaries(runner)["tiny-w64"])
   assert (
     "| 1x | SWAN | 0.002, 0.1, gram_polar_express | 2.855 ± 0.001 (3) | 0.002, 0.1, polar_express "
     "| 2.851 ± 0.001 (3) | +0.004 | 0.002 |" in defaults

@@ -505,6 +505,14 @@ def seed_finals(runner: Runner, point: Point, budget: float) -> list[float]:
   return [x for x in finals if x is not None]
 
 
+def seed_pairs(
+  runner: Runner, a: Point, b: Point, budget: float
+) -> list[tuple[float | None, float | None]]:
+  """``a``'s and ``b``'s final losses at each seed of ``SEEDS`` (``None``: not run)."""
+  at = lambda point, seed: runner.final(dataclasses.replace(point, seed=seed), budget)
+  return [(at(a, s), at(b, s)) for s in SEEDS.get(a.size, (0,))]
+
+
 def seeds_cell(finals: list[float]) -> str:
   """``mean ± half range (count)`` of the seeds' losses; the loss alone for one seed."""
   mean = statistics.mean(finals)
@@ -680,39 +688,31 @@ def default_point(size: str, name: str) -> Point:
   return Point(size, variant, config.lr, group=round(group, 6))
 
 
-def defaults_table(runner: Runner, size: str) -> str:
-  """At each budget of ``size``: each optimizer's trainer default against its best point so
-  far (plain Adam's for Adam): their seeds' losses, the mean difference over the seeds both
-  ran, and the best point's seed range."""
+def defaults_table(runner: Runner, size: str, per_budget: dict[float, dict]) -> str:
+  """At each budget of ``size`` (its :func:`summarize`): each optimizer's trainer default
+  against its best point so far (plain Adam's for Adam): their seeds' losses, the mean
+  difference over the seeds both ran, and the best point's seed range."""
   rows = []
-  for budget in BUDGETS[size]:
-    points = best_points(runner, size, budget, closed=False)
-    closed = best_points(runner, size, budget)
+  for budget, summary in sorted(per_budget.items()):
     for name in VARIANTS:
-      default, tuned = default_point(size, name), points.get(name)
+      default, best = default_point(size, name), summary["rows"].get(name)
       finals = seed_finals(runner, default, budget)
-      if not finals or tuned is None:
+      if not finals or best is None:
         continue
-      best = seed_finals(runner, tuned, budget)
-      same_seeds = [
-        (
-          runner.final(dataclasses.replace(default, seed=s), budget),
-          runner.final(dataclasses.replace(tuned, seed=s), budget),
-        )
-        for s in SEEDS.get(size, (0,))
-      ]
-      diffs = [d - t for d, t in same_seeds if d is not None and t is not None]
+      tuned = Point(**best["point"])
+      pairs = seed_pairs(runner, default, tuned, budget)
+      diffs = [d - t for d, t in pairs if d is not None and t is not None]
       rows.append(
         {
           "budget": f"{budget:g}x",
           "optimizer": LABELS[name],
           "default": _point_cell(default),
           "loss": seeds_cell(finals),
-          "best": ("" if closed.get(name) == tuned else "~")
+          "best": ("" if best["bracketed"] else "~")
           + ("the default" if tuned == default else _point_cell(tuned)),
-          "best_loss": seeds_cell(best),
+          "best_loss": seeds_cell(best["finals"]),
           "diff": statistics.mean(diffs) if diffs else None,
-          "range": max(best) - min(best) if len(best) > 1 else None,
+          "range": best["spread"] if len(best["finals"]) > 1 else None,
         }
       )
   columns = [
@@ -743,11 +743,7 @@ def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
     for path in sorted(runner.runs_dir.glob(f"{size}-{variant}-lr*-seed0-*x.json")):
       record = json.loads(path.read_text())
       point, budget = Point(**record["point"]), record["budget"]
-      seeds = [dataclasses.replace(point, seed=s) for s in SEEDS[size]]
-      both = [
-        (runner.final(p, budget), runner.final(dataclasses.replace(p, variant="swan"), budget))
-        for p in seeds
-      ]
+      both = seed_pairs(runner, point, dataclasses.replace(point, variant="swan"), budget)
       cheap = [x for x, _ in both if x is not None]
       default = [y for x, y in both if x is not None and y is not None]
       row = {
@@ -898,7 +894,7 @@ def report(runner: Runner, out: pathlib.Path) -> None:
   )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
-  if table := defaults_table(runner, "tiny-w64"):
+  if table := defaults_table(runner, "tiny-w64", all_summaries.get("tiny-w64", {})):
     text += (
       "\n#### The trainer's defaults against the best points (tiny-w64)\n\n"
       "Each optimizer at the trainer's default lr, Adam-group lr and whitening (Adam b2 0.95 "
