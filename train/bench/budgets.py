@@ -104,6 +104,7 @@ WHITENINGS: dict[str, Variant] = {
   ),
 }
 ALL_VARIANTS = {**VARIANTS, **WHITENINGS}
+REFERENCES = ("adam", "adam+embed")  # token fractions are of these optimizers' tokens
 GRID_ORDER = (1, 2, 0, 3)  # the two central points first, so a partial grid spans the centre
 SEEDS = {"tiny-w64": (0, 1, 2), "tiny": (0, 1)}
 
@@ -405,9 +406,14 @@ def best_points(runner: Runner, size: str, budget: float, closed: bool = True) -
 
 
 def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosine: bool) -> None:
-  """One (size, budget): the lr grids, the group grids at the best lrs, the seeds at each
-  optimizer's best point, and (``cosine``) one cosine run at each best point."""
+  """One (size, budget): the lr grids, the group grids at the best lrs, the references' best
+  points at the size's next budget (a loss below theirs then gets a token fraction, not a
+  bound), the seeds at each optimizer's best point, and (``cosine``) one cosine run at each."""
   points = best_points(runner, size, budget)
+  larger = [b for b in BUDGETS[size] if b > budget]
+  for name in REFERENCES:
+    if larger and name in points:
+      runner.get(points[name], larger[0])
   for point in points.values():
     for seed in seeds[1:]:
       runner.get(dataclasses.replace(point, seed=seed), budget)
@@ -460,7 +466,6 @@ LABELS = {
   "swan": "SWAN",
   "sinkgd": "SinkGD",
 }
-REFERENCES = ("adam", "adam+embed")  # token fractions are of these optimizers' tokens
 
 
 def summarize(runner: Runner, size: str, budget: float) -> dict:
@@ -841,10 +846,21 @@ README_QUOTE = (  # the README's quote of the report sits between these lines
 
 
 def readme_quote(report_text: str) -> str:
-  """What the README quotes of the report: the largest budget's table, the token fractions
-  by budget and the hours the runs took."""
-  table = re.search(r"(\| optimizer \| best lr.*?\n)\n", report_text, re.S).group(1)
-  trend = re.search(r"tuned Adam's\) by budget\n\n(\|.*?\n)\n", report_text, re.S).group(1)
+  """What the README quotes of the report: the table of the most tokens at which every
+  optimizer of ``VARIANTS`` has run, its size's token fractions by budget, and the hours the
+  runs took."""
+  tables = re.findall(
+    r"#### (\S+) \(.*?\) at \S+ Chinchilla \(([\d,]+) tokens\)\n\n(\|.*?\n)\n", report_text, re.S
+  )
+  complete = [
+    (int(tokens.replace(",", "")), size, table)
+    for size, tokens, table in tables
+    if all(f"| {LABELS[v]} |" in table for v in VARIANTS)
+  ]
+  _, size, table = max(complete)
+  trend = re.search(
+    rf"#### {re.escape(size)}: tokens of Adam's .*? by budget\n\n(\|.*?\n)\n", report_text, re.S
+  ).group(1)
   hours = re.search(r"Hours of runs so far.*\n", report_text).group(0)
   return (
     f"{table}\nThe tokens each optimizer trained on, as a fraction of the tokens plain Adam "
