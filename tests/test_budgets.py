@@ -168,7 +168,8 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
   assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <0.50 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text
-  assert "| SWAN | 0.002 | 0.002 | 0.002 |  |" in text  # the best lr by budget: it does not move
+  # The best lr by budget, its margin over the next point in brackets: it does not move
+  assert "| SWAN | 0.002 (0.010) | 0.002 (0.010) | 0.002 (0.010) |  |" in text
   assert "| SWAN | 0.37 (0.47) | 0.37 (0.47) | <0.50 (<0.50) |  |" in text  # tokens by budget
   assert "| Adam, embedding lr tuned | 0.78 | 0.78 | 0.78 | <1.00 |" in text
   runs = len(list(runner.runs_dir.glob("*.json"))) - 2  # 60 s each; the 2x runs are 4x's stage's

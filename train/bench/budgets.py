@@ -630,7 +630,8 @@ def trend_table(size: str, per_budget: dict[float, dict]) -> str:
 
 def best_lr_table(size: str, per_budget: dict[float, dict]) -> str:
   """Each optimizer's best seed-0 lr (group 1) at every budget of ``size`` (``~``: its grid
-  is open), as Markdown: whether, and how, the best lr moves with the budget."""
+  is open) and, in brackets, its margin over the grid's next best point, as Markdown: whether,
+  and how decisively, the best lr moves with the budget."""
   budgets = sorted(per_budget)
   columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
   rows = []
@@ -639,7 +640,12 @@ def best_lr_table(size: str, per_budget: dict[float, dict]) -> str:
     for b in budgets:
       losses = per_budget[b]["grids"][variant]
       lr, closed = best(losses, closed=False), best(losses)
-      row[b] = None if lr is None else f"{'' if closed else '~'}{lr:g}"
+      if lr is None:
+        row[b] = None
+        continue
+      others = [v for x, v in losses.items() if v is not None and x != lr]
+      margin = f" ({min(others) - losses[lr]:.3f})" if others else ""
+      row[b] = f"{'' if closed else '~'}{lr:g}{margin}"
     rows.append(row)
   return harness.table(columns, rows)
 
@@ -898,7 +904,9 @@ def report(runner: Runner, out: pathlib.Path) -> None:
   text = (
     "## Budgets (`python -m train.bench.budgets`)\n\n"
     + "\n".join(tables + trends)
-    + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open). "
+    + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open); "
+    "by budget, in brackets, how much lower it is than the grid's next best point (compare "
+    "the seeds' spread at the best points). "
     "Group lr: the Adam group's peak lr (Adam: its embedding and lm_head lr). Loss: the mean "
     "and half range of the seeds run at the best point (their count in brackets). Tokens: "
     "this budget over the budget at which the reference reaches the same loss (below 1: "
