@@ -904,9 +904,10 @@ def report(runner: Runner, out: pathlib.Path) -> None:
   text = (
     "## Budgets (`python -m train.bench.budgets`)\n\n"
     + "\n".join(tables + trends)
-    + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while open); "
-    "by budget, in brackets, how much lower it is than the grid's next best point (compare "
-    "the seeds' spread at the best points). "
+    + "\nBest lr: the lowest seed-0 final loss of a grid that brackets it (`~` while its lr "
+    "grid, or in the budget tables its group grid, is open); by budget, in brackets, how much "
+    "lower it is than the grid's next best point (compare the seeds' spread at the best "
+    "points). "
     "Group lr: the Adam group's peak lr (Adam: its embedding and lm_head lr). Loss: the mean "
     "and half range of the seeds run at the best point (their count in brackets). Tokens: "
     "this budget over the budget at which the reference reaches the same loss (below 1: "
