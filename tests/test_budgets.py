@@ -187,6 +187,8 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   readme.write_text("# Title\n")
   with pytest.raises(ValueError, match="needs the lines"):
     budgets.quote_in_readme(text, readme)
+  with pytest.raises(ValueError, match="a run of every optimizer"):
+    budgets.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 
 def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):

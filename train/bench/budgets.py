@@ -863,6 +863,8 @@ def readme_quote(report_text: str) -> str:
     for size, tokens, table in tables
     if all(f"| {LABELS[v]} |" in table for v in VARIANTS)
   ]
+  if not complete:
+    raise ValueError("no budget in the report has a run of every optimizer: nothing to quote")
   _, size, table = max(complete)
   trend = re.search(
     rf"#### {re.escape(size)}: tokens of Adam's .*? by budget\n\n(\|.*?\n)\n", report_text, re.S
