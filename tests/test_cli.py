@@ -191,7 +191,7 @@ def test_help_lists_every_flag_with_its_doc_and_default():
     # The flag, then its doc before the next flag (` --`), then its default.
     flag_and_doc = rf"{re.escape(_flag(path))} (?:(?! --).)*?{re.escape(words)}.*?\(default: "
     assert re.search(flag_and_doc, text), path
-  lrs = {**defaults.LEARNING_RATE, "muon": 0.02, "adam": 0.001, "adamw": 0.001}
+  lrs = {**defaults.LEARNING_RATE, "muon": 0.02, "adam": 0.002, "adamw": 0.002}
   assert ", ".join(f"{n} {lr:g}" for n, lr in lrs.items()) in text
 
 

@@ -4,7 +4,7 @@
 AdamConfig | AdamWConfig``, told apart by ``name``. A config has only the settings its
 optimizer takes, so a setting of another one cannot be passed (``--embed-lr-scale`` with
 ``--optimizer swan`` is an error naming the optimizers that have it), and its defaults are its
-own: SWAN's and SinkGD's from ``swan_optax.defaults``, optax Muon's 0.02 and Adam's 1e-3.
+own: SWAN's and SinkGD's from ``swan_optax.defaults``, optax Muon's 0.02 and Adam's 2e-3.
 Each builds its optimizer with ``make`` from the run's schedule (``train/optimizer.py``).
 """
 
@@ -277,12 +277,13 @@ class AdamConfig(_Optimizer):
 
   Attributes:
     name: the optimizer.
-    lr: peak learning rate.
+    lr: peak learning rate (by default Adam's best lr at 0.25x, 0.5x and 1x Chinchilla on
+      tiny-w64 with b2 0.95, and at 240 steps on widths 128 and 256 with b2 0.999).
     embed_lr_scale: the embedding and lm_head step at this multiple of ``lr``.
   """
 
   name: Literal["adam"] = dataclasses.field(default="adam", metadata={"flag": "--optimizer"})
-  lr: float = 1e-3
+  lr: float = 2e-3
   embed_lr_scale: float = 1.0
 
   def __post_init__(self):
