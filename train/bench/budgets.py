@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from models import configs
@@ -783,15 +784,24 @@ def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
 
 def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> None:
   """Top: token fraction of tuned Adam's (solid) and of plain Adam's (dashed) against budget,
-  one line per optimizer, one panel per width; open triangles are bounds beyond the budgets
-  measured. Bottom: final loss against lr per budget, one panel per optimizer (first width)."""
+  one line per optimizer, one panel per width, the legend in the row's last panel; open
+  triangles are bounds beyond the budgets measured. Bottom: final loss against lr per budget,
+  one panel per optimizer (first width)."""
   sizes = list(all_summaries)
-  fig = Figure(figsize=(4 * max(len(sizes), len(VARIANTS)), 7))
-  top = fig.subplots(2, max(len(sizes), len(VARIANTS)), squeeze=False)
-  for ax in top[0][len(sizes) :]:
+  columns = max(len(sizes) + 1, len(VARIANTS))
+  fig = Figure(figsize=(4 * columns, 7))
+  top = fig.subplots(2, columns, squeeze=False)
+  for ax in top[0][len(sizes) : -1]:
     ax.set_visible(False)
+  references = (("adam+embed", "-", "of tuned Adam's"), ("adam", "--", "of Adam's"))
+  legend = [
+    Line2D([], [], color=f"C{i}", marker="o", label=label)
+    for i, label in enumerate(LABELS.values())
+  ]
+  legend += [Line2D([], [], color="gray", ls=style, label=of) for _, style, of in references]
+  legend.append(Line2D([], [], color="gray", ls="", marker="v", fillstyle="none", label="a bound"))
   for ax, size in zip(top[0], sizes, strict=False):
-    for ref, style, of in (("adam+embed", "-", "tuned Adam's"), ("adam", "--", "Adam's")):
+    for ref, style, _ in references:
       for i, name in enumerate(LABELS):
         fractions = [
           (b, s["rows"][name][f"tokens_vs_{ref}"])
@@ -800,9 +810,7 @@ def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> Non
         ]
         exact = [(b, f) for b, (kind, f) in fractions if not kind]
         if exact:
-          ax.plot(
-            *zip(*exact, strict=True), "o" + style, color=f"C{i}", label=f"{LABELS[name]}, of {of}"
-          )
+          ax.plot(*zip(*exact, strict=True), "o" + style, color=f"C{i}")
         for b, (kind, f) in fractions:
           if kind:
             ax.plot(b, f, "v" if kind == "<" else "^", color=f"C{i}", fillstyle="none")
@@ -811,8 +819,11 @@ def plot(all_summaries: dict[str, dict[float, dict]], path: pathlib.Path) -> Non
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(list(all_summaries[size]), [f"{b:g}x" for b in all_summaries[size]])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  top[0][-1].legend(handles=legend, loc="center", fontsize=9, title="token fraction, per optimizer")
+  top[0][-1].set_axis_off()
   size = sizes[0]
+  for ax in top[1][len(VARIANTS) :]:
+    ax.set_visible(False)
   for ax, variant in zip(top[1], VARIANTS, strict=False):
     lrs = set()
     for budget, s in all_summaries[size].items():
