@@ -10,21 +10,25 @@ import jax
 import numpy as np
 import pytest
 
+from models import configs
 from models import llama
 from train import loop
 from train import metrics
 from train import optimizer
-from train.bench import budgets
 from train.bench import harness
+from train.bench.budgets import protocol
+from train.bench.budgets import report as report_lib
+from train.bench.budgets import runner as runner_lib
+from train.bench.budgets import search
 from train.optimizers import optimizer_config
 
 
 def test_a_budget_counts_every_parameter_embeddings_included():
-  config = budgets.configs.get_config("tiny-w64")
+  config = configs.get_config("tiny-w64")
   _, abstract = llama.abstract_init(config, harness.one_device_mesh())
   params = sum(x.size for x in jax.tree.leaves(abstract))
   assert config.num_params == params == 460_352
-  assert budgets.chinchilla_steps("tiny-w64", 1.0) == round(20 * params / (16 * 256)) == 2248
+  assert protocol.chinchilla_steps("tiny-w64", 1.0) == round(20 * params / (16 * 256)) == 2248
 
 
 def test_wsd_holds_the_peak_then_decays_linearly_and_agrees_with_longer_runs():
@@ -39,19 +43,19 @@ def test_wsd_holds_the_peak_then_decays_linearly_and_agrees_with_longer_runs():
 
 def test_token_fraction_interpolates_in_log_budget_and_bounds_outside():
   curve = {0.25: 4.0, 1.0: 3.0, 4.0: 2.5}
-  assert budgets.token_fraction(3.0, 1.0, curve) == ("", 1.0)
-  kind, fraction = budgets.token_fraction(3.5, 1.0, curve)
+  assert report_lib.token_fraction(3.0, 1.0, curve) == ("", 1.0)
+  kind, fraction = report_lib.token_fraction(3.5, 1.0, curve)
   assert kind == "" and fraction == pytest.approx(2.0)  # the reference: halfway, 0.5x in log
-  assert budgets.token_fraction(2.0, 1.0, curve) == ("<", 0.25)  # beyond the reference's 4x
-  assert budgets.token_fraction(4.5, 1.0, curve) == (">", 4.0)  # short of its 0.25x
+  assert report_lib.token_fraction(2.0, 1.0, curve) == ("<", 0.25)  # beyond the reference's 4x
+  assert report_lib.token_fraction(4.5, 1.0, curve) == (">", 4.0)  # short of its 0.25x
 
 
 @pytest.mark.slow
 def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
   """Trunk to the decay start, then the branch resumed from its checkpoint: the same run."""
   steps_of = lambda size, budget: round(40 * budget)  # the smallest budget, 0.25x: 10 steps
-  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", steps_of=steps_of)
-  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", steps_of=steps_of)
+  point = protocol.Point("tiny-w64", "swan", 2e-3)
   branch = runner.get(point, 0.25)
   assert [e["step"] for e in branch["evals"]][-1] == 10
   direct = runner._config(point, 10, "wsd", "direct")
@@ -69,8 +73,8 @@ def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
 
 
 def test_a_branch_cannot_start_from_a_trunk_already_past_its_decay(tmp_path):
-  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=lambda config: None)
-  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=lambda config: None)
+  point = protocol.Point("tiny-w64", "swan", 2e-3)
   (tmp_path / "work" / point.tag / "checkpoints" / "5000").mkdir(parents=True)
   with pytest.raises(RuntimeError, match="past step 450"):
     runner._branch_from_trunk(point, 450, tmp_path / "work" / "branch")
@@ -81,7 +85,7 @@ BEST = {"adam": 8e-3, "muon": 2e-2, "swan": 2e-3, "sinkgd": 1.25e-2}
 BASE = {"adam": 3.0, "muon": 2.8, "swan": 2.85, "sinkgd": 3.2}
 
 
-def _fake_loss(point: budgets.Point, budget: float) -> float:
+def _fake_loss(point: protocol.Point, budget: float) -> float:
   if point.variant == "swan-gram":  # a cheaper whitening: 0.004 behind SWAN's default
     return _fake_loss(dataclasses.replace(point, variant="swan"), budget) + 0.004
   best_group = 4.0 if point.variant == "adam" else 1.0
@@ -97,13 +101,13 @@ def _fake_loss(point: budgets.Point, budget: float) -> float:
   )
 
 
-def _fake_get(runner: budgets.Runner):
+def _fake_get(runner: runner_lib.Runner):
   """``runner.get`` without training: the run's JSON, its final loss from ``_fake_loss``."""
 
   def get(point, budget, schedule="wsd"):
     loss = _fake_loss(point, budget) + (0.002 if schedule == "cosine" else 0.0)
     record = {
-      "tag": budgets.run_name(point, budget, schedule),
+      "tag": runner_lib.run_name(point, budget, schedule),
       "point": dataclasses.asdict(point),
       "budget": budget,
       "rates": point.rates,
@@ -120,23 +124,23 @@ def _fake_get(runner: budgets.Runner):
   return get
 
 
-def _fake_runner(tmp_path) -> budgets.Runner:
-  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
+def _fake_runner(tmp_path) -> runner_lib.Runner:
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
   fake_get = _fake_get(runner)
-  for size, budget, seeds, cosine in budgets.STAGES[:1]:
-    training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+  for size, budget, seeds, cosine in search.STAGES[:1]:
+    training = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")
     training.get = fake_get
-    budgets.stage(training, size, budget, seeds, cosine)
-    for smaller in (b for b in budgets.BUDGETS[size] if b < budget):
+    search.stage(training, size, budget, seeds, cosine)
+    for smaller in (b for b in protocol.BUDGETS[size] if b < budget):
       for path in list(runner.runs_dir.glob(f"*-{budget:g}x.json")):
         record = json.loads(path.read_text())
-        fake_get(budgets.Point(**record["point"]), smaller)
+        fake_get(protocol.Point(**record["point"]), smaller)
   return runner
 
 
 def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp_path):
   runner = _fake_runner(tmp_path)
-  summary = budgets.summaries(runner)["tiny-w64"]
+  summary = report_lib.summaries(runner)["tiny-w64"]
   rows = summary[1.0]["rows"]
   assert {n: r["point"]["lr"] for n, r in rows.items()} == {"adam+embed": 8e-3, **BEST}
   assert rows["adam+embed"]["point"]["group"] == 4.0 and rows["adam"]["point"]["group"] == 1
@@ -158,7 +162,7 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert summary[0.5]["rows"]["swan"]["tokens_vs_adam"] == ("", pytest.approx(0.5 / at))
   assert "wall_vs_adam" not in rows["swan"]
   assert rows["sinkgd"]["wall_vs_adam"] == pytest.approx(fraction)
-  budgets.report(runner, tmp_path / "out")
+  report_lib.report(runner, tmp_path / "out")
   text = (tmp_path / "out" / "budgets.md").read_text()
   headings = [line for line in text.splitlines() if line.startswith("#### tiny-w64 (")]
   assert headings == [  # every budget with runs, the largest first
@@ -177,25 +181,25 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert f"on these 2 shared CPU cores: {hours}" in text
   assert (tmp_path / "out" / "budgets.png").exists()
   readme = tmp_path / "README.md"
-  begin, end = budgets.README_QUOTE
+  begin, end = report_lib.README_QUOTE
   readme.write_text(f"# Title\n\n{begin}| a stale table |\n{end}\nProse.\n")
-  budgets.quote_in_readme(text, readme)
+  report_lib.quote_in_readme(text, readme)
   quoted = readme.read_text()
   assert quoted.startswith(f"# Title\n\n{begin}| optimizer | best lr |") and "stale" not in quoted
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in quoted  # 1x: not 2x's
   assert quoted.endswith(f"{hours}{end}\nProse.\n")
   readme.write_text("# Title\n")
   with pytest.raises(ValueError, match="needs the lines"):
-    budgets.quote_in_readme(text, readme)
+    report_lib.quote_in_readme(text, readme)
   with pytest.raises(ValueError, match="a run of every optimizer"):
-    budgets.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
+    report_lib.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 
 def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):
   runner = _fake_runner(tmp_path)
-  training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+  training = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")
   training.get = _fake_get(runner)
-  budgets.whitening(training)
+  search.whitening(training)
   gram = sorted(
     p.name.removeprefix("tiny-w64-swan-gram-") for p in runner.runs_dir.glob("*-swan-gram-*")
   )
@@ -204,21 +208,23 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
     *(f"lr0.002-seed{s}-1x.json" for s in (0, 1, 2)),
     "lr0.004-seed0-1x.json",
   ]
-  record = runner.get(budgets.Point("tiny-w64", "swan-gram", 2e-3), 1.0)
-  assert record["rates"] == runner.get(budgets.Point("tiny-w64", "swan", 2e-3), 1.0)["rates"]
-  assert budgets.Point("tiny-w64", "swan-gram", 2e-3).optimizer(10, 0.2).whiten_method == (
+  record = runner.get(protocol.Point("tiny-w64", "swan-gram", 2e-3), 1.0)
+  assert record["rates"] == runner.get(protocol.Point("tiny-w64", "swan", 2e-3), 1.0)["rates"]
+  assert protocol.Point("tiny-w64", "swan-gram", 2e-3).optimizer(10, 0.2).whiten_method == (
     "gram_polar_express"
   )
-  table = budgets.whitening_table(runner)
+  table = report_lib.whitening_table(runner)
   assert (
     "| 1x | lr 0.002, group 1 | 2.851 ± 0.001 (3) | gram_polar_express | 2.855 ± 0.001 (3) |"
     in table
   )
   assert "| +0.0040 | 0.0020 |" in table
-  assert budgets.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
+  assert report_lib.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
   # The trainer's defaults: SWAN's whitening is the cheaper one, at the best lr and group.
-  assert budgets.default_point("tiny-w64", "swan") == budgets.Point("tiny-w64", "swan-gram", 2e-3)
-  defaults = budgets.defaults_table(runner, "tiny-w64", budgets.summaries(runner)["tiny-w64"])
+  assert report_lib.default_point("tiny-w64", "swan") == protocol.Point(
+    "tiny-w64", "swan-gram", 2e-3
+  )
+  defaults = report_lib.defaults_table(runner, "tiny-w64", report_lib.summaries(runner)["tiny-w64"])
   assert (
     "| 1x | SWAN | 0.002, 0.1, gram_polar_express | 2.855 ± 0.001 (3) | 0.002, 0.1, polar_express "
     "| 2.851 ± 0.001 (3) | +0.004 | 0.002 |" in defaults
@@ -237,9 +243,9 @@ def test_a_cheaper_whitening_that_wants_another_lr_gets_its_seeds_there(tmp_path
     return fake_loss(point, budget)
 
   monkeypatch.setattr(sys.modules[__name__], "_fake_loss", half_lr_best)
-  training = budgets.Runner(tmp_path / "runs", tmp_path / "work")
+  training = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")
   training.get = _fake_get(runner)
-  budgets.whitening(training)
+  search.whitening(training)
   gram = sorted(p.stem for p in runner.runs_dir.glob("*-swan-gram-*-1x.json"))
   assert [g for g in gram if "lr0.001-" in g] == [
     f"tiny-w64-swan-gram-lr0.001-seed{s}-1x" for s in (0, 1, 2)
@@ -249,17 +255,17 @@ def test_a_cheaper_whitening_that_wants_another_lr_gets_its_seeds_there(tmp_path
 def test_wall_clock_uses_each_optimizers_fastest_run(tmp_path):
   """A run slowed by a busy machine does not make its optimizer look slow."""
   runner = _fake_runner(tmp_path)
-  path = runner.path(budgets.Point("tiny-w64", "sinkgd", 1.25e-2), 1.0)
+  path = runner.path(protocol.Point("tiny-w64", "sinkgd", 1.25e-2), 1.0)
   path.write_text(json.dumps({**json.loads(path.read_text()), "step_time_median_s": 0.5}))
-  row = budgets.summaries(runner)["tiny-w64"][1.0]["rows"]["sinkgd"]
+  row = report_lib.summaries(runner)["tiny-w64"][1.0]["rows"]["sinkgd"]
   assert row["step_time_s"] == 0.1
   assert row["wall_vs_adam"] == pytest.approx(row["tokens_vs_adam"][1])
 
 
 def test_a_run_another_process_trains_is_passed_over_then_waited_for(tmp_path, monkeypatch):
   trained = []
-  runner = budgets.Runner(tmp_path / "runs", tmp_path / "work", train_fn=trained.append)
-  point = budgets.Point("tiny-w64", "swan", 2e-3)
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=trained.append)
+  point = protocol.Point("tiny-w64", "swan", 2e-3)
   (tmp_path / "work").mkdir()
   with open(tmp_path / "work" / f"{point.tag}.claim", "w") as other:  # another process's lock
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -275,6 +281,6 @@ def test_a_run_another_process_trains_is_passed_over_then_waited_for(tmp_path, m
     if len(passes) == 1:
       runner.passed_over.add(point.tag)
 
-  monkeypatch.setattr(budgets, "stage", stage)
-  budgets.queue(runner, budgets.STAGES[:1], wait_s=0)
+  monkeypatch.setattr(search, "stage", stage)
+  search.queue(runner, search.STAGES[:1], wait_s=0)
   assert len(passes) == 2  # once more after the pass that found a run held elsewhere

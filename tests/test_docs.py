@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from train.bench import budgets
+from train.bench.budgets import report as report_lib
 
 DOCS = pathlib.Path(__file__).parents[1] / "docs"
 
@@ -32,6 +32,6 @@ def test_the_readmes_results_are_quoted_from_the_budget_report():
   root = DOCS.parent
   report = (root / "train/bench/results/budgets/budgets.md").read_text()
   readme = (root / "README.md").read_text()
-  begin, end = budgets.README_QUOTE
-  assert begin + budgets.readme_quote(report) + end in readme
+  begin, end = report_lib.README_QUOTE
+  assert begin + report_lib.readme_quote(report) + end in readme
   assert len(readme.splitlines()) <= 200
