@@ -195,6 +195,14 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
     report_lib.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 
+def test_hours_past_a_sizes_last_stage_count_in_that_stage(tmp_path):
+  """tiny's 2x runs (the references', after its 1x stage) are that stage's hours."""
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
+  for budget in (1.0, 2.0):
+    _fake_get(runner)(protocol.Point("tiny", "adam", 2e-3), budget)
+  assert report_lib.stage_hours(runner) == {"tiny 1x": pytest.approx(2 / 60)}
+
+
 def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_reported(tmp_path):
   runner = _fake_runner(tmp_path)
   training = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")

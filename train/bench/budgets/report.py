@@ -332,13 +332,15 @@ def whitening_table(runner: Runner, size: str = "tiny-w64") -> str:
 
 def stage_hours(runner: Runner) -> dict[str, float]:
   """Wall-clock hours the kept runs took on these cores, per stage of ``STAGES`` (a size's
-  budgets above the previous stage's, up to its own) and for ``whitening``'s cheaper methods;
-  a branch's hours include the trunk steps it ran."""
+  budgets above the previous stage's, up to its own; beyond its last stage, the references
+  that stage took one budget further) and for ``whitening``'s cheaper methods; a branch's
+  hours include the trunk steps it ran."""
   hours: dict[str, float] = {}
   for path in sorted(runner.runs_dir.glob("*.json")):
     record = json.loads(path.read_text())
     size, variant, budget = record["point"]["size"], record["point"]["variant"], record["budget"]
-    stage = next(f"{s} {b:g}x" for s, b, *_ in search.STAGES if s == size and budget <= b)
+    stages = [(b, f"{size} {b:g}x") for s, b, *_ in search.STAGES if s == size]
+    stage = next((name for b, name in stages if budget <= b), stages[-1][1])
     key = "cheaper whitenings" if variant in protocol.WHITENINGS else stage
     hours[key] = hours.get(key, 0.0) + record["wall_s"] / 3600
   return hours
