@@ -43,6 +43,7 @@ class Runner:
     self.passed_over: set[str] = set()  # those it left to another process
 
   def read_only(self) -> "Runner":
+    """The same runs, never trained: what the report reads."""
     return Runner(self.runs_dir, self.work, None, self.steps_of, self.checkpoint_every)
 
   def warmup(self, size: str) -> int:
@@ -50,6 +51,7 @@ class Runner:
     return max(1, round(0.1 * self.steps_of(size, protocol.BUDGETS[size][0])))
 
   def path(self, point: Point, budget: float, schedule: str = "wsd") -> pathlib.Path:
+    """Where ``point``'s run at ``budget`` on ``schedule`` keeps its JSON."""
     return self.runs_dir / f"{run_name(point, budget, schedule)}.json"
 
   def get(self, point: Point, budget: float, schedule: str = "wsd") -> dict | None:
