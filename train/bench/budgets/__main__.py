@@ -25,7 +25,7 @@ def main() -> None:
     elif what == "whitening":
       search.whitening(runner)
     else:
-      report.report(runner.read_only(), args.out)
+      report.report(runner, args.out)
       report.quote_in_readme((args.out / "budgets.md").read_text())
 
 
