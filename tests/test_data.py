@@ -157,13 +157,37 @@ def test_trained_tokenizer_is_cached(corpus, corpus_dir, monkeypatch):
   np.testing.assert_array_equal(again.train_tokens, corpus.train_tokens)
 
 
+def test_token_streams_are_cached_per_tokenizer_and_text(corpus, corpus_dir, tmp_path, monkeypatch):
+  shutil.copy(corpus_dir / "lines.txt", tmp_path / "lines.txt")
+  first = data.load_corpus(_config(tmp_path / "lines.txt"))
+  (tokenizer_file,) = tmp_path.glob("tokenizer-*.json")
+  assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
+  with monkeypatch.context() as patched:
+    patched.setattr(data, "_encode", lambda *_: pytest.fail("the text was encoded again"))
+    again = data.load_corpus(_config(tmp_path / "lines.txt"))
+    # The same tokenizer given as a file: the same definition, so the same cached tokens.
+    as_file = data.load_corpus(_config(tmp_path / "lines.txt", tokenizer=str(tokenizer_file)))
+  for loaded in (again, as_file):
+    np.testing.assert_array_equal(loaded.train_tokens, corpus.train_tokens)
+    np.testing.assert_array_equal(loaded.val_tokens, corpus.val_tokens)
+  other_tokenizer = data.load_corpus(_config(tmp_path / "lines.txt", vocab_size=300))
+  assert other_tokenizer.tokenizer.fingerprint != first.tokenizer.fingerprint
+  assert not np.array_equal(other_tokenizer.train_tokens[:100], first.train_tokens[:100])
+  (tmp_path / "lines.txt").write_text("".join(_lines(3000)) + "one more line\n")
+  edited = data.load_corpus(_config(tmp_path / "lines.txt", tokenizer=str(tokenizer_file)))
+  size = lambda loaded: loaded.train_tokens.size + loaded.val_tokens.size
+  assert size(edited) > size(first)  # encoded anew, not read from the first text's cache
+  assert len(list(tmp_path.glob("tokens-*.npz"))) == 3
+
+
 def test_read_only_data_dir_caches_in_home(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   monkeypatch.setattr(os, "access", lambda path, mode: False)
   (tmp_path / "lines.txt").write_text("".join(_lines(400)))
   data.load_corpus(_config(tmp_path / "lines.txt", seq_len=8))
-  assert not list(tmp_path.glob("tokenizer-*.json"))
-  assert len(list((tmp_path / "home/.cache/swan-optax").glob("tokenizer-*.json"))) == 1
+  assert not list(tmp_path.glob("tokenizer-*.json")) + list(tmp_path.glob("tokens-*.npz"))
+  home = tmp_path / "home/.cache/swan-optax"
+  assert len(list(home.glob("tokenizer-*.json"))) == len(list(home.glob("tokens-*.npz"))) == 1
 
 
 def test_user_tokenizer_json(corpus, corpus_dir, tmp_path):

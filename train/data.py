@@ -5,13 +5,18 @@ permutation holds out ``val_fraction`` of them (``train/text.py``), so no
 validation text is ever trained on and the split is the same for every
 training seed. Without a
 tokenizer file, a byte-level BPE is trained on the training split only and
-cached as ``tokenizer-<hash>.json`` beside the data. Each split's token stream
-is cut into non-overlapping windows of ``seq_len + 1`` tokens: the inputs are
+cached as ``tokenizer-<hash>.json`` beside the data (or in
+``~/.cache/swan-optax`` where that is read-only). The two splits' token streams
+are cached there too, as ``tokens-<hash>.npz`` keyed by the tokenizer and the
+text, so a resumed or repeated run reads them instead of encoding again. Each
+split's token stream is cut into non-overlapping windows of ``seq_len + 1`` tokens: the inputs are
 ``window[:-1]``, the targets ``window[1:]``.
 """
 
 import dataclasses
+import hashlib
 import itertools
+import os
 import pathlib
 
 import grain
@@ -87,13 +92,14 @@ class Corpus:
 def load_corpus(config: DataConfig) -> Corpus:
   """Reads, splits and tokenizes ``config.data``; see the module docstring."""
   train, val, data_dir = text.read_split(config.data, config.val_fraction, config.max_documents)
+  cache = tokenizer_lib.cache_dir(data_dir)
   if config.tokenizer is None:
     blocks = [block for piece in train for block in piece]
     vocab_size = config.vocab_size or DEFAULT_VOCAB_SIZE
-    tokenizer = tokenizer_lib.bpe_tokenizer(blocks, vocab_size, tokenizer_lib.cache_dir(data_dir))
+    tokenizer = tokenizer_lib.bpe_tokenizer(blocks, vocab_size, cache)
   else:
     tokenizer = load_tokenizer(config.tokenizer)
-  corpus = Corpus(tokenizer, _encode(tokenizer, train), _encode(tokenizer, val))
+  corpus = Corpus(tokenizer, *_encoded_splits(tokenizer, train, val, cache))
   # Fail now, rather than at the first batch, if a split cannot hold a single window.
   _windows(corpus.train_tokens, config.seq_len, 1, "training")
   _windows(corpus.val_tokens, config.seq_len, 1, "validation")
@@ -152,6 +158,30 @@ def eval_batches(
   count = min(max_batches, len(windows) // batch_size)
   batches = windows[: count * batch_size].reshape(count, batch_size, seq_len + 1)
   return [_inputs_targets(batch[rows]) for batch in batches]
+
+
+def _encoded_splits(
+  tokenizer: Tokenizer, train: list[Piece], val: list[Piece], cache: pathlib.Path
+) -> tuple[np.ndarray, np.ndarray]:
+  """Both splits' token streams, encoded once and then read from ``cache``."""
+  key = hashlib.blake2b(tokenizer.fingerprint.encode(), digest_size=8)
+  for split in (train, val):
+    for piece in split:
+      for block in piece:
+        key.update(block.encode() + b"\0")
+      key.update(b"\1")  # the end of a piece: an EOS goes there
+    key.update(b"\2")
+  path = cache / f"tokens-{key.hexdigest()}.npz"
+  if path.exists():
+    with np.load(path) as tokens:
+      return tokens["train"], tokens["val"]
+  encoded = _encode(tokenizer, train), _encode(tokenizer, val)
+  # Written under a temporary name, then renamed: a concurrent reader never sees half a file.
+  temporary = path.with_suffix(f".{os.getpid()}.tmp")
+  with temporary.open("wb") as file:
+    np.savez(file, train=encoded[0], val=encoded[1])
+  os.replace(temporary, path)
+  return encoded
 
 
 def _encode(tokenizer: Tokenizer, pieces: list[Piece]) -> np.ndarray:

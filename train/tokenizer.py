@@ -33,11 +33,14 @@ class Tokenizer:
     vocab_size: number of token ids.
     eos_id: the document separator; ``None`` if the tokenizer has none (then
       documents are simply concatenated).
+    fingerprint: a hash of the tokenizer's definition (its serialized file):
+      tokenizers with equal fingerprints encode every text alike.
   """
 
   encode_batch: Callable[[Sequence[str]], list[list[int]]]
   vocab_size: int
   eos_id: int | None
+  fingerprint: str
 
   def encode(self, text: str) -> list[int]:
     return self.encode_batch([text])[0]
@@ -107,6 +110,7 @@ def _from_tokenizers(tokenizer: tokenizers.Tokenizer) -> Tokenizer:
     ],
     vocab_size=tokenizer.get_vocab_size(),
     eos_id=next((i for i in ids if i is not None), None),
+    fingerprint=_fingerprint(tokenizer.to_str().encode()),
   )
 
 
@@ -121,7 +125,12 @@ def _from_sentencepiece(file: pathlib.Path) -> Tokenizer:
     encode_batch=lambda texts: processor.encode(list(texts)),
     vocab_size=processor.get_piece_size(),
     eos_id=eos_id if eos_id >= 0 else None,
+    fingerprint=_fingerprint(file.read_bytes()),
   )
+
+
+def _fingerprint(definition: bytes) -> str:
+  return hashlib.blake2b(definition, digest_size=8).hexdigest()
 
 
 def import_optional(module: str, user: str, extra: str) -> ModuleType:
