@@ -20,6 +20,7 @@ from train.bench.budgets import protocol
 from train.bench.budgets import report as report_lib
 from train.bench.budgets import runner as runner_lib
 from train.bench.budgets import search
+from train.bench.budgets import timing
 from train.optimizers import optimizer_config
 
 
@@ -58,7 +59,7 @@ def test_a_cooldown_branch_equals_the_same_wsd_run_from_scratch(tmp_path):
   point = protocol.Point("tiny-w64", "swan", 2e-3)
   branch = runner.get(point, 0.25)
   assert [e["step"] for e in branch["evals"]][-1] == 10
-  direct = runner._config(point, 10, "wsd", "direct")
+  direct = runner.config(point, 10, "wsd", "direct")
   loop.train(direct)
   evals = [r for r in metrics.read_jsonl(direct.run_dir / "metrics.jsonl") if r["kind"] == "eval"]
   np.testing.assert_allclose(
@@ -138,9 +139,16 @@ def _fake_runner(tmp_path) -> runner_lib.Runner:
   return runner
 
 
+def _timing(**seconds) -> dict:
+  """``timing.json`` as ``--only timing`` writes it: tiny-w64's step seconds per variant."""
+  steps = {v: 0.1 for v in protocol.VARIANTS} | seconds
+  return {"reps": 3, "machine": "the test's", "steps": {"tiny-w64": steps}}
+
+
 def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp_path):
   runner = _fake_runner(tmp_path)
-  summary = report_lib.summaries(runner)["tiny-w64"]
+  timing = _timing()
+  summary = report_lib.summaries(runner, timing)["tiny-w64"]
   rows = summary[1.0]["rows"]
   assert {n: r["point"]["lr"] for n, r in rows.items()} == {"adam+embed": 8e-3, **BEST}
   assert rows["adam+embed"]["point"]["group"] == 4.0 and rows["adam"]["point"]["group"] == 1
@@ -162,6 +170,7 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert summary[0.5]["rows"]["swan"]["tokens_vs_adam"] == ("", pytest.approx(0.5 / at))
   assert "wall_vs_adam" not in rows["swan"]
   assert rows["sinkgd"]["wall_vs_adam"] == pytest.approx(fraction)
+  harness.save_step_times(tmp_path / "out", timing["reps"], timing["steps"])
   report_lib.report(runner, tmp_path / "out")
   text = (tmp_path / "out" / "budgets.md").read_text()
   headings = [line for line in text.splitlines() if line.startswith("#### tiny-w64 (")]
@@ -232,7 +241,8 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   assert report_lib.default_point("tiny-w64", "swan") == protocol.Point(
     "tiny-w64", "swan-gram", 2e-3
   )
-  defaults = report_lib.defaults_table(runner, "tiny-w64", report_lib.summaries(runner)["tiny-w64"])
+  summary = report_lib.summaries(runner, {})["tiny-w64"]
+  defaults = report_lib.defaults_table(runner, "tiny-w64", summary)
   assert (
     "| 1x | SWAN | 0.002, 0.1, gram_polar_express | 2.855 ± 0.001 (3) | 0.002, 0.1, polar_express "
     "| 2.851 ± 0.001 (3) | +0.004 | 0.002 |" in defaults
@@ -260,14 +270,38 @@ def test_a_cheaper_whitening_that_wants_another_lr_gets_its_seeds_there(tmp_path
   ]
 
 
-def test_wall_clock_uses_each_optimizers_fastest_run(tmp_path):
-  """A run slowed by a busy machine does not make its optimizer look slow."""
+def test_wall_clock_is_tokens_times_the_step_time_ratio_timed_side_by_side(tmp_path):
   runner = _fake_runner(tmp_path)
-  path = runner.path(protocol.Point("tiny-w64", "sinkgd", 1.25e-2), 1.0)
-  path.write_text(json.dumps({**json.loads(path.read_text()), "step_time_median_s": 0.5}))
-  row = report_lib.summaries(runner)["tiny-w64"][1.0]["rows"]["sinkgd"]
-  assert row["step_time_s"] == 0.1
-  assert row["wall_vs_adam"] == pytest.approx(row["tokens_vs_adam"][1])
+  row = report_lib.summaries(runner, _timing(sinkgd=0.25))["tiny-w64"][1.0]["rows"]["sinkgd"]
+  assert row["step_time_s"] == 0.25
+  assert row["wall_vs_adam"] == pytest.approx(2.5 * row["tokens_vs_adam"][1])
+  untimed = report_lib.summaries(runner, {})["tiny-w64"][1.0]["rows"]["sinkgd"]
+  assert untimed["step_time_s"] is None and "wall_vs_adam" not in untimed
+  report_lib.report(runner, tmp_path / "out")
+  assert (
+    "Wall clock: tokens x the step-time ratio to Adam, once `--only timing` has"
+    in (tmp_path / "out" / "budgets.md").read_text()
+  )
+
+
+def test_timing_steps_each_optimizer_at_the_budget_runs_settings(tmp_path, monkeypatch):
+  built = []
+
+  class Stepper:
+    def __init__(self, config):
+      built.append(config)
+      self.setup = lambda: lambda: None
+
+  monkeypatch.setattr(harness, "experiment", lambda config: config)
+  monkeypatch.setattr(harness, "Stepper", Stepper)
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)
+  seconds = timing.step_times(runner, "tiny", reps=2)
+  assert sorted(seconds) == sorted(protocol.VARIANTS) and all(s >= 0 for s in seconds.values())
+  assert [c.optimizer.name for c in built] == ["adam", "muon", "swan", "sinkgd"]
+  assert {(c.model, c.batch_size, c.data.seq_len, c.optimizer.schedule) for c in built} == {
+    ("tiny", protocol.BATCH, protocol.SEQ_LEN, "wsd")
+  }
+  assert built[2].optimizer.whiten_method == "polar_express"  # as every budget run of SWAN
 
 
 def test_a_run_another_process_trains_is_passed_over_then_waited_for(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Optimizers at the budgets people train at: multiples of Chinchilla, from WSD cooldown branches.
 
-Run: ``python -m train.bench.budgets [--only queue|whitening|report] [--stage N ...]``.
+Run: ``python -m train.bench.budgets [--only queue|whitening|timing|report] [--stage N ...]``.
 A budget is a multiple of Chinchilla's 20 tokens per parameter, counting every parameter of
 the model (embedding and lm_head included): tiny-w64 has 460,352, so 1x is 9.2M tokens,
 2,248 steps of 16 x 256. Every run uses the other benchmarks' data, batch, sequence length
@@ -18,12 +18,16 @@ killed run resumes from its last checkpoint); every finished branch keeps its JS
 ``--runs``. Several processes may run the queue at once: each locks a trunk (or a cosine run)
 while it trains it, passes over the ones another process holds, then waits for them.
 ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the grid's (8
-Polar Express steps) at SWAN's best point, every seed. ``report`` writes, from those JSONs,
+Polar Express steps) at SWAN's best point, every seed. ``timing`` times each optimizer's train
+step per width side by side in one process (``OUT/timing.json``; run it with nothing else
+training): the wall-clock fractions are the token fractions times these step-time ratios.
+``report`` writes, from those JSONs,
 ``OUT/budgets.md`` (per budget each optimizer's best point; token fractions and best lrs by
 budget; the trainer's defaults against the best points; WSD against cosine; the whitening
 pairs), ``.json`` and ``.png`` (token fraction against budget, final loss against lr), and
 the README's quote of it.
 
 Modules: ``protocol`` (budgets, optimizers and their points), ``runner`` (trunks, branches
-and their JSONs), ``search`` (the grids and the queue's stages), ``report`` and ``plot``.
+and their JSONs), ``search`` (the grids and the queue's stages), ``timing``, ``report`` and
+``plot``.
 """

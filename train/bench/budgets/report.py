@@ -17,9 +17,10 @@ from train.bench.budgets.runner import Runner
 from train.optimizers import optimizer_config
 
 
-def summarize(runner: Runner, size: str, budget: float) -> dict:
+def summarize(runner: Runner, size: str, budget: float, steps: dict[str, float]) -> dict:
   """The finished runs of ``size`` at ``budget``: every grid, and per optimizer its best point
-  (best so far while a grid is open) with its seeds' losses, rates, state and step time."""
+  (best so far while a grid is open) with its seeds' losses, rates, state and step time
+  (``steps``: seconds per variant, as ``--only timing`` measured them; ``None`` if not)."""
   grids = search.lr_sweep(runner, size, budget)
   points = search.best_points(runner, size, budget, closed=False)
   closed = search.best_points(runner, size, budget, closed=True)
@@ -35,7 +36,7 @@ def summarize(runner: Runner, size: str, budget: float) -> dict:
       "mean": statistics.mean(finals),
       "spread": max(finals) - min(finals),
       "optimizer_state_bytes": record["optimizer_state_bytes"],
-      "step_time_s": step_time(runner, size, point.variant),
+      "step_time_s": steps.get(point.variant),
     }
   groups = {
     name: search.group_sweep(runner, size, budget, point.variant, point.lr)
@@ -43,13 +44,6 @@ def summarize(runner: Runner, size: str, budget: float) -> dict:
     if name != "adam"
   }
   return {"grids": grids, "groups": groups, "rows": rows}
-
-
-def step_time(runner: Runner, size: str, variant: str) -> float:
-  """The fastest median step time of ``variant``'s runs on ``size``: a step costs the same at
-  every lr, seed and budget, and on shared cores the fastest run was the least disturbed."""
-  records = (json.loads(p.read_text()) for p in runner.runs_dir.glob(f"{size}-{variant}-lr*.json"))
-  return min(r["step_time_median_s"] for r in records if r["point"]["variant"] == variant)
 
 
 def seed_finals(runner: Runner, point: Point, budget: float) -> list[float]:
@@ -93,12 +87,14 @@ def token_fraction(loss: float, budget: float, curve: dict[float, float]) -> tup
   return "<", budget / points[-1][0]
 
 
-def summaries(runner: Runner) -> dict[str, dict[float, dict]]:
+def summaries(runner: Runner, timing: dict) -> dict[str, dict[float, dict]]:
   """Per size, per budget with a finished run: :func:`summarize`, with each optimizer's token
-  fraction of each reference (``REFERENCES``) and its wall-clock fraction of plain Adam's."""
+  fraction of each reference (``REFERENCES``) and its wall-clock fraction of plain Adam's
+  (``timing``: as ``harness.load_step_times`` reads it)."""
   out: dict[str, dict[float, dict]] = {}
   for size, budgets in protocol.BUDGETS.items():
-    per_budget = {b: summarize(runner, size, b) for b in budgets}
+    steps = timing.get("steps", {}).get(size, {})
+    per_budget = {b: summarize(runner, size, b, steps) for b in budgets}
     per_budget = {b: s for b, s in per_budget.items() if s["rows"]}
     curves = {
       ref: {b: s["rows"][ref]["mean"] for b, s in per_budget.items() if ref in s["rows"]}
@@ -110,7 +106,7 @@ def summaries(runner: Runner) -> dict[str, dict[float, dict]]:
           row[f"tokens_vs_{ref}"] = token_fraction(row["mean"], budget, curve) if curve else None
         adam = s["rows"].get("adam")
         tokens = row["tokens_vs_adam"]
-        if adam and tokens and not tokens[0]:
+        if adam and tokens and not tokens[0] and row["step_time_s"] and adam["step_time_s"]:
           row["wall_vs_adam"] = tokens[1] * row["step_time_s"] / adam["step_time_s"]
     if per_budget:
       out[size] = per_budget
@@ -394,7 +390,8 @@ def quote_in_readme(report_text: str, readme: pathlib.Path = README) -> None:
 def report(runner: Runner, out: pathlib.Path) -> None:
   """Writes ``budgets.md``, ``.json`` and ``.png`` from the run JSONs alone."""
   runner = runner.read_only()
-  all_summaries = summaries(runner)
+  timing = harness.load_step_times(out)
+  all_summaries = summaries(runner, timing)
   tables = [
     budget_table(size, budget, s)
     for size, per_budget in all_summaries.items()
@@ -418,8 +415,14 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     "this budget over the budget at which the reference reaches the same loss (below 1: "
     "fewer tokens than the reference), the reference's loss interpolated linearly in log "
     "budget between its best final losses at 0.25x to 4x; `<`/`>` a bound beyond the "
-    "budgets measured. Wall clock: tokens x the step-time ratio to Adam (each optimizer's "
-    "fastest median step time over its runs on these shared CPU cores).\n\n"
+    "budgets measured. Wall clock: tokens x the step-time ratio to Adam, "
+    + (
+      f"the optimizers' train steps timed side by side in one process (`--only timing`: "
+      f"medians of {timing['reps']} interleaved rounds, {timing['machine']})"
+      if timing
+      else "once `--only timing` has timed the steps"
+    )
+    + ".\n\n"
     f"Hours of runs so far, on these 2 shared CPU cores: {hours or 'none'}.\n"
   )
   if check := cosine_check(runner):

@@ -85,7 +85,7 @@ class Runner:
       for smaller in (b for b in protocol.BUDGETS[point.size] if b < budget):
         self.get(point, smaller)
     steps = self.steps_of(point.size, budget)
-    run = self._config(point, steps, schedule, run_name(point, budget, schedule))
+    run = self.config(point, steps, schedule, run_name(point, budget, schedule))
     start = time.perf_counter()
     if not loop.completed(run.run_dir):
       if schedule == "wsd" and not _checkpoints(run.run_dir):
@@ -103,7 +103,7 @@ class Runner:
     record = self.get(point, budget, schedule)
     return None if record is None else record["final_val_loss"]
 
-  def _config(self, point: Point, steps: int, schedule: str, name: str) -> TrainConfig:
+  def config(self, point: Point, steps: int, schedule: str, name: str) -> TrainConfig:
     """``point``'s run of ``steps``: ``wsd`` a branch, ``trunk`` its stable phase, ``cosine``."""
     decay = 0.0 if schedule == "trunk" else protocol.DECAY_FRACTION
     return TrainConfig(
@@ -126,7 +126,7 @@ class Runner:
   def _branch_from_trunk(self, point: Point, start: int, branch_dir: pathlib.Path) -> None:
     """Takes ``point``'s trunk to step ``start`` and copies that checkpoint (and the metrics
     up to it) into ``branch_dir``, whose run then resumes from it."""
-    trunk = self._config(point, start, "trunk", point.tag)
+    trunk = self.config(point, start, "trunk", point.tag)
     ckpts = trunk.run_dir / "checkpoints"
     reached = _checkpoints(trunk.run_dir)
     if start not in reached:
