@@ -1,4 +1,4 @@
-"""GPU benchmark: Adam, SWAN and SinkGD at the largest batch that fits one device; whitening.
+"""GPU benchmark: Adam, SWAN, SinkGD and Muon at the largest batch that fits one device; whitening.
 
 Run on a machine with one accelerator:
 ``XLA_PYTHON_CLIENT_MEM_FRACTION=.95 python -m train.bench.gpu`` (JAX takes 75%

@@ -21,8 +21,8 @@ from train import mesh as mesh_lib
 from train.config import TrainConfig
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-# The optimizers every benchmark compares, Adam (the reference) first.
-OPTIMIZERS = ("adam", "swan", "sinkgd")
+# The optimizers every benchmark compares: Adam (the reference) first, optax's Muon (the peer) last.
+OPTIMIZERS = ("adam", "swan", "sinkgd", "muon")
 
 # Called untimed before each timed call; returns the call to time (e.g. on fresh donated copies).
 Setup = Callable[[], Callable[[], Any]]

@@ -1,10 +1,11 @@
-"""Memory benchmark: optimizer state and training state of Adam, SWAN and SinkGD per LLaMA size.
+"""Memory benchmark: optimizer state and training state of Adam, SWAN, SinkGD, Muon per LLaMA size.
 
 Run: ``python -m train.bench.memory``. Byte counts come from the real state
 trees of ``build(..., abstract=True)`` (nothing is allocated, so the 1b model
 is fine): optimizer state, and training state = params + grads + optimizer
 state, all float32. They are checked against the memory model of the papers
-(Adam: 8 bytes per parameter; SWAN/SinkGD: 8 bytes per Adam-routed parameter).
+(Adam: 8 bytes per parameter; SWAN/SinkGD: 8 bytes per Adam-routed parameter; Muon: those
+and its momentum, 4 bytes per matrix parameter).
 "+ adafactor" rows route the non-matrix leaves to ``optax.adafactor`` instead
 of Adam (the nearly stateless mode). For the configs given in ``--measure``,
 each optimizer also trains a few steps in a fresh subprocess whose peak
@@ -96,18 +97,26 @@ def train_and_report(name: str, variant: str, steps: int) -> None:
   print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
+def spec_bytes(variant: str, num_params: int, adam_routed: int) -> int:
+  """The papers' memory model: Adam's two moments (8 B) for every parameter it trains, and
+  Muon's momentum (4 B) for every matrix parameter."""
+  if variant == "adam":
+    return 8 * num_params
+  return 8 * adam_routed + (4 * (num_params - adam_routed) if variant == "muon" else 0)
+
+
 def to_markdown(rows: dict[str, dict], measured: dict[tuple[str, str], int]) -> str:
   header = (
     "Bytes from the initialized state trees (`jax.eval_shape`), float32. Training state = params "
     "+ grads + optimizer state (activations excluded). Spec model: Adam 8 B/param; SWAN/SinkGD "
-    "8 B per Adam-routed param.\n\n"
+    "8 B per Adam-routed param; Muon those and 4 B per matrix param (its momentum).\n\n"
   )
   table = []
   for name, variants in rows.items():
     adam = variants["adam"]
     adam_total = 2 * adam["params"] + adam["opt_state"]
     for variant, b in variants.items():
-      spec = 8 * (b["num_params"] if variant == "adam" else b["adam_routed_params"])
+      spec = spec_bytes(variant, b["num_params"], b["adam_routed_params"])
       total = 2 * b["params"] + b["opt_state"]
       rss = measured.get((name, variant))
       table.append(

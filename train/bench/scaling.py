@@ -1,7 +1,7 @@
 """Optimizer share of the step vs token batch, measured small and extrapolated to 131K tokens.
 
 Run: ``python -m train.bench.scaling``. On one device, for each config: the
-jitted update (``tx.update`` + ``apply_updates``) of Adam, SWAN and SinkGD,
+jitted update (``tx.update`` + ``apply_updates``) of Adam, SWAN, SinkGD and Muon,
 whose cost does not depend on the batch, and the forward + backward pass at a
 few small token batches, all timed in interleaved rounds (medians). The
 forward/backward time is fitted as ``a + b * tokens`` and the optimizer share

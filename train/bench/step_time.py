@@ -1,4 +1,4 @@
-"""Train-step benchmark: Adam vs SWAN vs SinkGD on the LLaMA configs, side by side.
+"""Train-step benchmark: Adam vs SWAN vs SinkGD vs Muon on the LLaMA configs, side by side.
 
 Run: ``python -m train.bench.step_time``. For each config, the three optimizers'
 train steps (forward, backward, update; donated buffers) are compiled and then
