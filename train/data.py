@@ -3,14 +3,14 @@
 The raw text is cut into paragraph-aligned blocks of a few KB and a fixed-seed
 permutation holds out ``val_fraction`` of them (``train/text.py``), so no
 validation text is ever trained on and the split is the same for every
-training seed. Without a
-tokenizer file, a byte-level BPE is trained on the training split only and
-cached as ``tokenizer-<hash>.json`` beside the data (or in
-``~/.cache/swan-optax`` where that is read-only). The two splits' token streams
-are cached there too, as ``tokens-<hash>.npz`` keyed by the tokenizer and the
-text, so a resumed or repeated run reads them instead of encoding again. Each
-split's token stream is cut into non-overlapping windows of ``seq_len + 1`` tokens: the inputs are
-``window[:-1]``, the targets ``window[1:]``.
+training seed. Without a tokenizer file, a byte-level BPE is trained on the
+training split only and cached as ``tokenizer-<hash>.json`` beside the data (or
+in ``~/.cache/swan-optax`` where that is read-only). The two splits' token
+streams are cached there too, as ``tokens-<hash>.npz`` keyed by the tokenizer
+and the text, so a resumed or repeated run reads them instead of encoding
+again. Each split's token stream is cut into non-overlapping windows of
+``seq_len + 1`` tokens: the inputs are ``window[:-1]``, the targets
+``window[1:]``.
 """
 
 import dataclasses
