@@ -15,10 +15,10 @@ def step_times(runner: Runner, size: str, reps: int) -> dict[str, float]:
   """Median seconds of each optimizer's compiled train step on ``size`` at the budget runs'
   settings. A step costs the same at every lr, group and seed: each is timed at its grid's
   first point."""
+  steps = runner.steps_of(size, protocol.BUDGETS[size][0])
   setups = {}
   for variant, spec in protocol.VARIANTS.items():
     point = Point(size, variant, spec.lrs[protocol.GRID_ORDER[0]])
-    steps = runner.steps_of(size, protocol.BUDGETS[size][0])
     config = runner.config(point, steps, "wsd", f"timing-{point.tag}")
     setups[variant] = harness.Stepper(harness.experiment(config)).setup
   return harness.interleaved_medians(setups, reps)
