@@ -14,9 +14,10 @@ Optimizers, each tuned alike: a 4-point lr grid 2x apart, widened while the best
 edge; then, at the best lr, its Adam group's lr (Adam: the embedding and lm_head lr) at 2x
 and 0.5x its default ratio, widened likewise. Adam b2 0.95 everywhere (its Adam group too);
 plain Adam is the Adam grid's own points. ``queue`` runs ``STAGES`` in order, resumably (a
-killed run resumes from its last checkpoint); every finished branch keeps its JSON in
-``--runs``. Several processes may run the queue at once: each locks a trunk (or a cosine run)
-while it trains it, passes over the ones another process holds, then waits for them.
+killed run resumes from its last checkpoint, kept under ``--work``: a folder outside the
+checkout outlives a fresh one); every finished branch keeps its JSON in ``--runs``. Several
+processes may run the queue at once: each locks a trunk (or a cosine run) while it trains it,
+passes over the ones another process holds, then waits for them.
 ``whitening`` runs SWAN with each cheaper whitening of ``WHITENINGS`` next to the grid's (8
 Polar Express steps) at SWAN's best point, every seed. ``timing`` times each optimizer's train
 step per width side by side in one process (``OUT/timing.json``; run it with nothing else
