@@ -204,6 +204,21 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
     report_lib.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 
+def test_a_stage_runs_one_more_seed_of_every_best_point_at_a_time(tmp_path):
+  runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")
+  fake_get, seeds = _fake_get(runner), []
+
+  def get(point, budget, schedule="wsd"):
+    if point.seed:
+      seeds.append((point.seed, point.variant, point.group))
+    return fake_get(point, budget, schedule)
+
+  runner.get = get
+  search.stage(runner, "tiny-w64", 1.0, (0, 1, 2), cosine=False)
+  points = [("adam", 1.0), ("adam", 4.0), ("muon", 1.0), ("swan", 1.0), ("sinkgd", 1.0)]
+  assert seeds == [(seed, *point) for seed in (1, 2) for point in points]
+
+
 def test_hours_past_a_sizes_last_stage_count_in_that_stage(tmp_path):
   """tiny's 2x runs (the references', after its 1x stage) are that stage's hours."""
   runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work", train_fn=None)

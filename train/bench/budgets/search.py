@@ -83,8 +83,8 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
   for name in protocol.REFERENCES:
     if larger and name in points:
       runner.get(points[name], larger[0])
-  for point in points.values():
-    for seed in seeds[1:]:
+  for seed in seeds[1:]:  # one more seed of every point at a time: a spread for each sooner
+    for point in points.values():
       runner.get(dataclasses.replace(point, seed=seed), budget)
   if cosine:
     for point in points.values():
