@@ -181,13 +181,13 @@ def swan(
     >>> opt_state = solver.init(params)
     >>> jax.tree.leaves(opt_state.inner_states['matrix'])  # stateless
     []
+    >>> print(f'Objective function: {f(params):.1f}')
+    Objective function: 2.4
     >>> for _ in range(3):
     ...   updates, opt_state = solver.update(jax.grad(f)(params), opt_state, params)
     ...   params = optax.apply_updates(params, updates)
-    ...   print(f'Objective function: {f(params):.2E}')
-    Objective function: 2.02E+00
-    Objective function: 1.65E+00
-    Objective function: 1.38E+00
+    >>> print(f'Objective function: {f(params):.1f}')  # bf16 whitening: rounding varies by CPU
+    Objective function: 1.4
 
   References:
     Ma et al., `SWAN: SGD with Normalization and Whitening Enables Stateless LLM

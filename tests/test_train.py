@@ -71,6 +71,18 @@ def test_bf16_resume_continues_exactly(tmp_path):
     assert resumed[step] == straight[step], (step, resumed[step], straight[step])
 
 
+@pytest.mark.slow
+def test_resume_before_the_first_checkpoint_logs_each_step_once(tmp_path):
+  """A run killed before its first save restarts from step 0 and drops what it had logged."""
+  flags = "--steps 3 --log-every 1 --eval-every 3".split()
+  straight = _losses(_run(tmp_path, *flags))
+  shutil.rmtree(tmp_path / "checkpoints")  # as if killed before the first save
+  _run(tmp_path, *flags, "--resume")
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+  assert _losses(records) == straight
+
+
 def _train_losses(mesh, steps=3):
   """Losses of a few SWAN steps of the tiny LLaMA on shipped-corpus batches: Newton-Schulz
   whitening, whose float32 matmuls the reduction order moves only by rounding (the default's

@@ -197,16 +197,18 @@ def _on_nonfinite(config: TrainConfig, done: int, skipped: int, progress: tqdm) 
 
 
 def _resume(config: TrainConfig, ckpt, state: Any, batches) -> Any:
-  """The state of the latest readable checkpoint (the data iterator moved to it), else ``state``."""
+  """The state of the latest readable checkpoint (the data iterator moved to it), else ``state``;
+  the records a killed run logged past it are dropped, all of them when there is none."""
   restored = checkpoint.restore_latest(ckpt, checkpoint.abstract_like(state))
   if restored is None:
+    start = 0
     print(f"--resume: no checkpoint in {config.run_dir / 'checkpoints'} yet, starting from step 0")
-    return state
-  start, state, data_state = restored
-  batches.set_state(data_state)
+  else:
+    start, state, data_state = restored
+    batches.set_state(data_state)
+    print(f"resumed from step {start}")
   if jax.process_index() == 0:
     metrics.drop_records_after(config.run_dir / "metrics.jsonl", start)
-  print(f"resumed from step {start}")
   return state
 
 
