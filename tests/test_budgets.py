@@ -185,8 +185,11 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SWAN | 0.002 (0.010) | 0.002 (0.010) | 0.002 (0.010) |  |" in text
   assert "| SWAN | 0.37 (0.47) | 0.37 (0.47) | <0.50 (<0.50) |  |" in text  # tokens by budget
   assert "| Adam, embedding lr tuned | 0.78 | 0.78 | 0.78 | <1.00 |" in text
-  runs = len(list(runner.runs_dir.glob("*.json"))) - 2  # 60 s each; the 2x runs are 4x's stage's
-  hours = f"tiny-w64 1x {runs / 60:.1f} h; tiny-w64 4x {2 / 60:.1f} h.\n"
+  # 60 s each; the 2x runs are 4x's stage's, the default whitening's the cheaper ones'
+  gram = len(list(runner.runs_dir.glob("*-swan-gram-*.json")))
+  runs = len(list(runner.runs_dir.glob("*.json"))) - 2 - gram
+  hours = f"tiny-w64 1x {runs / 60:.1f} h; tiny-w64 4x {2 / 60:.1f} h; "
+  hours += f"cheaper whitenings {gram / 60:.1f} h.\n"
   assert f"on these 2 shared CPU cores: {hours}" in text
   assert (tmp_path / "out" / "budgets.png").exists()
   readme = tmp_path / "README.md"
@@ -204,7 +207,7 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
     report_lib.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 
-def test_a_stage_runs_one_more_seed_of_every_best_point_at_a_time(tmp_path):
+def test_a_stage_runs_one_more_seed_of_every_best_and_default_point_at_a_time(tmp_path):
   runner = runner_lib.Runner(tmp_path / "runs", tmp_path / "work")
   fake_get, seeds = _fake_get(runner), []
 
@@ -216,7 +219,10 @@ def test_a_stage_runs_one_more_seed_of_every_best_point_at_a_time(tmp_path):
   runner.get = get
   search.stage(runner, "tiny-w64", 1.0, (0, 1, 2), cosine=False)
   points = [("adam", 1.0), ("adam", 4.0), ("muon", 1.0), ("swan", 1.0), ("sinkgd", 1.0)]
-  assert seeds == [(seed, *point) for seed in (1, 2) for point in points]
+  # The defaults that are not best points: Adam's lr (0.002, the best 0.008) and SWAN's
+  # whitening (Gram Polar Express).
+  defaults = [("adam", 1.0), ("swan-gram", 1.0)]
+  assert seeds == [(seed, *point) for seed in (1, 2) for point in points + defaults]
 
 
 def test_hours_past_a_sizes_last_stage_count_in_that_stage(tmp_path):
@@ -233,7 +239,7 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
   training.get = _fake_get(runner)
   search.whitening(training)
   gram = sorted(
-    p.name.removeprefix("tiny-w64-swan-gram-") for p in runner.runs_dir.glob("*-swan-gram-*")
+    p.name.removeprefix("tiny-w64-swan-gram-") for p in runner.runs_dir.glob("*-swan-gram-*-1x*")
   )
   assert gram == [
     "lr0.001-seed0-1x.json",
@@ -251,11 +257,10 @@ def test_a_cheaper_whitening_runs_at_swans_best_point_for_every_seed_and_is_repo
     in table
   )
   assert "| +0.0040 | 0.0020 |" in table
-  assert report_lib.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(gram) / 60)
+  every_gram = list(runner.runs_dir.glob("*-swan-gram-*"))  # the stage's seeds' branches too
+  assert report_lib.stage_hours(runner)["cheaper whitenings"] == pytest.approx(len(every_gram) / 60)
   # The trainer's defaults: SWAN's whitening is the cheaper one, at the best lr and group.
-  assert report_lib.default_point("tiny-w64", "swan") == protocol.Point(
-    "tiny-w64", "swan-gram", 2e-3
-  )
+  assert protocol.default_point("tiny-w64", "swan") == protocol.Point("tiny-w64", "swan-gram", 2e-3)
   summary = report_lib.summaries(runner, {})["tiny-w64"]
   defaults = report_lib.defaults_table(runner, "tiny-w64", summary)
   assert (

@@ -3,7 +3,6 @@
 import dataclasses
 
 from models import configs
-from swan_optax.defaults import ADAM_LR_RATIO
 from train.bench import harness
 from train.optimizers import OptimizerConfig
 from train.optimizers import optimizer_config
@@ -31,7 +30,8 @@ class Variant:
     fields: its optimizer config's fields besides the rates and the schedule.
     lrs: the first grid of its matrix group's peak lr (Adam: its lr), 4 points 2x apart.
     adam_ratio: its Adam group's peak lr over the matrix lr at group factor 1 (the
-      trainer's default; Adam: 1, plain Adam).
+      library's default ratio when the grids began, fixed: run names count groups in it;
+      Adam: 1, plain Adam).
     groups: the group factors tried at the best lr, multiples of ``adam_ratio``.
   """
 
@@ -47,11 +47,9 @@ VARIANTS: dict[str, Variant] = {
   "swan": Variant(
     {"name": "swan", "whiten_method": "polar_express"},  # every SWAN run's, whatever the default
     (1e-3, 2e-3, 4e-3, 8e-3),
-    ADAM_LR_RATIO["swan", "unit_rms"],
+    50.0,
   ),
-  "sinkgd": Variant(
-    {"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), ADAM_LR_RATIO["sinkgd", "spectral"]
-  ),
+  "sinkgd": Variant({"name": "sinkgd"}, (6.25e-3, 1.25e-2, 2.5e-2, 5e-2), 3.5355339),
 }
 # SWAN with a cheaper whitening, run at SWAN's best point only (see ``whitening``).
 WHITENINGS: dict[str, Variant] = {
@@ -108,6 +106,27 @@ class Point:
       max_grad_norm=MAX_GRAD_NORM,
       **fields,
     )
+
+
+def default_point(size: str, name: str) -> Point:
+  """The trainer's default ``name`` (``adam``, ``muon``, ``swan``, ``sinkgd``): its lr, Adam-group
+  lr and whitening, as a point of the budget runs (Adam b2 0.95, as every run here)."""
+  config = optimizer_config(name)
+  if name == "adam":
+    return Point(size, "adam", config.lr, group=config.embed_lr_scale)
+  method = getattr(config, "whiten_method", None)
+  variant = next(
+    (
+      v
+      for v, spec in ALL_VARIANTS.items()
+      if spec.fields["name"] == name and spec.fields.get("whiten_method") == method
+    ),
+    None,
+  )
+  if variant is None:
+    raise ValueError(f"no budget variant runs {name}'s default whitening {method}: add it")
+  group = config.adam_group_peak_lr / (config.lr * ALL_VARIANTS[variant].adam_ratio)
+  return Point(size, variant, config.lr, group=round(group, 6))
 
 
 def chinchilla_steps(size: str, budget: float) -> int:

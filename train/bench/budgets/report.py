@@ -14,7 +14,6 @@ from train.bench.budgets import protocol
 from train.bench.budgets import search
 from train.bench.budgets.protocol import Point
 from train.bench.budgets.runner import Runner
-from train.optimizers import optimizer_config
 
 
 def summarize(runner: Runner, size: str, budget: float, steps: dict[str, float]) -> dict:
@@ -223,27 +222,6 @@ def cosine_check(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) ->
   return harness.table(columns, rows) if rows else ""
 
 
-def default_point(size: str, name: str) -> Point:
-  """The trainer's default ``name`` (``adam``, ``muon``, ``swan``, ``sinkgd``): its lr, Adam-group
-  lr and whitening, as a point of the budget runs (Adam b2 0.95, as every run here)."""
-  config = optimizer_config(name)
-  if name == "adam":
-    return Point(size, "adam", config.lr, group=config.embed_lr_scale)
-  method = getattr(config, "whiten_method", None)
-  variant = next(
-    (
-      v
-      for v, spec in protocol.ALL_VARIANTS.items()
-      if spec.fields["name"] == name and spec.fields.get("whiten_method") == method
-    ),
-    None,
-  )
-  if variant is None:
-    raise ValueError(f"no budget variant runs {name}'s default whitening {method}: add it")
-  group = config.adam_group_peak_lr / (config.lr * protocol.ALL_VARIANTS[variant].adam_ratio)
-  return Point(size, variant, config.lr, group=round(group, 6))
-
-
 def defaults_table(runner: Runner, size: str, per_budget: dict[float, dict]) -> str:
   """At each budget of ``size`` (its :func:`summarize`): each optimizer's trainer default
   against its best point so far (plain Adam's for Adam): their seeds' losses, the mean
@@ -251,7 +229,7 @@ def defaults_table(runner: Runner, size: str, per_budget: dict[float, dict]) -> 
   rows = []
   for budget, summary in sorted(per_budget.items()):
     for name in protocol.VARIANTS:
-      default, best = default_point(size, name), summary["rows"].get(name)
+      default, best = protocol.default_point(size, name), summary["rows"].get(name)
       finals = seed_finals(runner, default, budget)
       if not finals or best is None:
         continue
