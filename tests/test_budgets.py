@@ -185,7 +185,7 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SWAN | 0.002 (0.010) | 0.002 (0.010) | 0.002 (0.010) |  |" in text
   assert "| SWAN | 0.37 (0.47) | 0.37 (0.47) | <0.50 (<0.50) |  |" in text  # tokens by budget
   assert "| Adam, embedding lr tuned | 0.78 | 0.78 | 0.78 | <1.00 |" in text
-  # 60 s each; the 2x runs are 4x's stage's, the default whitening's the cheaper ones'
+  # 60 s each; the 2x runs count in 4x's stage, the default whitening's in the cheaper ones'
   gram = len(list(runner.runs_dir.glob("*-swan-gram-*.json")))
   runs = len(list(runner.runs_dir.glob("*.json"))) - 2 - gram
   hours = f"tiny-w64 1x {runs / 60:.1f} h; tiny-w64 4x {2 / 60:.1f} h; "
