@@ -15,6 +15,7 @@ from train import build
 from train import cli
 from train import data
 from train import mesh as mesh_lib
+from train import metrics
 from train.config import TrainConfig
 from train.config import model_data
 from train.optimizers import optimizer_config
@@ -78,7 +79,7 @@ def test_resume_before_the_first_checkpoint_logs_each_step_once(tmp_path):
   straight = _losses(_run(tmp_path, *flags))
   shutil.rmtree(tmp_path / "checkpoints")  # as if killed before the first save
   _run(tmp_path, *flags, "--resume")
-  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = metrics.read_jsonl(tmp_path / "metrics.jsonl")
   assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
   assert _losses(records) == straight
 
