@@ -175,9 +175,11 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   text = (tmp_path / "out" / "budgets.md").read_text()
   headings = [line for line in text.splitlines() if line.startswith("#### tiny-w64 (")]
   assert headings == [  # every budget with runs, the largest first
-    f"#### tiny-w64 (460,352 params) at {b:g}x Chinchilla ({b * 9_207_808:,.0f} tokens)"
+    f"#### tiny-w64 (460,352 params) at {b:g}x Chinchilla ({b * 9_207_808:,.0f} tokens, "
+    f"{b * 9_207_808 / protocol.epoch_tokens('tiny-w64'):.1f} passes over the training split)"
     for b in (2.0, 1.0, 0.5, 0.25)
   ]
+  assert "| *passes over the training split* | 1.3 | 2.6 | 5.2 | 10.5 |" in text
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
   assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <0.50 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text

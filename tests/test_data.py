@@ -104,6 +104,7 @@ def test_set_state_resumes_exactly(corpus):
 def test_every_window_once_per_epoch(corpus):
   windows = data._windows(corpus.train_tokens, SEQ_LEN, 1, "")
   count = len(windows)
+  assert data.epoch_tokens(corpus, SEQ_LEN) == count * SEQ_LEN  # the targets of one epoch
   batch_size = 96  # does not divide the window count: batches straddle epochs
   assert count % batch_size
   batches = _take(_train(corpus, batch_size=batch_size), 2 * count // batch_size + 1)

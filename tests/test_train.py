@@ -51,6 +51,8 @@ def test_loss_decreases_on_the_shipped_corpus(tmp_path, optimizer):
   assert header["optimizer_state_bytes"] > 0
   assert header["rates"] == optimizer_config(optimizer).peak_rates
   assert header["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  corpus = data.load_corpus(model_data("tiny", seq_len=64))
+  assert header["epoch_tokens"] == len(corpus.train_tokens) // 65 * 64
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["step"] == 30 and np.isclose(summary["val_ppl"], np.exp(evals[-1]))
 

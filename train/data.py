@@ -106,6 +106,11 @@ def load_corpus(config: DataConfig) -> Corpus:
   return corpus
 
 
+def epoch_tokens(corpus: Corpus, seq_len: int) -> int:
+  """The target tokens of one pass over the training split: ``seq_len`` per window."""
+  return len(corpus.train_tokens) // (seq_len + 1) * seq_len
+
+
 def train_batches(
   corpus: Corpus,
   *,

@@ -84,7 +84,8 @@ def train(config: TrainConfig, hooks: Hooks = NO_HOOKS) -> dict[str, Any]:
   out.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.manager(out / "checkpoints", config.keep_checkpoints, hooks.before_commit)
   state = _resume(config, ckpt, exp.state, batches) if config.resume else exp.state
-  writer = _open_metrics(config, exp, state) if jax.process_index() == 0 else None
+  epoch = data.epoch_tokens(corpus, config.data.seq_len)
+  writer = _open_metrics(config, exp, state, epoch) if jax.process_index() == 0 else None
   progress = tqdm(
     range(int(state.step), config.steps),
     initial=int(state.step),
@@ -212,8 +213,11 @@ def _resume(config: TrainConfig, ckpt, state: Any, batches) -> Any:
   return state
 
 
-def _open_metrics(config: TrainConfig, exp: build_lib.Experiment, state) -> metrics.MetricsWriter:
-  """The metrics writer, after writing and printing the run's header."""
+def _open_metrics(
+  config: TrainConfig, exp: build_lib.Experiment, state, epoch_tokens: int
+) -> metrics.MetricsWriter:
+  """The metrics writer, after writing and printing the run's header (``epoch_tokens``: of
+  one pass over the training split)."""
   out = config.run_dir
   writer = metrics.MetricsWriter(
     out / "metrics.jsonl", out / "tensorboard" if config.tensorboard else None
@@ -228,13 +232,16 @@ def _open_metrics(config: TrainConfig, exp: build_lib.Experiment, state) -> metr
     "mesh": dict(exp.mesh.shape),
     "devices": jax.device_count(),
     "processes": jax.process_count(),
+    "epoch_tokens": epoch_tokens,
   }
   writer.write(header)
   print(
     f"{config.model} LLaMA, {header['params']:,} params, optimizer {config.optimizer.name}: "
     f"state {header['optimizer_state_bytes'] / 2**20:.1f} MiB (params "
     f"{header['param_bytes'] / 2**20:.1f} MiB), mesh {header['mesh']}, "
-    f"{config.tokens_per_step:,} tokens/step"
+    f"{config.tokens_per_step:,} tokens/step, "
+    f"{config.steps * config.tokens_per_step / epoch_tokens:.3g} passes over the training split "
+    f"({epoch_tokens:,} tokens)"
   )
   return writer
 

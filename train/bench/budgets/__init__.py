@@ -4,7 +4,9 @@ Run: ``python -m train.bench.budgets [--only queue|whitening|timing|report] [--s
 A budget is a multiple of Chinchilla's 20 tokens per parameter, counting every parameter of
 the model (embedding and lm_head included): tiny-w64 has 460,352, so 1x is 9.2M tokens,
 2,248 steps of 16 x 256. Every run uses the other benchmarks' data, batch, sequence length
-and clipping (1.0), and the warmup-stable-decay schedule (Hägele et al., arXiv 2405.18392):
+and clipping (1.0); the shipped corpus's 1.76M training tokens make that 5.2 passes over it
+(the report gives each budget's), so the larger budgets train on repeated data. Every run
+uses the warmup-stable-decay schedule (Hägele et al., arXiv 2405.18392):
 a fixed linear warmup, the peak lr, then a linear decay to 0 over the last 20% of the run.
 One stable-phase run (the *trunk*) per optimizer setting gives every budget: the budget's
 run resumes the trunk's checkpoint at its decay start and decays from there (a *branch*), so

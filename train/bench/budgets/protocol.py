@@ -1,9 +1,12 @@
 """The protocol: budgets in Chinchilla multiples, the optimizers as tuned, and their points."""
 
 import dataclasses
+import functools
 
 from models import configs
+from train import data
 from train.bench import harness
+from train.config import model_data
 from train.optimizers import OptimizerConfig
 from train.optimizers import optimizer_config
 
@@ -133,6 +136,19 @@ def chinchilla_steps(size: str, budget: float) -> int:
   """Steps of ``budget`` x 20 tokens per parameter (embeddings included) of ``size``."""
   params = configs.get_config(size).num_params
   return round(budget * TOKENS_PER_PARAM * params / (BATCH * SEQ_LEN))
+
+
+@functools.cache
+def epoch_tokens(size: str) -> int:
+  """The tokens of one pass over ``size``'s training split (its tokenizer, ``SEQ_LEN``): a
+  budget past a few passes repeats the data (Muennighoff et al., arXiv 2305.16264: up to ~4
+  passes train nearly as well as fresh tokens; far past them the extra ones are worth little)."""
+  return data.epoch_tokens(data.load_corpus(model_data(size, seq_len=SEQ_LEN)), SEQ_LEN)
+
+
+def passes(size: str, budget: float) -> float:
+  """How many times a run of ``budget`` at ``size`` passes over the training split."""
+  return chinchilla_steps(size, budget) * BATCH * SEQ_LEN / epoch_tokens(size)
 
 
 def decay_start(steps: int) -> int:

@@ -147,17 +147,22 @@ def budget_table(size: str, budget: float, summary: dict) -> str:
   tokens = protocol.chinchilla_steps(size, budget) * protocol.BATCH * protocol.SEQ_LEN
   params = configs.get_config(size).num_params
   return (
-    f"#### {size} ({params:,} params) at {budget:g}x Chinchilla ({tokens:,} tokens)\n\n"
+    f"#### {size} ({params:,} params) at {budget:g}x Chinchilla ({tokens:,} tokens, "
+    f"{protocol.passes(size, budget):.1f} passes over the training split)\n\n"
     + harness.table(columns, rows)
   )
 
 
 def trend_table(size: str, per_budget: dict[float, dict]) -> str:
   """Each optimizer's token fraction of plain Adam's (and of tuned Adam's, in brackets) at
-  every budget of ``size``, at each budget's own best point, as Markdown."""
+  every budget of ``size``, at each budget's own best point, under the passes over the
+  training split each budget makes, as Markdown."""
   budgets = sorted(per_budget)
   columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
-  rows = []
+  rows = [
+    {"optimizer": "*passes over the training split*"}
+    | {b: f"{protocol.passes(size, b):.1f}" for b in budgets}
+  ]
   for name, label in protocol.LABELS.items():
     if name == "adam":
       continue
@@ -333,7 +338,7 @@ def readme_quote(report_text: str) -> str:
   optimizer of ``VARIANTS`` has run, its size's token fractions by budget, and the hours the
   runs took."""
   tables = re.findall(
-    r"#### (\S+) \(.*?\) at \S+ Chinchilla \(([\d,]+) tokens\)\n\n(\|.*?\n)\n", report_text, re.S
+    r"#### (\S+) \(.*?\) at \S+ Chinchilla \(([\d,]+) tokens.*?\)\n\n(\|.*?\n)\n", report_text, re.S
   )
   complete = [
     (int(tokens.replace(",", "")), size, table)
@@ -393,7 +398,11 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     "this budget over the budget at which the reference reaches the same loss (below 1: "
     "fewer tokens than the reference), the reference's loss interpolated linearly in log "
     "budget between its best final losses at 0.25x to 4x; `<`/`>` a bound beyond the "
-    "budgets measured. Wall clock: tokens x the step-time ratio to Adam, "
+    "budgets measured. Passes: the budget's tokens over the training split's (the shipped "
+    "corpus, windows of 256 + 1 tokens). Past about 4 passes repeated tokens are worth less "
+    "than fresh ones (Muennighoff et al., arXiv 2305.16264): a budget there measures "
+    "training on repeated data, not on the fresh tokens of pretraining. "
+    "Wall clock: tokens x the step-time ratio to Adam, "
     + (
       f"the optimizers' train steps timed side by side in one process (`--only timing`: "
       f"medians of {timing['reps']} interleaved rounds, {timing['machine']})"
