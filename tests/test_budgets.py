@@ -113,6 +113,7 @@ def _fake_get(runner: runner_lib.Runner):
       "budget": budget,
       "rates": point.rates,
       "final_val_loss": loss,
+      "final_train_loss": loss - 0.1 * math.log2(budget / 0.25),  # memorizes as data repeats
       "optimizer_state_bytes": 0 if point.variant in ("swan", "sinkgd") else 2**20,
       "step_time_median_s": 0.1,
       "wall_s": 60.0,
@@ -183,6 +184,8 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   assert "| SinkGD | 0.0125 | 0.0442 | 3.201 ± 0.001 (3) | 2.12 |" in text
   assert "| SWAN | 0.002 | 0.1 | 2.851 ± 0.001 (3) | <0.50 |" in text
   assert "WSD against cosine" in text and "| +0.001 | yes |" in text
+  swan = lambda b: len(list(runner.runs_dir.glob(f"tiny-w64-swan-*-{b:g}x.json")))
+  assert f"| SWAN | +0.000 ({swan(0.25)}) | +0.100 ({swan(0.5)}) | +0.200 ({swan(1)}) |" in text
   # The best lr by budget, its margin over the next point in brackets: it does not move
   assert "| SWAN | 0.002 (0.010) | 0.002 (0.010) | 0.002 (0.010) |  |" in text
   assert "| SWAN | 0.37 (0.47) | 0.37 (0.47) | <0.50 (<0.50) |  |" in text  # tokens by budget

@@ -14,6 +14,7 @@ from train.bench.budgets import protocol
 from train.bench.budgets import search
 from train.bench.budgets.protocol import Point
 from train.bench.budgets.runner import Runner
+from train.bench.budgets.runner import run_name
 
 
 def summarize(runner: Runner, size: str, budget: float, steps: dict[str, float]) -> dict:
@@ -153,16 +154,19 @@ def budget_table(size: str, budget: float, summary: dict) -> str:
   )
 
 
+def _passes_row(size: str, budgets: list[float]) -> dict:
+  return {"optimizer": "*passes over the training split*"} | {
+    b: f"{protocol.passes(size, b):.1f}" for b in budgets
+  }
+
+
 def trend_table(size: str, per_budget: dict[float, dict]) -> str:
   """Each optimizer's token fraction of plain Adam's (and of tuned Adam's, in brackets) at
   every budget of ``size``, at each budget's own best point, under the passes over the
   training split each budget makes, as Markdown."""
   budgets = sorted(per_budget)
   columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
-  rows = [
-    {"optimizer": "*passes over the training split*"}
-    | {b: f"{protocol.passes(size, b):.1f}" for b in budgets}
-  ]
+  rows = [_passes_row(size, budgets)]
   for name, label in protocol.LABELS.items():
     if name == "adam":
       continue
@@ -195,6 +199,37 @@ def best_lr_table(size: str, per_budget: dict[float, dict]) -> str:
       others = [v for x, v in losses.items() if v is not None and x != lr]
       margin = f" ({min(others) - losses[lr]:.3f})" if others else ""
       row[b] = f"{'' if closed else '~'}{lr:g}{margin}"
+    rows.append(row)
+  return harness.table(columns, rows)
+
+
+def memorization_table(runner: Runner, size: str) -> str:
+  """Per optimizer and budget of ``size``: the mean of final val loss minus final train loss
+  over its WSD runs that logged a train loss (every lr, group and seed; their count in
+  brackets), under each budget's passes over the training split, as Markdown."""
+  gaps: dict[tuple[str, float], list[float]] = {}
+  for path in sorted(runner.runs_dir.glob("*.json")):
+    record = json.loads(path.read_text())
+    point, budget = Point(**record["point"]), record["budget"]
+    if (
+      point.size == size
+      and "final_train_loss" in record
+      and record["tag"] == run_name(point, budget)
+    ):
+      name = protocol.ALL_VARIANTS[point.variant].fields["name"]
+      gaps.setdefault((name, budget), []).append(
+        record["final_val_loss"] - record["final_train_loss"]
+      )
+  if not gaps:
+    return ""
+  budgets = sorted({b for _, b in gaps})
+  columns = [("optimizer", "optimizer", "", "l")] + [(b, f"{b:g}x", "", "r") for b in budgets]
+  rows = [_passes_row(size, budgets)]
+  for name in (n for n in protocol.LABELS if any(n == m for m, _ in gaps)):
+    row = {"optimizer": protocol.LABELS[name]}
+    for b in budgets:
+      if (name, b) in gaps:
+        row[b] = f"{statistics.mean(gaps[name, b]):+.3f} ({len(gaps[name, b])})"
     rows.append(row)
   return harness.table(columns, rows)
 
@@ -412,6 +447,13 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     + ".\n\n"
     f"Hours of runs so far, on these 2 shared CPU cores: {hours or 'none'}.\n"
   )
+  if table := memorization_table(runner, "tiny-w64"):
+    text += (
+      "\n#### Memorization: final val loss minus final train loss (tiny-w64)\n\n"
+      "The train loss: the mean logged over a run's last 5% of steps, on batches it has seen "
+      "before once past its first pass. A gap that grows with the passes is the training "
+      "split memorized.\n\n" + table
+    )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
   if table := defaults_table(runner, "tiny-w64", all_summaries.get("tiny-w64", {})):

@@ -167,8 +167,12 @@ def _checkpoints(folder: pathlib.Path) -> list[int]:
   return checkpoint.published_steps(folder / "checkpoints")
 
 
+TRAIN_LOSS_TAIL = 0.05  # a run's final train loss: the mean logged over its last 5% of steps
+
+
 def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) -> dict:
-  """The JSON kept for a finished run: its settings, effective rates and evaluations."""
+  """The JSON kept for a finished run: its settings, effective rates, evaluations and final
+  train loss (against the final val loss: how much of the training split it memorized)."""
   records = metrics.read_jsonl(config.run_dir / "metrics.jsonl")
   header = next(r for r in records if r["kind"] == "run")
   train = [r for r in records if r["kind"] == "train"]
@@ -177,6 +181,7 @@ def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) 
   ]
   if not evals or evals[-1]["step"] != config.steps:
     raise RuntimeError(f"{config.run_dir} has no evaluation at its last step {config.steps}")
+  last = [r["loss"] for r in train if r["step"] > (1 - TRAIN_LOSS_TAIL) * config.steps]
   return {
     "tag": config.run_dir.name,
     "point": dataclasses.asdict(point),
@@ -188,6 +193,7 @@ def run_record(point: Point, budget: float, config: TrainConfig, wall_s: float) 
     "optimizer": json.loads(json.dumps(dataclasses.asdict(config.optimizer))),
     "rates": point.rates,
     "final_val_loss": evals[-1]["val_loss"],
+    "final_train_loss": statistics.mean(last),
     "evals": evals,
     "step_time_median_s": statistics.median(r["step_time_s"] for r in train),
     "wall_s": wall_s,  # of this run (a branch: its decay, and its trunk's share if run now)
