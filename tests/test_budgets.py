@@ -146,6 +146,24 @@ def _timing(**seconds) -> dict:
   return {"reps": 3, "machine": "the test's", "steps": {"tiny-w64": steps}}
 
 
+def test_the_readme_quotes_the_largest_budget_whose_grids_are_all_closed():
+  def budget(multiple: int, mark: str) -> str:
+    rows = "".join(f"| {protocol.LABELS[v]} | {mark}0.01 |\n" for v in protocol.VARIANTS)
+    return (
+      f"#### tiny-w64 (460,352 params) at {multiple}x Chinchilla ({multiple * 9_207_808:,} "
+      f"tokens, {multiple} passes over the training split)\n\n| optimizer | best lr |\n"
+      f"|---|---:|\n{rows}\n"
+    )
+
+  trend = "#### tiny-w64: tokens of Adam's (of tuned Adam's) by budget\n\n| trend |\n\n"
+  text = budget(2, "~") + budget(1, "") + trend + "Hours of runs so far: 1 h.\n"
+  assert report_lib.readme_quote(text).startswith(
+    "| optimizer | best lr |\n|---|---:|\n| Adam | 0.01 |"
+  )
+  with pytest.raises(ValueError, match="grids closed"):
+    report_lib.readme_quote(budget(2, "~") + trend)
+
+
 def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp_path):
   runner = _fake_runner(tmp_path)
   timing = _timing()
@@ -208,7 +226,7 @@ def test_the_report_finds_each_optimizers_best_point_and_its_token_fractions(tmp
   readme.write_text("# Title\n")
   with pytest.raises(ValueError, match="needs the lines"):
     report_lib.quote_in_readme(text, readme)
-  with pytest.raises(ValueError, match="a run of every optimizer"):
+  with pytest.raises(ValueError, match="grids closed"):
     report_lib.readme_quote(text.replace("| SinkGD |", "| (left out) |"))
 
 

@@ -370,18 +370,18 @@ README_QUOTE = (  # the README's quote of the report sits between these lines
 
 def readme_quote(report_text: str) -> str:
   """What the README quotes of the report: the table of the most tokens at which every
-  optimizer of ``VARIANTS`` has run, its size's token fractions by budget, and the hours the
-  runs took."""
+  optimizer of ``VARIANTS`` has run and every grid brackets its best (no ``~``), its size's
+  token fractions by budget, and the hours the runs took."""
   tables = re.findall(
     r"#### (\S+) \(.*?\) at \S+ Chinchilla \(([\d,]+) tokens.*?\)\n\n(\|.*?\n)\n", report_text, re.S
   )
   complete = [
     (int(tokens.replace(",", "")), size, table)
     for size, tokens, table in tables
-    if all(f"| {protocol.LABELS[v]} |" in table for v in protocol.VARIANTS)
+    if all(f"| {protocol.LABELS[v]} |" in table for v in protocol.VARIANTS) and "| ~" not in table
   ]
   if not complete:
-    raise ValueError("no budget in the report has a run of every optimizer: nothing to quote")
+    raise ValueError("no budget in the report has every optimizer's grids closed: nothing to quote")
   _, size, table = max(complete)
   trend = re.search(
     rf"#### {re.escape(size)}: tokens of Adam's .*? by budget\n\n(\|.*?\n)\n", report_text, re.S
