@@ -13,6 +13,7 @@ from train.bench.budgets import plot
 from train.bench.budgets import protocol
 from train.bench.budgets import search
 from train.bench.budgets.protocol import Point
+from train.bench.budgets.runner import TRAIN_LOSS_TAIL
 from train.bench.budgets.runner import Runner
 from train.bench.budgets.runner import run_name
 
@@ -447,13 +448,14 @@ def report(runner: Runner, out: pathlib.Path) -> None:
     + ".\n\n"
     f"Hours of runs so far, on these 2 shared CPU cores: {hours or 'none'}.\n"
   )
-  if table := memorization_table(runner, "tiny-w64"):
-    text += (
-      "\n#### Memorization: final val loss minus final train loss (tiny-w64)\n\n"
-      "The train loss: the mean logged over a run's last 5% of steps, on batches it has seen "
-      "before once past its first pass. A gap that grows with the passes is the training "
-      "split memorized.\n\n" + table
-    )
+  for size in protocol.BUDGETS:
+    if table := memorization_table(runner, size):
+      text += (
+        f"\n#### Memorization: final val loss minus final train loss ({size})\n\n"
+        f"The train loss: the mean logged over a run's last {TRAIN_LOSS_TAIL:.0%} of steps, on "
+        "batches it has seen before once past its first pass. A gap that grows with the "
+        "passes is the training split memorized.\n\n" + table
+      )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
   if table := defaults_table(runner, "tiny-w64", all_summaries.get("tiny-w64", {})):

@@ -124,8 +124,8 @@ def whitening(runner: Runner, size: str = "tiny-w64", budget: float = 1.0) -> No
 
 # (size, budget, seeds at the best points, the cosine check): in order, so a partial queue
 # has every optimizer at 1x on tiny-w64 first, then on tiny at 0.25x (3.7 passes over the
-# training split: the last budget of a second width on nearly fresh tokens), then tiny-w64 at
-# 4x (21 passes; a trunk of ~100 min on 2 shared cores), tiny at 1x (15 passes) and tiny-w256.
+# training split: the fewest of the stages left), then tiny-w64 at 4x (21 passes; a trunk of
+# ~100 min on 2 shared cores), tiny at 1x (15 passes) and tiny-w256 at 0.25x (12 passes).
 STAGES = (
   ("tiny-w64", 1.0, protocol.SEEDS["tiny-w64"], True),
   ("tiny", 0.25, protocol.SEEDS["tiny"], False),
