@@ -146,9 +146,14 @@ def epoch_tokens(size: str) -> int:
   return data.epoch_tokens(data.load_corpus(model_data(size, seq_len=SEQ_LEN)), SEQ_LEN)
 
 
+def budget_tokens(size: str, budget: float) -> int:
+  """The tokens a run of ``budget`` at ``size`` trains on: its steps of ``BATCH x SEQ_LEN``."""
+  return chinchilla_steps(size, budget) * BATCH * SEQ_LEN
+
+
 def passes(size: str, budget: float) -> float:
   """How many times a run of ``budget`` at ``size`` passes over the training split."""
-  return chinchilla_steps(size, budget) * BATCH * SEQ_LEN / epoch_tokens(size)
+  return budget_tokens(size, budget) / epoch_tokens(size)
 
 
 def decay_start(steps: int) -> int:

@@ -146,7 +146,7 @@ def budget_table(size: str, budget: float, summary: dict) -> str:
         "state": row["optimizer_state_bytes"] / 2**20,
       }
     )
-  tokens = protocol.chinchilla_steps(size, budget) * protocol.BATCH * protocol.SEQ_LEN
+  tokens = protocol.budget_tokens(size, budget)
   params = configs.get_config(size).num_params
   return (
     f"#### {size} ({params:,} params) at {budget:g}x Chinchilla ({tokens:,} tokens, "
