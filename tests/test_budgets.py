@@ -235,7 +235,7 @@ def test_a_stage_runs_one_more_seed_of_every_best_and_default_point_at_a_time(tm
   fake_get, seeds = _fake_get(runner), []
 
   def get(point, budget, schedule="wsd"):
-    if point.seed:
+    if point.seed or point.variant == "swan-gram":
       seeds.append((point.seed, point.variant, point.group))
     return fake_get(point, budget, schedule)
 
@@ -243,9 +243,12 @@ def test_a_stage_runs_one_more_seed_of_every_best_and_default_point_at_a_time(tm
   search.stage(runner, "tiny-w64", 1.0, (0, 1, 2), cosine=False)
   points = [("adam", 1.0), ("adam", 4.0), ("muon", 1.0), ("swan", 1.0), ("sinkgd", 1.0)]
   # The defaults that are not best points: Adam's lr (0.002, the best 0.008) and SWAN's
-  # whitening (Gram Polar Express).
+  # whitening (Gram Polar Express), outside the grids: its seed 0 first.
   defaults = [("adam", 1.0), ("swan-gram", 1.0)]
-  assert seeds == [(seed, *point) for seed in (1, 2) for point in points + defaults]
+  assert seeds == [
+    (0, "swan-gram", 1.0),
+    *((seed, *point) for seed in (1, 2) for point in points + defaults),
+  ]
 
 
 def test_hours_past_a_sizes_last_stage_count_in_that_stage(tmp_path):

@@ -458,12 +458,13 @@ def report(runner: Runner, out: pathlib.Path) -> None:
       )
   if check := cosine_check(runner):
     text += "\n#### WSD against cosine (tiny-w64, 1x, each best point)\n\n" + check
-  if table := defaults_table(runner, "tiny-w64", all_summaries.get("tiny-w64", {})):
-    text += (
-      "\n#### The trainer's defaults against the best points (tiny-w64)\n\n"
-      "Each optimizer at the trainer's default lr, Adam-group lr and whitening (Adam b2 0.95 "
-      "as every run here), against its best point so far (`~`: its grid is open).\n\n" + table
-    )
+  for size in protocol.BUDGETS:
+    if table := defaults_table(runner, size, all_summaries.get(size, {})):
+      text += (
+        f"\n#### The trainer's defaults against the best points ({size})\n\n"
+        "Each optimizer at the trainer's default lr, Adam-group lr and whitening (Adam b2 0.95 "
+        "as every run here), against its best point so far (`~`: its grid is open).\n\n" + table
+      )
   if table := whitening_table(runner):
     text += (
       "\n#### SWAN's whitening: 8 Polar Express steps against a cheaper method (tiny-w64, "

@@ -78,8 +78,8 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
   """One (size, budget): the lr grids, the group grids at the best lrs, the references' best
   points at the size's next budget (a loss below theirs then gets a token fraction, not a
   bound), the seeds at each optimizer's best point and at each trainer default that is not
-  one (the defaults are judged on the same seeds), and (``cosine``) one cosine run at each
-  best point."""
+  one (the defaults are judged on the same seeds: a default outside the grids gets its seed 0
+  here too), and (``cosine``) one cosine run at each best point."""
   points = best_points(runner, size, budget)
   larger = [b for b in protocol.BUDGETS[size] if b > budget]
   for name in protocol.REFERENCES:
@@ -87,7 +87,7 @@ def stage(runner: Runner, size: str, budget: float, seeds: tuple[int, ...], cosi
       runner.get(points[name], larger[0])
   defaults = [protocol.default_point(size, name) for name in protocol.VARIANTS]
   seeded = [*points.values(), *(p for p in defaults if p not in points.values())]
-  for seed in seeds[1:]:  # one more seed of every point at a time: a spread for each sooner
+  for seed in seeds:  # one more seed of every point at a time: a spread for each sooner
     for point in seeded:
       runner.get(dataclasses.replace(point, seed=seed), budget)
   if cosine:
